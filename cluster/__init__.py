@@ -1,0 +1,1 @@
+"""The driver side: typed recipes, wire types, data, placement, the RL loop and the CLI."""

@@ -1,0 +1,38 @@
+"""Connecting to Ray: in-process on this machine, or an existing cluster by address."""
+
+from __future__ import annotations
+
+import os
+
+
+def offered_cpus(cluster) -> int:
+    """Logical CPUs a local Ray gets: the recipe's `cluster.num_cpus`, else this machine's."""
+    return cluster.num_cpus or os.cpu_count() or 1
+
+
+def connect_ray(cluster):
+    """Start Ray in-process (no `cluster.address`) or join the cluster at `cluster.address`.
+
+    The repository's own packages are importable in every worker: locally they are installed
+    into the virtualenv; on a cluster the job is submitted with `--working-dir .`, which Ray
+    ships and puts on each worker's path.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    if cluster.address:
+        ray.init(address=cluster.address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=offered_cpus(cluster), include_dashboard=False, log_to_driver=True)
+    return ray
+
+
+def get_with_timeout(ray, ref, timeout_s: float, what: str):
+    """`ray.get` that turns a timeout into an error saying what was being waited for."""
+    from ray.exceptions import GetTimeoutError
+
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except GetTimeoutError:
+        raise TimeoutError(f"{what} did not answer within {timeout_s:g} s (cluster.timeout_s)") from None

@@ -1,0 +1,146 @@
+"""Checks on a typed recipe that its types alone cannot express: ranges and combinations.
+
+Each check names the dotted key at fault. The recipe is passed in duck-typed (this module
+does not import `cluster.config`, which imports it), and nothing heavy is imported.
+"""
+
+from __future__ import annotations
+
+import re
+
+# A user reward is "package.module:function"; a built-in one is a plain name.
+_REWARD_NAME = re.compile(r"^[A-Za-z_]\w*$|^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class RecipeError(ValueError):
+    """A bad recipe or override; `key` is the dotted path it concerns."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+        self.problem = problem
+
+
+def _require(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise RecipeError(key, problem)
+
+
+def check_recipe(recipe, *, local_cpus: int) -> None:
+    """Raise RecipeError for the first impossible value or combination in `recipe`."""
+    _check_model_and_data(recipe)
+    _check_rollout(recipe)
+    _check_reward(recipe.reward)
+    _check_algorithm(recipe)
+    _check_learner(recipe.learner)
+    _check_cluster(recipe, local_cpus)
+    _check_run(recipe.run)
+
+
+def _check_model_and_data(recipe) -> None:
+    from cluster.data import check_template  # pyarrow: only when validating, not at import
+
+    model, data = recipe.model, recipe.data
+    _require(bool(model.path), "model.path", "is required (a hub id or a local model directory)")
+    _require(model.tiny is None or model.tiny.hidden_size % 64 == 0 and model.tiny.hidden_size > 0,
+             "model.tiny.hidden_size", "must be a positive multiple of 64 (the head size)")
+    _require(model.tiny is None or model.tiny.num_layers >= 1, "model.tiny.num_layers", "must be >= 1")
+    _require(bool(data.train_path), "data.train_path", "is required (a Parquet or JSONL file)")
+    _require(bool(data.prompt_column), "data.prompt_column", "must not be empty")
+    try:
+        check_template(data.template)
+    except ValueError as err:
+        raise RecipeError("data.template", str(err)) from None
+    _require(data.max_prompt_tokens >= 1, "data.max_prompt_tokens", "must be >= 1")
+    synthetic = data.synthetic
+    if synthetic is not None:
+        _require(synthetic.train_rows >= 1, "data.synthetic.train_rows", "must be >= 1")
+        _require(synthetic.eval_rows >= 0, "data.synthetic.eval_rows", "must be >= 0")
+        _require(synthetic.eval_rows == 0 or bool(data.eval_path), "data.eval_path",
+                 "is required when data.synthetic.eval_rows > 0")
+
+
+def _check_rollout(recipe) -> None:
+    rollout, estimator = recipe.rollout, recipe.algorithm.estimator
+    for name in ("num_workers", "group_size", "prompts_per_step", "max_new_tokens", "tensor_parallel_size"):
+        _require(getattr(rollout, name) >= 1, f"rollout.{name}", "must be >= 1")
+    _require(rollout.group_size >= 2, "rollout.group_size",
+             f"group size {rollout.group_size} gives no group baseline for estimator '{estimator}'; use >= 2")
+    _require(rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
+    _require(0 < rollout.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+    _require(rollout.top_k == -1 or rollout.top_k >= 1, "rollout.top_k", "must be -1 (off) or >= 1")
+    _require(0 < rollout.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", "must be in (0, 1]")
+    _require(rollout.kv_cache_gb >= 0, "rollout.kv_cache_gb", "must be >= 0")
+    needed = recipe.data.max_prompt_tokens + rollout.max_new_tokens
+    _require(needed <= rollout.max_model_len, "rollout.max_model_len",
+             f"{rollout.max_model_len} is shorter than data.max_prompt_tokens + rollout.max_new_tokens = {needed}")
+
+
+def _check_reward(reward) -> None:
+    _require(bool(reward.weights), "reward.weights", "needs at least one reward function")
+    for name in reward.weights:
+        _require(bool(_REWARD_NAME.match(name)), f"reward.weights.{name}",
+                 "is neither a built-in reward name nor a 'package.module:function' path")
+    _require(reward.num_scorers >= 1, "reward.num_scorers", "must be >= 1")
+    _require(reward.workers_per_scorer >= 1, "reward.workers_per_scorer", "must be >= 1")
+    _require(reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
+    _require(reward.overlong_buffer_tokens >= 0, "reward.overlong_buffer_tokens", "must be >= 0")
+
+
+def _check_algorithm(recipe) -> None:
+    algo = recipe.algorithm
+    _require(0 <= algo.clip_low < 1, "algorithm.clip_low", "must be in [0, 1)")
+    _require(algo.clip_high >= 0, "algorithm.clip_high", "must be >= 0")
+    _require(algo.dual_clip == 0 or algo.dual_clip > 1, "algorithm.dual_clip", "must be 0 (off) or > 1")
+    _require(algo.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
+    _require(algo.entropy_coef >= 0, "algorithm.entropy_coef", "must be >= 0")
+    _require(algo.tis_cap == 0 or algo.tis_cap >= 1, "algorithm.tis_cap", "must be 0 (off) or >= 1")
+    _require(algo.ppo_epochs >= 1, "algorithm.ppo_epochs", "must be >= 1")
+    _require(algo.max_staleness >= 0, "algorithm.max_staleness", "must be >= 0")
+
+
+def _check_learner(learner) -> None:
+    _require(learner.num_ranks >= 1, "learner.num_ranks", "must be >= 1")
+    _require(learner.zero_stage in (0, 1, 2, 3), "learner.zero_stage", "must be 0, 1, 2 or 3")
+    _require(learner.lr > 0, "learner.lr", "must be > 0")
+    _require(learner.weight_decay >= 0, "learner.weight_decay", "must be >= 0")
+    _require(len(learner.adam_betas) == 2 and all(0 <= b < 1 for b in learner.adam_betas),
+             "learner.adam_betas", "must be two numbers in [0, 1)")
+    _require(learner.warmup_steps >= 0, "learner.warmup_steps", "must be >= 0")
+    _require(learner.grad_clip >= 0, "learner.grad_clip", "must be >= 0 (0: off)")
+    _require(learner.micro_batch_size >= 1, "learner.micro_batch_size", "must be >= 1")
+
+
+def _check_cluster(recipe, local_cpus: int) -> None:
+    cluster, learner, rollout = recipe.cluster, recipe.learner, recipe.rollout
+    _require(cluster.num_cpus >= 0, "cluster.num_cpus", "must be >= 0 (0: this machine's count)")
+    _require(cluster.timeout_s > 0, "cluster.timeout_s", "must be > 0")
+    for role in ("rollout", "learner", "scorer"):
+        _require(getattr(cluster, f"{role}_cpus") > 0, f"cluster.{role}_cpus", "must be > 0")
+    for role in ("rollout", "learner"):
+        gpus = getattr(cluster, f"{role}_gpus")
+        _require(gpus >= 0, f"cluster.{role}_gpus", "must be >= 0")
+        _require(not (gpus > 0 and cluster.device == "cpu"), f"cluster.{role}_gpus",
+                 "asks for GPUs but cluster.device is 'cpu'")
+    if cluster.address:
+        return  # a remote cluster's size is known only once connected; Ray checks it there
+    offered = cluster.num_cpus or local_cpus
+    learner_need = learner.num_ranks * cluster.learner_cpus
+    _require(learner_need <= offered, "learner.num_ranks",
+             f"{learner.num_ranks} ranks x {cluster.learner_cpus:g} CPUs need {learner_need:g} CPUs "
+             f"but only {offered} are offered (cluster.num_cpus)")
+    total = (learner_need + rollout.num_workers * cluster.rollout_cpus
+             + recipe.reward.num_scorers * cluster.scorer_cpus)
+    _require(total <= offered, "cluster.num_cpus",
+             f"the roles need {total:g} CPUs (learner {learner_need:g}, rollout "
+             f"{rollout.num_workers * cluster.rollout_cpus:g}, scorers "
+             f"{recipe.reward.num_scorers * cluster.scorer_cpus:g}) but only {offered} are offered")
+
+
+def _check_run(run) -> None:
+    _require(bool(_RUN_NAME.match(run.name)), "run.name", "must be letters, digits, '.', '_' or '-'")
+    _require(run.steps >= 1, "run.steps", "must be >= 1")
+    for name in ("eval_every", "checkpoint_every"):
+        _require(getattr(run, name) >= 0, f"run.{name}", "must be >= 0 (0: off)")
+    _require(run.log_every >= 1, "run.log_every", "must be >= 1")

@@ -1,0 +1,187 @@
+"""Built-in synthetic tasks: generate prompt rows and write them as Parquet datasets.
+
+These give a run something to train on with no download: `arithmetic` (exact integer answers,
+graded by the `arithmetic` reward) and TinyZero's `countdown` (reach a target from a set of
+numbers, graded by the `countdown` reward). Generation is deterministic per seed, so the same
+recipe always trains on the same data. Only the standard library and pyarrow are imported.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ARITHMETIC_OPS = "+-*"
+COUNTDOWN_OPS = "+-*/"
+MAX_DIGITS = 18
+# A row whose target never lands in range is redrawn; this bounds the work for odd settings.
+COUNTDOWN_MAX_TRIES = 10_000
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    """Validate an integer argument in [low, high], naming it in the error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _random_with_digits(rng: random.Random, digits: int) -> int:
+    """A non-negative integer with exactly `digits` decimal digits (0..9 for one digit)."""
+    low = 0 if digits == 1 else 10 ** (digits - 1)
+    return rng.randint(low, 10**digits - 1)
+
+
+def _apply(op: str, left: int, right: int) -> int:
+    """Integer result of `left op right`; division is only ever called when it is exact."""
+    if op == "+":
+        return left + right
+    if op == "-":
+        return left - right
+    if op == "*":
+        return left * right
+    return left // right
+
+
+def arithmetic_rows(
+    n: int, *, seed: int, min_digits: int = 1, max_digits: int = 3, ops: str = ARITHMETIC_OPS
+) -> list[dict]:
+    """`n` rows {"prompt": "What is 482 + 37?", "answer": "519"} with exact integer answers.
+
+    Each operand has between `min_digits` and `max_digits` digits; the operator is drawn
+    from `ops` (a non-empty subset of "+-*"). Same seed, same rows.
+    """
+    _check_int("n", n, 1)
+    _check_int("seed", seed, 0)
+    _check_int("min_digits", min_digits, 1, MAX_DIGITS)
+    _check_int("max_digits", max_digits, min_digits, MAX_DIGITS)
+    if not isinstance(ops, str) or not ops or not set(ops) <= set(ARITHMETIC_OPS):
+        raise ValueError(f"ops must be a non-empty subset of {ARITHMETIC_OPS!r}, got {ops!r}")
+    op_choices = sorted(set(ops))  # sorted so "+-" and "-+" give the same rows
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        left = _random_with_digits(rng, rng.randint(min_digits, max_digits))
+        right = _random_with_digits(rng, rng.randint(min_digits, max_digits))
+        op = rng.choice(op_choices)
+        answer = str(_apply(op, left, right))
+        rows.append({"prompt": f"What is {left} {op} {right}?", "answer": answer})
+    return rows
+
+
+def _countdown_target(rng: random.Random, numbers: list[int]) -> int:
+    """Combine all `numbers` in a random order with random ops; returns the resulting integer.
+
+    Division is only offered when it is exact, so the result is always an integer reachable
+    as ((a op b) op c) op ... — which is what makes every generated puzzle solvable.
+    """
+    order = rng.sample(numbers, len(numbers))
+    value = order[0]
+    for number in order[1:]:
+        ops = COUNTDOWN_OPS if value % number == 0 else ARITHMETIC_OPS
+        value = _apply(rng.choice(ops), value, number)
+    return value
+
+
+def _countdown_prompt(numbers: list[int], target: int) -> str:
+    """The question text of one Countdown puzzle."""
+    return (
+        f"Using the numbers {numbers}, create an equation that equals {target}. "
+        "You can use +, -, * and /, and each number must be used exactly once. "
+        "Give the equation as your answer, for example (1 + 2) * 3."
+    )
+
+
+def countdown_rows(
+    n: int, *, seed: int, num_numbers: int = 4, max_number: int = 99, max_target: int = 999
+) -> list[dict]:
+    """`n` solvable Countdown rows {"prompt", "numbers": list[int], "target": int}.
+
+    Numbers are drawn from 1..max_number; the target is built by combining all of them, so a
+    solution always exists, and lies in 1..max_target. Same seed, same rows.
+    """
+    _check_int("n", n, 1)
+    _check_int("seed", seed, 0)
+    _check_int("num_numbers", num_numbers, 2, 6)
+    _check_int("max_number", max_number, 1)
+    _check_int("max_target", max_target, 1)
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        for _attempt in range(COUNTDOWN_MAX_TRIES):
+            numbers = [rng.randint(1, max_number) for _ in range(num_numbers)]
+            target = _countdown_target(rng, numbers)
+            if 1 <= target <= max_target:
+                break
+        else:
+            raise ValueError(
+                f"countdown: no target in 1..{max_target} found in {COUNTDOWN_MAX_TRIES} tries "
+                f"(num_numbers={num_numbers}, max_number={max_number}); raise max_target"
+            )
+        prompt = _countdown_prompt(numbers, target)
+        rows.append({"prompt": prompt, "numbers": numbers, "target": target})
+    return rows
+
+
+def write_parquet(rows: list[dict], path: str | Path) -> Path:
+    """Write `rows` (dicts with the same keys) to a Parquet file atomically; returns the path.
+
+    The table goes to a temporary file in the same directory, is flushed to disk, then
+    renamed over `path`, so a crash never leaves a half-written dataset behind.
+    """
+    if not rows:
+        raise ValueError("write_parquet needs at least one row")
+    path = Path(path)
+    try:
+        table = pa.Table.from_pylist(rows)
+    except (pa.ArrowException, TypeError) as exc:
+        raise ValueError(f"cannot build a table for '{path}': {exc}") from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as tmp_file:
+            pq.write_table(table, tmp_file)
+            tmp_file.flush()
+            os.fsync(tmp_file.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+TASKS: dict[str, Callable[..., list[dict]]] = {
+    "arithmetic": arithmetic_rows,
+    "countdown": countdown_rows,
+}
+
+
+def write_task(task: str, path: str | Path, n: int, *, seed: int, **options: object) -> Path:
+    """Generate `n` rows of a built-in task and write them to `path` as Parquet.
+
+    `options` are the task generator's keyword arguments (e.g. `max_digits` for arithmetic);
+    an unknown task or option is a ValueError naming it and the known ones.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r} (known tasks: {', '.join(sorted(TASKS))})")
+    generator = TASKS[task]
+    known = [
+        name
+        for name, param in inspect.signature(generator).parameters.items()
+        if param.kind is inspect.Parameter.KEYWORD_ONLY and name != "seed"
+    ]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"task {task!r} has no option {', '.join(unknown)} (options: {', '.join(known)})"
+        )
+    return write_parquet(generator(n, seed=seed, **options), path)
