@@ -11,6 +11,7 @@ torch, ray, vllm or deepspeed (a test enforces that).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from cluster.recipe_checks import RecipeError, check_recipe
+from cluster.recipe_checks import RecipeError, check_recipe, key_text
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "recipe_from_dict", "recipe_to_dict"]
 
@@ -227,6 +228,8 @@ def _coerce(value, tp, key: str):
         return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     # bool is a subclass of int: reject true/false where a number is expected, and vice versa.
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # inf as a timeout would wait forever; nan compares false
+            raise RecipeError(key, f"must be a finite number, got {value!r}")
         return float(value)
     if tp in (int, str, bool) and type(value) is tp:
         return value
@@ -244,7 +247,7 @@ def _build(cls, table: dict, prefix: str):
 
 
 def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
+    return f"{prefix}.{key_text(name)}" if prefix else key_text(name)
 
 
 def recipe_from_dict(table: dict) -> Recipe:
@@ -275,19 +278,39 @@ def _field_type(dotted: str):
     return tp
 
 
+def _parse_toml_value(raw: str):
+    """One TOML value, or None when `raw` is not exactly one (trailing keys are refused too)."""
+    try:
+        parsed = tomllib.loads(f"v = {raw}")
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return None
+    return parsed["v"] if len(parsed) == 1 else None
+
+
+def _is_text(tp) -> bool:
+    return tp is str or (typing.get_origin(tp) is Literal and isinstance(typing.get_args(tp)[0], str))
+
+
 def parse_override_value(dotted: str, raw: str):
-    """Parse a CLI value for `dotted`: strings stay verbatim, everything else is a TOML value."""
+    """Parse a CLI value for `dotted`: strings stay verbatim, everything else is a TOML value.
+
+    A list field also takes a comma-separated list (`--run.reflection_words wait,hmm`).
+    """
     tp = _field_type(dotted)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    if tp is str or (typing.get_origin(tp) is Literal and isinstance(typing.get_args(tp)[0], str)):
+    if _is_text(tp):
         return raw
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        if typing.get_origin(tp) is tuple:
-            return [part.strip() for part in raw.split(",") if part.strip()]
-        raise RecipeError(dotted, f"cannot parse {raw!r} as {_type_name(tp)}") from None
+    if typing.get_origin(tp) is tuple and not raw.lstrip().startswith("["):
+        item_type = typing.get_args(tp)[0]
+        parts = [part.strip() for part in raw.split(",") if part.strip()]
+        value = [part if _is_text(item_type) else _parse_toml_value(part) for part in parts]
+        value = None if None in value else value
+    else:
+        value = _parse_toml_value(raw)
+    if value is None:
+        raise RecipeError(dotted, f"cannot parse {raw!r} as {_type_name(tp)}")
+    return value
 
 
 def apply_override(table: dict, dotted: str, value) -> None:
@@ -330,8 +353,11 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] = ()) -> Re
             raise RecipeError("", f"recipe file '{file}' does not exist")
         try:
             table = tomllib.loads(file.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise RecipeError("", f"recipe file '{file}' is not valid TOML: {err}") from None
+        except OSError as err:
+            raise RecipeError("", f"recipe file '{file}' cannot be read: {err.strerror}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as err:
+            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err).splitlines()[0]
+            raise RecipeError("", f"recipe file '{file}' is not valid TOML: {reason}") from None
     for dotted, value in parse_overrides(list(overrides)):
         apply_override(table, dotted, value)
     return recipe_from_dict(table)

@@ -9,8 +9,15 @@ from __future__ import annotations
 import re
 
 # A user reward is "package.module:function"; a built-in one is a plain name.
-_REWARD_NAME = re.compile(r"^[A-Za-z_]\w*$|^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_REWARD_NAME = re.compile(r"[A-Za-z_]\w*|[A-Za-z_][\w.]*:[A-Za-z_]\w*", re.ASCII)
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
+
+
+def key_text(name: str) -> str:
+    """A key as it appears in an error: quoted when it is not a plain name, so that a key
+    holding a newline or spaces still gives a one-line message."""
+    plain = name.isprintable() and not any(char.isspace() for char in name)
+    return name if plain else repr(name)
 
 
 class RecipeError(ValueError):
@@ -80,7 +87,7 @@ def _check_rollout(recipe) -> None:
 def _check_reward(reward) -> None:
     _require(bool(reward.weights), "reward.weights", "needs at least one reward function")
     for name in reward.weights:
-        _require(bool(_REWARD_NAME.match(name)), f"reward.weights.{name}",
+        _require(bool(_REWARD_NAME.fullmatch(name)), f"reward.weights.{key_text(name)}",
                  "is neither a built-in reward name nor a 'package.module:function' path")
     _require(reward.num_scorers >= 1, "reward.num_scorers", "must be >= 1")
     _require(reward.workers_per_scorer >= 1, "reward.workers_per_scorer", "must be >= 1")
@@ -139,7 +146,7 @@ def _check_cluster(recipe, local_cpus: int) -> None:
 
 
 def _check_run(run) -> None:
-    _require(bool(_RUN_NAME.match(run.name)), "run.name", "must be letters, digits, '.', '_' or '-'")
+    _require(bool(_RUN_NAME.fullmatch(run.name)), "run.name", "must be letters, digits, '.', '_' or '-'")
     _require(run.steps >= 1, "run.steps", "must be >= 1")
     for name in ("eval_every", "checkpoint_every"):
         _require(getattr(run, name) >= 0, f"run.{name}", "must be >= 0 (0: off)")

@@ -41,7 +41,7 @@ def run_smoke(recipe: Recipe, num_prompts: int = 4) -> dict:
     from transformers import AutoTokenizer
 
     from actors.rollout_worker import RolloutWorker, engine_spec_from_recipe
-    from cluster.data import PromptSampler, load_prompt_rows, render_prompt
+    from cluster.data import DataError, PromptSampler, load_prompt_rows, render_prompt
     from cluster.launch import connect_ray, get_with_timeout
     from cluster.prepare import prepare_data, prepare_model
 
@@ -58,6 +58,10 @@ def run_smoke(recipe: Recipe, num_prompts: int = 4) -> dict:
     texts = [render_prompt(r.prompt, data.template, tokenizer=tokenizer, system_prompt=data.system_prompt)
              for r in batch]
     prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    too_long = [len(ids) for ids in prompt_ids if len(ids) > data.max_prompt_tokens]
+    if too_long:
+        raise DataError(f"data file '{data.train_path}': {len(too_long)} of {len(batch)} prompts are longer than "
+                        f"data.max_prompt_tokens={data.max_prompt_tokens} after the template (longest {max(too_long)})")
 
     ray = connect_ray(recipe.cluster)
     cluster, timeout = recipe.cluster, recipe.cluster.timeout_s

@@ -1,0 +1,77 @@
+"""`aha smoke` end to end in a subprocess: what `make demo` runs until the RL loop lands."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.stack
+AHA = str(Path(sys.executable).with_name("aha"))
+
+RECIPE = """
+[model]
+path = "{out}/model"
+[model.tiny]
+hidden_size = 128
+num_layers = 2
+[data]
+train_path = "{out}/data/train.parquet"
+eval_path = "{out}/data/eval.parquet"
+template = "r1_zero"
+max_prompt_tokens = 600
+[data.synthetic]
+task = "countdown"
+train_rows = 50
+eval_rows = 10
+[rollout]
+group_size = 4
+max_new_tokens = 16
+max_model_len = 640
+kv_cache_gb = 0.25
+enforce_eager = true
+[reward]
+weights = {{ countdown = 1.0 }}
+[cluster]
+num_cpus = 2
+learner_cpus = 0.5
+scorer_cpus = 0.5
+timeout_s = 300
+"""
+
+
+def test_smoke_builds_inputs_samples_through_ray_and_checks_logprobs(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.format(out=tmp_path))
+    done = subprocess.run([AHA, "smoke", str(recipe), "--prompts", "2", "--run.seed", "3"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("[aha smoke]")]
+    assert any("sampled 2 groups x 4" in line for line in lines), lines
+    gap = float(re.search(r"logprob gap over \d+ tokens: (\S+)", done.stdout).group(1))
+    assert gap <= 1e-3
+    assert (tmp_path / "model" / "config.json").is_file()
+    train = pq.read_table(tmp_path / "data" / "train.parquet")
+    assert train.num_rows == 50 and {"prompt", "numbers", "target"} <= set(train.column_names)
+    assert pq.read_table(tmp_path / "data" / "eval.parquet").num_rows == 10
+
+
+def test_smoke_with_a_bad_recipe_exits_2_before_starting_anything(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.format(out=tmp_path))
+    done = subprocess.run([AHA, "smoke", str(recipe), "--rollout.group_size", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "rollout.group_size" in done.stderr
+    assert not (tmp_path / "model").exists()
+
+
+def test_prompts_longer_than_the_limit_are_a_clear_error(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.format(out=tmp_path))
+    done = subprocess.run([AHA, "smoke", str(recipe), "--data.max_prompt_tokens", "100"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "data.max_prompt_tokens=100" in done.stderr and "train.parquet" in done.stderr
