@@ -36,3 +36,21 @@ def get_with_timeout(ray, ref, timeout_s: float, what: str):
         return ray.get(ref, timeout=timeout_s)
     except GetTimeoutError:
         raise TimeoutError(f"{what} did not answer within {timeout_s:g} s (cluster.timeout_s)") from None
+
+
+def get_all(ray, refs: list, timeout_s: float, what: str) -> list:
+    """Results of `refs` in order; the first failure is raised at once (not after the others,
+    which may be stuck in a collective with the failed peer), and the whole wait is bounded."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    pending = list(refs)
+    while pending:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"{what}: {len(pending)} of {len(refs)} calls did not finish within "
+                               f"{timeout_s:g} s (cluster.timeout_s)")
+        ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
+        for ref in ready:
+            ray.get(ref)  # raises the remote error, if any
+    return ray.get(list(refs))

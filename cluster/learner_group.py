@@ -1,0 +1,78 @@
+"""The learner group from the driver's side: R Ray actors that are one DeepSpeed job.
+
+Every learner call is collective, so the group always calls all ranks together and waits on
+them with a deadline. Groups are split evenly over the ranks (data parallel): each rank gets
+the same number of groups, hence the same number of micro-batches, which ZeRO-3's per-layer
+all-gathers require.
+"""
+
+from __future__ import annotations
+
+from cluster.launch import get_all
+from cluster.types import Group
+from learner.batching import TrainSequence
+from learner.learner import Learner
+from learner.spec import LearnerSpec
+
+
+def train_sequences(group: Group) -> list[TrainSequence]:
+    """The learner's view of a scored group: one sequence per sample, with its advantage."""
+    if len(group.advantages) != len(group.samples):
+        raise ValueError(f"group {group.prompt_index}: {len(group.advantages)} advantages for "
+                         f"{len(group.samples)} samples")
+    return [
+        TrainSequence(prompt_ids=s.prompt_ids, completion_ids=s.completion_ids,
+                      behaviour_logprobs=s.logprobs, advantage=a, weight_version=s.weight_version)
+        for s, a in zip(group.samples, group.advantages)
+    ]
+
+
+class LearnerGroup:
+    """Launch, drive and shut down the R learner ranks."""
+
+    def __init__(self, spec: LearnerSpec, num_ranks: int, *, cpus_per_rank: float = 1.0,
+                 gpus_per_rank: float = 0.0, timeout_s: float = 600.0, placement=None):
+        import ray
+
+        self._ray, self.timeout_s, self.num_ranks = ray, timeout_s, num_ranks
+        actor = ray.remote(Learner)
+        options = {"num_cpus": cpus_per_rank, "num_gpus": gpus_per_rank}
+        self.ranks = [
+            actor.options(**options, **(placement(rank) if placement else {})).remote(spec, rank, num_ranks)
+            for rank in range(num_ranks)
+        ]
+        host, port = self._all([self.ranks[0].rendezvous_address.remote()], "learner rendezvous")[0]
+        self.info = self._all([r.setup.remote(host, port) for r in self.ranks], "learner set-up")
+
+    def _all(self, refs: list, what: str) -> list:
+        return get_all(self._ray, refs, self.timeout_s, what)
+
+    def accumulate(self, groups: list[list[TrainSequence]], *, end_of_step: bool) -> int:
+        """Forward/backward on these groups now, split evenly over the ranks; returns tokens."""
+        if not groups or len(groups) % self.num_ranks:
+            raise ValueError(f"{len(groups)} groups cannot be split evenly over {self.num_ranks} learner ranks")
+        per_rank = len(groups) // self.num_ranks
+        shards = [[s for g in groups[r * per_rank:(r + 1) * per_rank] for s in g] for r in range(self.num_ranks)]
+        refs = [rank.accumulate.remote(shard, end_of_step) for rank, shard in zip(self.ranks, shards)]
+        return sum(self._all(refs, "learner forward/backward"))
+
+    def step(self) -> dict:
+        """Optimizer step on every rank; returns the metrics (identical on all ranks)."""
+        return self._all([r.step.remote() for r in self.ranks], "learner optimizer step")[0]
+
+    def weights(self) -> dict:
+        """Every parameter by HF name, gathered to rank 0 and copied to the driver."""
+        return self._all([r.collect_weights.remote() for r in self.ranks], "weight gather")[0]
+
+    def save_checkpoint(self, directory: str) -> str:
+        return self._all([r.save_checkpoint.remote(directory) for r in self.ranks], "checkpoint save")[0]
+
+    def load_checkpoint(self, directory: str) -> int:
+        return self._all([r.load_checkpoint.remote(directory) for r in self.ranks], "checkpoint load")[0]
+
+    def export_hf(self, directory: str) -> str:
+        return self._all([r.export_hf.remote(directory) for r in self.ranks], "Hugging Face export")[0]
+
+    def shutdown(self) -> None:
+        for rank in self.ranks:
+            self._ray.kill(rank)

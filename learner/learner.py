@@ -1,0 +1,247 @@
+"""One rank of the DeepSpeed ZeRO learner group.
+
+A plain class; the driver launches R of them as Ray actors that together form one DeepSpeed
+job (rank environment set here, no `deepspeed` launcher). Groups stream in: every call to
+`accumulate` runs forward/backward at once on the sequences it is given, and `step` applies
+the optimizer once the step's groups are all in.
+
+Exact aggregation while streaming: each micro-batch backpropagates the *numerator* of its
+loss (e.g. the sum of per-token losses for token-mean) and records the denominator (its token
+count). Only at `step` is the step's total denominator known; the accumulated gradients are
+then scaled by 1/total before clipping and the optimizer, which gives exactly the gradient of
+the whole-step loss.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+import torch
+
+from learner.batching import MicroBatch, TrainSequence, micro_batches, token_logprobs
+from learner.losses import LossOutput, entropy_from_logits, policy_loss
+from learner.optim import deepspeed_config, lr_multiplier
+from learner.spec import LearnerSpec
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def resolve_device_and_dtype(spec: LearnerSpec) -> tuple[torch.device, torch.dtype]:
+    """fp32 on CPU, bf16 on GPU, unless the spec names them."""
+    cuda = torch.cuda.is_available() if spec.device == "auto" else spec.device == "cuda"
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    name = spec.dtype if spec.dtype != "auto" else ("bfloat16" if cuda else "float32")
+    return device, getattr(torch, name)
+
+
+def _grad_norm(params) -> float:
+    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+class Learner:
+    """A learner rank: policy (and optional frozen reference) under DeepSpeed ZeRO."""
+
+    def __init__(self, spec: LearnerSpec, rank: int, world_size: int):
+        self.spec, self.rank, self.world_size = spec, rank, world_size
+        self.weight_version = 0
+        self.engine = None
+        self._outputs: list[LossOutput] = []
+        self._kept: list[MicroBatch] = []  # the step's micro-batches, for ppo_epochs > 1
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        """Called on rank 0: an address and free port where the process group meets."""
+        try:
+            import ray
+
+            host = ray.util.get_node_ip_address()
+        except Exception:  # not inside Ray (a test building the class directly)
+            host = "127.0.0.1"
+        return host, free_port()
+
+    def setup(self, master_addr: str, master_port: int) -> dict:
+        """Join the process group and build the DeepSpeed engine(s). Collective: all ranks."""
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
+        self.device, self.dtype = resolve_device_and_dtype(self.spec)
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                   timeout=timedelta(seconds=self.spec.timeout_s))
+        torch.manual_seed(self.spec.seed)
+        model = AutoModelForCausalLM.from_pretrained(self.spec.model_path, dtype=self.dtype)
+        if self.spec.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        self.hf_config = model.config
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.spec.lr, betas=tuple(self.spec.adam_betas),
+                                      eps=self.spec.adam_eps, weight_decay=self.spec.weight_decay)
+        config = deepspeed_config(zero_stage=self.spec.zero_stage, micro_batch_size=self.spec.micro_batch_size,
+                                  grad_clip=self.spec.grad_clip, bf16=self.dtype == torch.bfloat16)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=config, lr_scheduler=self._make_scheduler)
+        self.reference = self._build_reference(deepspeed, AutoModelForCausalLM) if self.spec.kl_coef > 0 else None
+        return {"rank": self.rank, "device": str(self.device), "dtype": str(self.dtype)}
+
+    def _make_scheduler(self, optimizer):
+        spec = self.spec
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(
+            step, warmup_steps=spec.warmup_steps, total_steps=spec.total_steps, schedule=spec.lr_schedule))
+
+    def _build_reference(self, deepspeed, auto_model):
+        """A frozen copy of the initial policy, sharded like it under ZeRO-3."""
+        model = auto_model.from_pretrained(self.spec.model_path, dtype=self.dtype).eval()
+        model.requires_grad_(False)
+        if self.spec.zero_stage != 3:
+            return model.to(self.device)
+        config = deepspeed_config(zero_stage=3, micro_batch_size=self.spec.micro_batch_size,
+                                  grad_clip=0.0, bf16=self.dtype == torch.bfloat16)
+        engine, *_ = deepspeed.initialize(model=model, config=config)
+        engine.eval()  # DeepSpeedEngine.eval() returns None, not the engine
+        return engine
+
+    # -- training -------------------------------------------------------------------------
+
+    def accumulate(self, sequences: list[TrainSequence], end_of_step: bool) -> int:
+        """Forward/backward on `sequences` now; `end_of_step` marks the step's last call.
+
+        Collective under ZeRO: every rank must make the same calls with the same number of
+        micro-batches. Returns the number of completion tokens processed.
+        """
+        batches = micro_batches(sequences, self.spec.micro_batch_size, self.pad_id)
+        tokens = 0
+        for index, batch in enumerate(batches):
+            batch = batch.to(self.device)
+            boundary = end_of_step and index == len(batches) - 1
+            output, logp = self._forward_backward(batch, boundary)
+            self._outputs.append(output)
+            if self.spec.ppo_epochs > 1:
+                batch.old_logp = logp  # the pre-update logprobs later epochs clip against
+                self._kept.append(batch)
+            tokens += batch.num_tokens
+        return tokens
+
+    def _forward_backward(self, batch: MicroBatch, boundary: bool):
+        spec = self.spec
+        self.engine.set_gradient_accumulation_boundary(boundary)
+        logits = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logp = token_logprobs(logits, batch.input_ids)
+        if spec.entropy_coef > 0:
+            entropy = entropy_from_logits(logits[:, :-1].float())
+        else:
+            with torch.no_grad():
+                entropy = entropy_from_logits(logits[:, :-1].float())
+        old_logp = batch.old_logp if batch.old_logp is not None else logp.detach()
+        output = policy_loss(
+            logp, old_logp, batch.advantages, batch.loss_mask,
+            behaviour_logp=batch.behaviour_logp, clip_low=spec.clip_low, clip_high=spec.clip_high,
+            dual_clip=spec.dual_clip, tis_cap=spec.tis_cap, ref_logp=self._reference_logp(batch),
+            kl_coef=spec.kl_coef, kl_kind=spec.kl_kind, entropy=entropy, entropy_coef=spec.entropy_coef,
+            loss_agg=spec.loss_agg, max_len=spec.max_new_tokens,
+        )
+        self.engine.backward(output.numerator, scale_wrt_gas=False)
+        output.numerator = output.numerator.detach()
+        return output, logp.detach()
+
+    def _reference_logp(self, batch: MicroBatch) -> torch.Tensor | None:
+        if self.reference is None:
+            return None
+        with torch.no_grad():
+            logits = self.reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            return token_logprobs(logits, batch.input_ids)
+
+    def step(self) -> dict:
+        """Apply the optimizer to the step's accumulated gradients (ppo_epochs updates).
+
+        Collective: every rank calls it after its last `accumulate(..., end_of_step=True)`.
+        Returns the step's metrics, aggregated over all ranks.
+        """
+        import torch.distributed as dist
+
+        denominator = torch.stack([o.denominator.float().cpu() for o in self._outputs]).sum().reshape(1)
+        dist.all_reduce(denominator)  # the whole step's normaliser, over every rank
+        metrics = self._optimizer_step(denominator.item())
+        for _ in range(self.spec.ppo_epochs - 1):
+            self._outputs = []
+            for index, batch in enumerate(self._kept):
+                output, _ = self._forward_backward(batch, boundary=index == len(self._kept) - 1)
+                self._outputs.append(output)
+            metrics = self._optimizer_step(denominator.item())
+        self._kept = []
+        self.weight_version += 1
+        return {**metrics, "weight_version": self.weight_version}
+
+    def _optimizer_step(self, denominator: float) -> dict:
+        from deepspeed.utils import safe_update_full_grad_vectorized
+
+        # DeepSpeed averaged the gradients over ranks; undo that and divide by the total.
+        scale = self.world_size / denominator if denominator > 0 else 0.0
+        params = [p for p in self.engine.module.parameters() if p.requires_grad]
+        safe_update_full_grad_vectorized(params, lambda grad, _param: grad * scale)
+        metrics = self._reduced_metrics()
+        lr = self.scheduler.get_last_lr()[0]
+        # Without ZeRO, DeepSpeed keeps no norm; the gradients are whole (all-reduced) here.
+        norm_before = _grad_norm(params) if self.spec.zero_stage == 0 else None
+        self.engine.step()
+        grad_norm = norm_before if norm_before is not None else self.engine.get_global_grad_norm()
+        self._outputs = []
+        metrics.update(lr=lr, grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+                       loss=metrics["loss_numerator"] / denominator if denominator > 0 else 0.0)
+        return metrics
+
+    def _reduced_metrics(self) -> dict:
+        """Token-weighted means of the loss metrics over every rank's micro-batches."""
+        import torch.distributed as dist
+
+        names = sorted({k for o in self._outputs for k in o.metric_sums if k != "ratio_max"})
+        sums = torch.tensor([[sum(o.metric_sums.get(k, 0.0) for o in self._outputs) for k in names]
+                             + [sum(o.num_tokens for o in self._outputs),
+                                sum(float(o.numerator) for o in self._outputs)]], dtype=torch.float64)
+        ratio_max = torch.tensor([max((o.metric_sums.get("ratio_max", 0.0) for o in self._outputs), default=0.0)])
+        dist.all_reduce(sums)
+        dist.all_reduce(ratio_max, op=dist.ReduceOp.MAX)
+        *values, tokens, numerator = sums[0].tolist()
+        metrics = {k: v / tokens if tokens else 0.0 for k, v in zip(names, values)}
+        return {**metrics, "ratio_max": ratio_max.item(), "tokens": int(tokens), "loss_numerator": numerator}
+
+    # -- weights out, checkpoints ---------------------------------------------------------
+
+    def iter_weights(self, bucket_bytes: int = 64 << 20):
+        """(hf_name, tensor) for every parameter, on rank 0; other ranks take part, yield nothing.
+
+        Under ZeRO-3 parameters are gathered one bucket at a time, so peak memory stays near
+        one bucket. A yielded tensor is valid until the next item is requested.
+        """
+        from learner.weights import iter_gathered
+
+        yield from iter_gathered(self.engine.module, zero3=self.spec.zero_stage == 3,
+                                 is_source=self.rank == 0, bucket_bytes=bucket_bytes)
+
+    def collect_weights(self, bucket_bytes: int = 64 << 20) -> dict[str, torch.Tensor]:
+        """All weights as a dict of CPU copies on rank 0 ({} elsewhere); for tests and export."""
+        return {name: t.detach().to("cpu", copy=True) for name, t in self.iter_weights(bucket_bytes)}
+
+    def save_checkpoint(self, directory: str) -> str:
+        from learner.checkpoint import save_checkpoint
+
+        return save_checkpoint(self, directory)
+
+    def load_checkpoint(self, directory: str) -> int:
+        from learner.checkpoint import load_checkpoint
+
+        return load_checkpoint(self, directory)
+
+    def export_hf(self, directory: str) -> str | None:
+        from learner.checkpoint import export_hf
+
+        return export_hf(self, directory)

@@ -1,0 +1,364 @@
+"""GRPO-family advantages and policy losses: pure functions of tensors, imports only torch.
+
+Shape letters: B sequences in a (micro-)batch, T token positions, V vocabulary size,
+N groups of G completions each. A `mask` is 1 (or True) on completion tokens and 0 on
+prompt/padding; masked-out positions never influence a value, a gradient or a metric, even
+when they hold garbage such as -inf logprobs (they are replaced with `torch.where`, never
+multiplied by 0, because 0 * inf is nan).
+
+Losses are returned as a (numerator, denominator) pair so that a learner streaming
+micro-batches gets exactly the whole-batch loss as sum(numerators) / sum(denominators).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+KL_KINDS = ("k1", "k2", "k3")
+LOSS_AGGS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+# Metrics merged by max across micro-batches; every other metric is a sum over tokens.
+MAX_METRICS = frozenset({"ratio_max"})
+
+
+def group_advantages(rewards: Tensor, *, estimator: str = "grpo", eps: float = 1e-6) -> Tensor:
+    """Group-relative advantages, one per completion.
+
+    rewards: (N, G) float; row i holds the rewards of the G completions of prompt i.
+    Returns (N, G), in the floating dtype of `rewards` (integer/bool rewards become the
+    default float dtype).
+
+    - "grpo":    (r - mean_g) / (std_g + eps), std_g the *population* std (divisor G), so a
+                 group of one has std 0.
+    - "dr_grpo": r - mean_g (Dr. GRPO: no std normalisation).
+    - "rloo":    r_i - mean of the other G-1 members = G/(G-1) * (r_i - mean_g); needs G >= 2.
+
+    A group whose rewards are all equal (including any group of size 1) gets exactly 0
+    under every estimator: the centred value is set to 0 rather than computed, because
+    `r - mean(r)` is not always exactly 0 in floating point.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(
+            f"unknown advantage estimator {estimator!r}; expected one of {ESTIMATORS}"
+        )
+    if rewards.dim() != 2:
+        raise ValueError(
+            f"rewards must be 2-D (num_groups, group_size), got shape {tuple(rewards.shape)}"
+        )
+    group_size = rewards.shape[1]
+    if group_size < 1:
+        raise ValueError("rewards must have at least one completion per group")
+    if estimator == "rloo" and group_size < 2:
+        raise ValueError("estimator 'rloo' needs group_size >= 2 (no other members to average)")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if not rewards.is_floating_point():
+        rewards = rewards.to(torch.get_default_dtype())
+
+    constant = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)
+    centred = torch.where(constant, 0.0, rewards - rewards.mean(dim=1, keepdim=True))
+    if estimator == "grpo":
+        # Constant groups divide 0 by 1, so eps = 0 cannot turn them into 0/0.
+        scale = torch.where(constant, 1.0, rewards.std(dim=1, keepdim=True, correction=0) + eps)
+        return centred / scale
+    if estimator == "rloo":
+        return centred * (group_size / (group_size - 1))
+    return centred
+
+
+def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str) -> Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from tokens sampled from pi (Schulman's k1/k2/k3).
+
+    logp, ref_logp: (...) log-probabilities of the sampled tokens under pi and pi_ref.
+    Returns (...), the same shape.  k1 is unbiased but can be negative; k2 and k3 are >= 0;
+    k3 is unbiased and low-variance (the GRPO paper's choice).
+    """
+    if kind not in KL_KINDS:
+        raise ValueError(f"unknown KL kind {kind!r}; expected one of {KL_KINDS}")
+    log_ratio = logp - ref_logp
+    if kind == "k1":
+        return log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio**2
+    return torch.exp(-log_ratio) + log_ratio - 1.0
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of softmax(logits) over the last dim.
+
+    logits: (..., V). Returns (...). -inf logits (banned tokens) contribute 0, with a finite
+    gradient: log-probabilities are clamped to the dtype's lowest finite value so that
+    p * log p is 0 * finite instead of 0 * -inf.
+    """
+    logp = torch.log_softmax(logits, dim=-1)
+    finite_logp = logp.clamp(min=torch.finfo(logp.dtype).min)
+    return -(logp.exp() * finite_logp).sum(dim=-1)
+
+
+def tis_weights(old_logp: Tensor, behaviour_logp: Tensor, cap: float) -> Tensor:
+    """Truncated importance-sampling weights min(pi_old / pi_behaviour, cap), detached.
+
+    old_logp: (...) the learner's logprobs of the sampled tokens; behaviour_logp: (...) the
+    rollout engine's logprobs of the same tokens (they differ through kernels, precision or
+    staleness). Returns (...). cap == 0 disables TIS: all ones. cap < 0 is a ValueError.
+    """
+    if cap < 0:
+        raise ValueError(f"tis cap must be >= 0 (0 disables TIS), got {cap}")
+    if cap == 0:
+        return torch.ones_like(old_logp).detach()
+    return torch.exp(old_logp - behaviour_logp).clamp(max=cap).detach()
+
+
+def aggregate(
+    per_token: Tensor, mask: Tensor, mode: str, *, max_len: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Reduce a per-token loss to (numerator, denominator), both 0-dim.
+
+    per_token: (B, T); mask: (B, T), nonzero = counted. The loss is numerator / denominator,
+    and for a batch split into parts by sequence, sum(numerators) / sum(denominators) equals
+    the whole batch's loss, so micro-batches can be streamed exactly.
+
+    - "token_mean" (DAPO):              sum(masked) / number of masked tokens.
+    - "seq_mean_token_mean" (GRPO):     sum_b [sum_t masked / max(len_b, 1)] / B.
+      A sequence with no masked token still counts in B but adds 0 to the numerator.
+    - "seq_mean_token_sum_norm" (Dr. GRPO): sum_b [sum_t masked / max_len] / B, with
+      max_len a constant (e.g. max new tokens), required and > 0.
+
+    Sums accumulate in at least float32. The denominator is a float tensor without grad;
+    it depends only on the mask, so a learner can know it before the losses are computed.
+    """
+    if mode not in LOSS_AGGS:
+        raise ValueError(f"unknown loss aggregation {mode!r}; expected one of {LOSS_AGGS}")
+    if per_token.dim() != 2 or mask.shape != per_token.shape:
+        raise ValueError(
+            "per_token and mask must both be (B, T), got "
+            f"{tuple(per_token.shape)} and {tuple(mask.shape)}"
+        )
+    if mode == "seq_mean_token_sum_norm" and (max_len is None or max_len <= 0):
+        raise ValueError(f"loss aggregation {mode!r} needs max_len > 0, got {max_len}")
+    acc = torch.promote_types(per_token.dtype, torch.float32)
+    keep = mask.bool()
+    masked = torch.where(keep, per_token.to(acc), 0.0)
+    if mode == "token_mean":
+        return masked.sum(), keep.sum().to(acc)
+    num_seqs = torch.tensor(float(per_token.shape[0]), dtype=acc, device=per_token.device)
+    if mode == "seq_mean_token_mean":
+        lengths = keep.sum(dim=1).clamp(min=1).to(acc)
+        return (masked.sum(dim=1) / lengths).sum(), num_seqs
+    return masked.sum() / max_len, num_seqs
+
+
+@dataclass
+class LossOutput:
+    """One (micro-)batch's policy loss, in a form that adds up exactly across micro-batches.
+
+    numerator: 0-dim, differentiable. denominator: 0-dim float, no grad.
+    metric_sums: per-token metrics summed over the masked tokens, except "ratio_max", a max.
+    num_tokens: number of masked tokens.
+    """
+
+    numerator: Tensor
+    denominator: Tensor
+    metric_sums: dict[str, float] = field(default_factory=dict)
+    num_tokens: int = 0
+
+    @property
+    def loss(self) -> Tensor:
+        """numerator / denominator, the loss when this output covers the whole batch.
+
+        A batch with no tokens (denominator 0, numerator 0) gives 0 rather than nan.
+        """
+        return self.numerator / self.denominator.clamp(min=1.0)
+
+    @staticmethod
+    def merge_metrics(outputs: list[LossOutput]) -> dict[str, float]:
+        """Token-weighted means of the metrics over all outputs; "ratio_max" is their max.
+
+        A merge over no tokens gives 0.0 for every metric. An empty list gives {}.
+        """
+        total_tokens = sum(out.num_tokens for out in outputs)
+        names = dict.fromkeys(name for out in outputs for name in out.metric_sums)
+        merged = {}
+        for name in names:
+            values = [out.metric_sums[name] for out in outputs if name in out.metric_sums]
+            if name in MAX_METRICS:
+                merged[name] = max(values)
+            else:
+                merged[name] = sum(values) / total_tokens if total_tokens else 0.0
+        return merged
+
+
+merge_metrics = LossOutput.merge_metrics
+
+
+def _check_policy_args(
+    logp: Tensor,
+    others: dict[str, Tensor | None],
+    advantages: Tensor,
+    *,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float,
+    tis_cap: float,
+    kl_coef: float,
+    kl_kind: str,
+    entropy_coef: float,
+) -> None:
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be (B, T), got shape {tuple(logp.shape)}")
+    for name, tensor in others.items():
+        if tensor is not None and tensor.shape != logp.shape:
+            raise ValueError(
+                f"{name} must have logp's shape {tuple(logp.shape)}, got {tuple(tensor.shape)}"
+            )
+    if advantages.shape not in (logp.shape[:1], logp.shape):
+        raise ValueError(
+            f"advantages must be (B,) or (B, T) with (B, T) = {tuple(logp.shape)}, "
+            f"got {tuple(advantages.shape)}"
+        )
+    if not 0 <= clip_low < 1:
+        raise ValueError(f"clip_low must be in [0, 1), got {clip_low}")
+    if clip_high < 0:
+        raise ValueError(f"clip_high must be >= 0, got {clip_high}")
+    if dual_clip != 0 and not dual_clip > 1:
+        raise ValueError(f"dual_clip must be > 1 (or 0 to disable), got {dual_clip}")
+    if tis_cap < 0:
+        raise ValueError(f"tis_cap must be >= 0 (0 disables TIS), got {tis_cap}")
+    if kl_kind not in KL_KINDS:
+        raise ValueError(f"unknown KL kind {kl_kind!r}; expected one of {KL_KINDS}")
+    if kl_coef < 0 or entropy_coef < 0:
+        raise ValueError(
+            f"kl_coef and entropy_coef must be >= 0, got {kl_coef} and {entropy_coef}"
+        )
+    if kl_coef > 0 and others["ref_logp"] is None:
+        raise ValueError("kl_coef > 0 needs ref_logp (the reference model's logprobs)")
+    if entropy_coef > 0 and others["entropy"] is None:
+        raise ValueError("entropy_coef > 0 needs entropy")
+
+
+def _clipped_pg(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float, dual_clip: float):
+    """PPO's pessimistic clipped surrogate, with optional dual clip. All (B, T).
+
+    Returns (pg, dual_active): the per-token loss and where the dual bound was chosen.
+    """
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    pg = torch.maximum(unclipped, clipped)
+    if dual_clip <= 0:
+        return pg, torch.zeros_like(pg, dtype=torch.bool)
+    # For A < 0 the max above is unbounded as the ratio grows; dual clip caps it at -A * c.
+    bound = -adv * dual_clip
+    dual_active = (adv < 0) & (pg > bound)
+    return torch.where(dual_active, bound, pg), dual_active
+
+
+def policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    behaviour_logp: Tensor | None = None,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float = 0.0,
+    tis_cap: float = 0.0,
+    ref_logp: Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_kind: str = "k3",
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
+    loss_agg: str = "token_mean",
+    max_len: int | None = None,
+) -> LossOutput:
+    """GRPO-family clipped policy-gradient loss of one (micro-)batch.
+
+    logp: (B, T) current policy's logprobs of the sampled tokens (differentiable).
+    old_logp: (B, T) the policy's logprobs when the batch was sampled (learner side).
+    advantages: (B,) one per sequence, broadcast over tokens, or (B, T).
+    mask: (B, T) 1 on completion tokens.
+    behaviour_logp: (B, T) rollout engine's logprobs; with tis_cap > 0 enables TIS.
+    ref_logp: (B, T) reference model's logprobs; required when kl_coef > 0, and when given
+      the "kl" metric is reported even with kl_coef == 0.
+    entropy: (B, T) per-token entropy (may carry grad); required when entropy_coef > 0.
+
+    Per token: ratio = exp(logp - old_logp); pg = max(-A*ratio, -A*clip(ratio, 1-clip_low,
+    1+clip_high)); with dual_clip c > 1 and A < 0, pg = min(pg, -A*c); pg *= TIS weight;
+    loss = pg + kl_coef * KL_kind - entropy_coef * entropy; then `aggregate(loss_agg)`.
+    old_logp, behaviour_logp, ref_logp and advantages are treated as constants.
+    """
+    others = {
+        "old_logp": old_logp, "mask": mask, "behaviour_logp": behaviour_logp,
+        "ref_logp": ref_logp, "entropy": entropy,
+    }
+    _check_policy_args(
+        logp, others, advantages, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip,
+        tis_cap=tis_cap, kl_coef=kl_coef, kl_kind=kl_kind, entropy_coef=entropy_coef,
+    )
+    keep = mask.bool()
+
+    def clean(x: Tensor) -> Tensor:  # garbage at masked positions -> 0 before any arithmetic
+        return torch.where(keep, x, 0.0)
+
+    logp = clean(logp)
+    old_logp = clean(old_logp.detach())
+    adv = advantages.detach()
+    adv = clean(adv.unsqueeze(-1).expand_as(logp) if adv.dim() == 1 else adv)
+    ratio = torch.exp(logp - old_logp)
+    pg, dual_active = _clipped_pg(ratio, adv, clip_low, clip_high, dual_clip)
+    tis = torch.ones_like(pg)
+    if behaviour_logp is not None and tis_cap > 0:
+        tis = tis_weights(old_logp, clean(behaviour_logp.detach()), tis_cap)
+    pg = pg * tis
+
+    per_token = pg
+    kl = None
+    if ref_logp is not None:
+        kl = kl_estimate(logp, clean(ref_logp.detach()), kl_kind)
+        if kl_coef > 0:
+            per_token = per_token + kl_coef * kl
+    entropy = clean(entropy) if entropy is not None else None
+    if entropy_coef > 0:
+        per_token = per_token - entropy_coef * entropy
+    numerator, denominator = aggregate(per_token, keep, loss_agg, max_len=max_len)
+
+    metric_sums, num_tokens = _metric_sums(
+        keep, adv, ratio, pg, tis, kl, entropy, clip_low=clip_low, clip_high=clip_high,
+        dual_active=dual_active,
+    )
+    return LossOutput(numerator, denominator.detach(), metric_sums, num_tokens)
+
+
+@torch.no_grad()
+def _metric_sums(keep, adv, ratio, pg, tis, kl, entropy, *, clip_low, clip_high, dual_active):
+    """Sums over masked tokens of each per-token metric (ratio_max: a max), and the token count.
+
+    All tensor arguments are (B, T) and already zero at masked positions; kl and entropy may
+    be None (reported as 0).
+    """
+    acc = torch.promote_types(pg.dtype, torch.float32)  # bf16 cannot count past 256 exactly
+    zeros = torch.zeros_like(pg)
+    per_token = {
+        "clip_frac_low": (adv < 0) & (ratio < 1.0 - clip_low),
+        "clip_frac_high": (adv > 0) & (ratio > 1.0 + clip_high),
+        "dual_clip_frac": dual_active,
+        "ratio_mean": ratio,
+        "kl": kl if kl is not None else zeros,
+        "entropy": entropy if entropy is not None else zeros,
+        "tis_weight_mean": tis,
+        "pg_loss": pg,
+    }
+    sums = [torch.where(keep, value.to(acc), 0.0).sum() for value in per_token.values()]
+    # ratio > 0, so 0 at masked positions never wins the max, and no tokens gives 0.
+    if keep.numel():
+        ratio_max = torch.where(keep, ratio.to(acc), 0.0).amax()
+    else:
+        ratio_max = keep.new_zeros((), dtype=acc)
+    # One device-to-host transfer for all metrics rather than one per metric.
+    values = torch.stack([keep.sum().to(acc), ratio_max, *sums]).tolist()
+    metric_sums = dict(zip(per_token, values[2:]))
+    metric_sums["ratio_max"] = values[1]
+    return metric_sums, int(values[0])
