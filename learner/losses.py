@@ -280,7 +280,8 @@ def policy_loss(
     old_logp: (B, T) the policy's logprobs when the batch was sampled (learner side).
     advantages: (B,) one per sequence, broadcast over tokens, or (B, T).
     mask: (B, T) 1 on completion tokens.
-    behaviour_logp: (B, T) rollout engine's logprobs; with tis_cap > 0 enables TIS.
+    behaviour_logp: (B, T) rollout engine's logprobs; TIS is on only when it is given and
+      tis_cap > 0 (either alone is a no-op).
     ref_logp: (B, T) reference model's logprobs; required when kl_coef > 0, and when given
       the "kl" metric is reported even with kl_coef == 0.
     entropy: (B, T) per-token entropy (may carry grad); required when entropy_coef > 0.
@@ -317,7 +318,8 @@ def policy_loss(
     per_token = pg
     kl = None
     if ref_logp is not None:
-        kl = kl_estimate(logp, clean(ref_logp.detach()), kl_kind)
+        # With kl_coef == 0 the KL is only a metric: keep it off the autograd graph.
+        kl = kl_estimate(logp if kl_coef > 0 else logp.detach(), clean(ref_logp.detach()), kl_kind)
         if kl_coef > 0:
             per_token = per_token + kl_coef * kl
     entropy = clean(entropy) if entropy is not None else None
