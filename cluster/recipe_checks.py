@@ -43,6 +43,10 @@ def check_recipe(recipe, *, local_cpus: int) -> None:
     _check_learner(recipe.learner)
     _check_cluster(recipe, local_cpus)
     _check_run(recipe.run)
+    # Groups are split evenly over the learner ranks (ZeRO-3 needs equal work per rank).
+    _require(recipe.rollout.prompts_per_step % recipe.learner.num_ranks == 0, "rollout.prompts_per_step",
+             f"{recipe.rollout.prompts_per_step} groups per step cannot be split evenly over "
+             f"learner.num_ranks = {recipe.learner.num_ranks}")
 
 
 def _check_model_and_data(recipe) -> None:

@@ -69,7 +69,7 @@ def test_shipped_recipe_values():
     r = load_recipe(SHIPPED)
     assert r.model.path == "runs/demo/tiny-model" and r.model.dtype == "float32"
     assert r.model.tiny == TinyModelConfig(hidden_size=256, num_layers=4, num_kv_heads=1, seed=0)
-    assert r.data.max_prompt_tokens == 320 and r.data.eval_path == "runs/demo/data/arith-eval.parquet"
+    assert r.data.max_prompt_tokens == 400 and r.data.eval_path == "runs/demo/data/arith-eval.parquet"
     assert r.data.synthetic == SyntheticDataConfig(task="arithmetic", train_rows=4000, eval_rows=200,
                                                    min_digits=1, max_digits=2, ops="+-")
     assert r.rollout.stop == ("</answer>",) and isinstance(r.rollout.stop, tuple)
@@ -193,7 +193,8 @@ def test_comma_list_follows_the_element_type(tmp_path, overrides, dotted, expect
 
 def test_remote_cluster_skips_the_local_cpu_budget(tmp_path):
     r = load_recipe(write_recipe(tmp_path), ["--cluster.address", "ray://head:10001",
-                                             "--cluster.num_cpus", "1", "--learner.num_ranks", "64"])
+                                             "--cluster.num_cpus", "1", "--learner.num_ranks", "64",
+                                             "--rollout.prompts_per_step", "64"])
     assert r.learner.num_ranks == 64 and r.cluster.address == "ray://head:10001"
 
 
@@ -234,6 +235,8 @@ BAD = [
     ("lr-zero", "learner.lr = 0.0", [], "learner.lr"),
     ("one-adam-beta", "learner.adam_betas = [0.9]", [], "learner.adam_betas"),
     ("steps-0", "run.steps = 0", [], "run.steps"),
+    ("uneven-groups-per-rank", "", ["--rollout.prompts_per_step", "3", "--learner.num_ranks", "2",
+                                    "--cluster.num_cpus", "8"], "rollout.prompts_per_step"),
     ("temperature-inf", "rollout.temperature = inf", [], "rollout.temperature"),
     ("timeout-nan", "cluster.timeout_s = nan", [], "cluster.timeout_s"),
     ("override-trailing-toml", "", ["--rollout.group_size", "4\nfoo = 5"], "rollout.group_size"),

@@ -1,0 +1,126 @@
+"""Learner throughput: aha's DeepSpeed learner rank (a Ray actor) against plain torch.
+
+Both sides train the same locally built model on the same batch of GRPO sequences with the
+same settings (fp32, AdamW, token-mean loss); the baseline is forward/backward/AdamW in plain
+torch in this process. Prints tokens/s of each and their ratio (target: >= 0.8).
+
+    .venv/bin/python bench/learner.py [--hidden 256 --layers 4 --steps 5 --zero-stage 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path and `bench/learner.py` would
+# shadow the `learner` package; the project's packages must win.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import torch  # noqa: E402
+
+
+def make_batch(num_sequences: int, prompt_len: int, completion_len: int, vocab: int, seed: int = 0):
+    from learner.batching import TrainSequence
+
+    rng = random.Random(seed)
+    return [
+        TrainSequence(
+            prompt_ids=[rng.randrange(10, vocab) for _ in range(prompt_len)],
+            completion_ids=[rng.randrange(10, vocab) for _ in range(completion_len)],
+            behaviour_logprobs=[-5.0] * completion_len,
+            advantage=rng.choice([-1.0, 1.0]),
+        )
+        for _ in range(num_sequences)
+    ]
+
+
+def plain_torch_tokens_per_s(model_dir, sequences, micro_batch_size: int, steps: int, lr: float) -> float:
+    """Forward/backward/AdamW in plain torch, the same loss, accumulation over micro-batches."""
+    from transformers import AutoModelForCausalLM
+
+    from learner.batching import micro_batches, token_logprobs
+    from learner.losses import policy_loss
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    batches = micro_batches(sequences, micro_batch_size, pad_id=model.config.pad_token_id)
+    tokens = sum(b.num_tokens for b in batches)
+
+    def one_step():
+        outputs = []
+        for batch in batches:
+            logp = token_logprobs(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits,
+                                  batch.input_ids)
+            out = policy_loss(logp, logp.detach(), batch.advantages, batch.loss_mask,
+                              behaviour_logp=batch.behaviour_logp, tis_cap=2.0)
+            (out.numerator / tokens).backward()
+            outputs.append(out)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    one_step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        one_step()
+    return tokens * steps / (time.perf_counter() - start)
+
+
+def aha_tokens_per_s(model_dir, sequences, micro_batch_size: int, steps: int, lr: float,
+                     zero_stage: int, threads: int) -> float:
+    import ray
+
+    from cluster.learner_group import LearnerGroup
+    from learner.spec import LearnerSpec
+
+    ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False)
+    spec = LearnerSpec(model_path=str(model_dir), zero_stage=zero_stage, lr=lr, grad_clip=1.0,
+                       micro_batch_size=micro_batch_size, tis_cap=2.0, timeout_s=600)
+    # One rank with every core: the same silicon the baseline gets.
+    learners = LearnerGroup(spec, 1, cpus_per_rank=threads, timeout_s=600)
+    try:
+        learners.accumulate([sequences], end_of_step=True)
+        learners.step()  # warm-up (DeepSpeed builds its comm op on first use)
+        tokens, start = 0, time.perf_counter()
+        for _ in range(steps):
+            tokens += learners.accumulate([sequences], end_of_step=True)
+            learners.step()
+        return tokens / (time.perf_counter() - start)
+    finally:
+        learners.shutdown()
+        ray.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--sequences", type=int, default=32)
+    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--completion-len", type=int, default=128)
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--zero-stage", type=int, default=2)
+    args = parser.parse_args()
+
+    from cluster.tiny_model import TinyModelSpec, build_tiny_model
+
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_tiny_model(f"{tmp}/model", TinyModelSpec(hidden_size=args.hidden, num_layers=args.layers))
+        sequences = make_batch(args.sequences, args.prompt_len, args.completion_len, vocab=250)
+        baseline = plain_torch_tokens_per_s(model_dir, sequences, args.micro_batch, args.steps, 1e-5)
+        aha = aha_tokens_per_s(model_dir, sequences, args.micro_batch, args.steps, 1e-5, args.zero_stage, threads)
+    print(f"model hidden={args.hidden} layers={args.layers}; {args.sequences} sequences x "
+          f"{args.completion_len} completion tokens per step; {threads} threads")
+    print(f"plain torch forward/backward/AdamW: {baseline:8.0f} tokens/s")
+    print(f"aha learner (ZeRO-{args.zero_stage}, Ray actor): {aha:8.0f} tokens/s")
+    print(f"ratio aha / plain torch: {aha / baseline:.2f}  (target >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
