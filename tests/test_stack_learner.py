@@ -190,3 +190,35 @@ def test_kl_to_reference_and_ppo_epochs_run_and_report(tiny_model_dir, groups):
     assert step1["kl"] > 0 and step2["kl"] > step1["kl"] * 0.5
     assert step1["clip_frac_low"] + step1["clip_frac_high"] > 0  # tight clip range was hit
     assert step1["ratio_max"] > 1.0 and step1["entropy"] > 0
+
+
+def test_two_ppo_epochs_match_plain_torch(tiny_model_dir, groups):
+    from learner.losses import policy_loss
+
+    spec = spec_for(tiny_model_dir, zero_stage=2, ppo_epochs=2, clip_low=0.05, clip_high=0.05)
+    # Reference: epoch 1 on-policy; epoch 2 clips against epoch 1's (pre-update) logprobs.
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, eps=spec.adam_eps, weight_decay=spec.weight_decay)
+    batch = collate([s for g in groups for s in g], pad_id=model.config.pad_token_id)
+    old_logp = None
+    for _ in range(2):
+        logp = token_logprobs(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits,
+                              batch.input_ids)
+        old_logp = logp.detach() if old_logp is None else old_logp
+        out = policy_loss(logp, old_logp, batch.advantages, batch.loss_mask, behaviour_logp=batch.behaviour_logp,
+                          clip_low=0.05, clip_high=0.05, tis_cap=spec.tis_cap)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    reference = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    learners = LearnerGroup(spec, 2, cpus_per_rank=1, timeout_s=300)
+    try:
+        metrics = _train_step(learners, groups)
+        updated = learners.weights()
+    finally:
+        learners.shutdown()
+    assert metrics["weight_version"] == 1
+    assert metrics["clip_frac_low"] + metrics["clip_frac_high"] > 0  # epoch 2 did clip
+    assert relative_error(initial, updated, reference) <= 1e-3
