@@ -1,0 +1,102 @@
+"""The rollout workers from the driver's side: N vLLM actors in a placement group.
+
+Prompts are spread over the workers round-robin; the groups come back as one stream, each as
+soon as it is done, whichever worker made it. The pool also links the workers to the learner
+for weight sync: learner rank 0 is rank 0 of the weight group, worker i is rank i + 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from actors.rollout_worker import EngineSpec, RolloutWorker
+from cluster.launch import get_all
+from cluster.types import Sample, SamplingSpec
+
+
+class RolloutPool:
+    """Launch, feed and update the N rollout workers."""
+
+    def __init__(self, spec: EngineSpec, num_workers: int, *, cpus_per_worker: float = 1.0,
+                 gpus_per_worker: float = 0.0, timeout_s: float = 600.0):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self._ray, self.timeout_s = ray, timeout_s
+        bundle = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
+        # PACK keeps a small job on one node; on a cluster Ray spreads what does not fit.
+        self.placement = placement_group([dict(bundle) for _ in range(num_workers)], strategy="PACK")
+        get_all(ray, [self.placement.ready()], timeout_s,
+                f"placing {num_workers} rollout workers ({bundle} each; is the cluster big enough?)")
+        actor = ray.remote(RolloutWorker)
+        self.workers = [
+            actor.options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
+                          scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, index)).remote(spec)
+            for index in range(num_workers)
+        ]
+        get_all(ray, [w.get_weight_version.remote() for w in self.workers], timeout_s, "rollout engine start")
+
+    def stream(self, prompts: list[list[int]], sampling: SamplingSpec) -> Iterator[tuple[int, list[Sample]]]:
+        """Yield `(prompt index, group)` for every prompt, in the order the groups finish.
+
+        Each wait is bounded by `timeout_s`: a worker that makes no progress for that long is an
+        error, not a hang.
+        """
+        ray, count = self._ray, len(self.workers)
+        streams = {}
+        for w, worker in enumerate(self.workers):
+            indices = list(range(w, len(prompts), count))
+            if indices:
+                gen = worker.stream_groups.options(num_returns="streaming").remote([prompts[i] for i in indices], sampling)
+                streams[gen] = indices
+        while streams:
+            ready, _ = ray.wait(list(streams), num_returns=1, timeout=self.timeout_s)
+            if not ready:
+                raise TimeoutError(f"no rollout group finished within {self.timeout_s:g} s (cluster.timeout_s)")
+            gen = ready[0]
+            try:
+                position, group = ray.get(next(gen), timeout=self.timeout_s)
+            except StopIteration:
+                del streams[gen]
+                continue
+            yield streams[gen][position], group
+
+    def link_refs(self, host: str, port: int) -> list:
+        """Start joining the learner's weight group (ranks 1..N); returns the calls' refs."""
+        world = len(self.workers) + 1
+        return [w.join_weight_group.remote(host, port, i + 1, world, self.timeout_s) for i, w in enumerate(self.workers)]
+
+    def update_refs(self, manifest, version: int, bucket_bytes: int) -> list:
+        """Start receiving a broadcast of weights `version`; returns the calls' refs."""
+        return [w.update_weights.remote(manifest, version, bucket_bytes, self.timeout_s) for w in self.workers]
+
+    def versions(self) -> list[int]:
+        return get_all(self._ray, [w.get_weight_version.remote() for w in self.workers], self.timeout_s,
+                       "rollout weight versions")
+
+    def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for worker in self.workers:
+            self._ray.kill(worker)
+        remove_placement_group(self.placement)
+
+
+def link_weights(learners, pool: RolloutPool, timeout_s: float) -> None:
+    """Build the weight group between learner rank 0 and every rollout worker (once per run)."""
+    ray = pool._ray
+    host, port = get_all(ray, [learners.ranks[0].rendezvous_address.remote()], timeout_s, "weight rendezvous")[0]
+    opened = learners.ranks[0].open_weight_group.remote(port, len(pool.workers) + 1)
+    get_all(ray, [opened, *pool.link_refs(host, port)], timeout_s, "weight group set-up")
+
+
+def push_weights(learners, pool: RolloutPool, version: int, timeout_s: float, bucket_bytes: int = 64 << 20) -> float:
+    """Broadcast the learner's current weights into every engine; returns the seconds it took."""
+    ray, start = pool._ray, time.perf_counter()
+    manifest = get_all(ray, [learners.ranks[0].weight_manifest.remote()], timeout_s, "weight manifest")[0]
+    receiving = pool.update_refs(manifest, version, bucket_bytes)
+    sending = [rank.broadcast_weights.remote(bucket_bytes) for rank in learners.ranks]
+    get_all(ray, [*sending, *receiving], timeout_s, "weight broadcast")
+    return time.perf_counter() - start
