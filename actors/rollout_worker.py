@@ -111,6 +111,10 @@ class RolloutWorker:
         )
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         self._engine = AsyncLLM.from_engine_args(args)
+        # Cleared while an update runs: a request stamps its weight version only once the
+        # update is over, since the engine will not schedule it before then anyway.
+        self._weights_ready = asyncio.Event()
+        self._weights_ready.set()
         self._tokenizer = self._engine.tokenizer
 
     # -- prompts ----------------------------------------------------------------------------
@@ -172,6 +176,7 @@ class RolloutWorker:
             include_stop_str_in_output=True,  # rewards read the closing tag (e.g. </answer>)
         )
         while True:
+            await self._weights_ready.wait()
             version, final = self.weight_version, None
             async for output in self._engine.generate({"prompt_token_ids": prompt_ids}, params,
                                                       request_id=uuid.uuid4().hex):
@@ -206,6 +211,7 @@ class RolloutWorker:
         In-flight requests either finish on the old weights first ("wait") or are aborted and
         re-queued on the new ones ("abort"), as the recipe says.
         """
+        self._weights_ready.clear()
         await self._engine.pause_generation(mode=self.spec.weight_sync, clear_cache=True)
         try:
             # The RPC serialises plain data only: the manifest travels as (name, dtype, shape) rows.
@@ -215,6 +221,7 @@ class RolloutWorker:
             self.weight_version = version
         finally:
             await self._engine.resume_generation()
+            self._weights_ready.set()
         return loaded[0]
 
     async def sleep(self) -> None:

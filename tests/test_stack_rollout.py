@@ -29,9 +29,9 @@ def worker(tiny_model_dir):
     ray.shutdown()
 
 
-def _start_worker(model_dir):
+def _start_worker(model_dir, weight_sync="wait"):
     spec = EngineSpec(model_path=str(model_dir), dtype="float32", max_model_len=512,
-                      kv_cache_gb=0.25, enforce_eager=True, seed=0)
+                      kv_cache_gb=0.25, enforce_eager=True, seed=0, weight_sync=weight_sync)
     actor = ray.remote(RolloutWorker).options(num_cpus=0.5).remote(spec)
     ray.get(actor.tokenize.remote("warm-up"), timeout=TIMEOUT_S)
     return actor
@@ -160,8 +160,8 @@ def new_weights_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def weight_group(worker, tiny_model_dir, new_weights_dir):
-    """Two rollout workers and a weight source joined in one group (ranks 0, 1, 2)."""
-    second = _start_worker(tiny_model_dir)
+    """Two rollout workers ("wait" and "abort" updates) and a weight source in one group."""
+    second = _start_worker(tiny_model_dir, weight_sync="abort")
     source = ray.remote(WeightSource).options(num_cpus=0.1).remote(str(new_weights_dir))
     port = free_port()
     refs = [source.open.remote(port, 3), worker.join_weight_group.remote("127.0.0.1", port, 1, 3, 30.0),
@@ -193,10 +193,27 @@ def test_two_workers_load_one_broadcast_and_match_transformers(weight_group, new
         assert gap.mean() <= 1e-3, gap.mean()
 
 
+def test_update_waits_for_or_requeues_in_flight_requests(weight_group, prompt_ids):
+    source, (waiting, aborting) = weight_group
+    manifest = ray.get(source.manifest.remote(), timeout=60)
+    # Eight long completions per worker: several seconds of decoding on 2 cores.
+    long = SamplingSpec(group_size=8, max_new_tokens=500 - len(prompt_ids), seed=9)
+    in_flight = [w.sample_group.remote(prompt_ids, long) for w in (waiting, aborting)]
+    time.sleep(0.5)
+    ready, _ = ray.wait(in_flight, num_returns=2, timeout=0)
+    assert ready == [], "the long requests finished before the update; the test would prove nothing"
+    updates = [w.update_weights.remote(manifest, 2, 256 << 10, 60.0) for w in (waiting, aborting)]
+    ray.get([source.send.remote(256 << 10), *updates], timeout=120)
+    finished_first, requeued = ray.get(in_flight, timeout=TIMEOUT_S)
+    assert {s.weight_version for s in finished_first} == {1}  # "wait": ran to the end on the old weights
+    assert {s.weight_version for s in requeued} == {2}  # "abort": restarted on the new weights
+    assert all(len(s.completion_ids) == len(s.logprobs) > 0 for s in requeued)
+
+
 def test_sender_dying_mid_broadcast_is_an_error_within_the_timeout(weight_group):
     source, workers = weight_group
     manifest = ray.get(source.manifest.remote(), timeout=60)
-    updates = [w.update_weights.remote(manifest, 2, 64 << 10, 30.0) for w in workers]
+    updates = [w.update_weights.remote(manifest, 3, 64 << 10, 30.0) for w in workers]
     source.send.remote(64 << 10, die_after=len(manifest) // 2)
     start = time.monotonic()
     for update in updates:
