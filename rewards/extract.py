@@ -18,9 +18,10 @@ NUMBER_WINDOW_CHARS = 10_000
 # `\boxed{`, `\fbox{` (spaces allowed before the brace), or a single brace.
 _BRACE_TOKEN = re.compile(r"\\(?:boxed|fbox)\s*\{|[{}]")
 # A number: thousands-grouped (1,234,567.5), a fraction (-3/4), or plain/decimal (-12.5).
-# A minus sign only counts when it is not the binary minus of "5-3" (letter, digit or ")" before).
+# A minus sign (ASCII or U+2212) only counts when it is not the binary minus of "5-3"
+# (a letter, digit or ")" before it).
 _NUMBER = re.compile(
-    r"(?:(?<![\w)])-)?"
+    r"(?:(?<![\w)])[-\u2212])?"
     # Possessive groups plus "no digit next": 1,234 but not the 1,234 of 1,2345, and no
     # backtracking through a long run of groups.
     r"(?:\d{1,3}(?:,\d{3})++(?!\d)(?:\.\d+)?"
@@ -86,7 +87,8 @@ def gsm8k_final(text: str) -> str | None:
 def last_number(text: str) -> str | None:
     """The last number in the text's last NUMBER_WINDOW_CHARS characters, as written, or None.
 
-    Handles negatives (-3), decimals (2.5), thousands separators (1,234) and fractions (3/4).
+    Handles negatives (-3; a U+2212 minus comes back as "-"), decimals (2.5), thousands
+    separators (1,234) and fractions (3/4).
     A comma list such as "1,2,3" is three numbers, not 123.
     """
     window = text[-NUMBER_WINDOW_CHARS:]
@@ -99,7 +101,7 @@ def last_number(text: str) -> str | None:
     if found.start() == 0 and cut:
         # The window cut a longer number in half; its tail alone is not that number.
         return None
-    return found.group()
+    return found.group().replace("\u2212", "-")
 
 
 def extract_final_answer(text: str, *, fallback_last_number: bool = True) -> str | None:

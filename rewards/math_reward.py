@@ -21,12 +21,13 @@ import math
 import re
 import threading
 
-from rewards.extract import boxed, extract_final_answer
+from rewards.extract import boxed, extract_final_answer, gsm8k_final
 
 MAX_ANSWER_CHARS = 1_000      # a final answer longer than this is not an answer
 MAX_LITERAL_DIGITS = 100      # longer integer literals only serve to make SymPy slow
 MAX_EXPONENT = 10_000         # 2^{2023} is a real answer; 10^{10^{10}} is an attack
 MAX_FACTORIAL = 10_000        # 1000! is computed in milliseconds; (10^{10})! never ends
+MAX_HEAVY_LITERAL = 100       # bound on literals inside sums, products, binomials, Gamma, ...
 DEFAULT_TIMEOUT_S = 5
 
 # Whole-answer thousands grouping: "1,000" / "-12,345.5" / "1{,}000" after the {,} rewrite.
@@ -34,7 +35,10 @@ _THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", re.ASCII)
 _DIGITS = re.compile(r"\d+", re.ASCII)
 # An exponent: `^{...}` (content checked separately) or `^`/`**` followed by one token.
 _POWER = re.compile(r"\^|\*\*")
-_OUTER_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+# Operators whose value can be astronomically expensive to compute from small-looking input.
+_HEAVY = re.compile(
+    r"\\(?:[dt]?binom|choose|sum|prod|int|iint|oint|lim|Gamma)|binomial|factorial|gamma")
+_OUTER_DELIMITERS = (("\\(", "\\)"), ("\\[", "\\]"))
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +79,8 @@ def _grade(completion, answer, fallback_last_number, timeout_s) -> float:
     if predicted is None:
         return 0.0
     reference = str(answer)
-    reference = boxed(reference) or reference  # references are sometimes whole solutions
+    # Some datasets give the whole reference solution (MATH's \boxed{}, GSM8K's "#### 18").
+    reference = boxed(reference) or gsm8k_final(reference) or reference
     predicted, reference = normalize_answer(predicted), normalize_answer(reference)
     if not predicted or not reference or too_costly(predicted) or too_costly(reference):
         return 0.0
@@ -88,14 +93,18 @@ def normalize_answer(text: str) -> str:
     """Rewrites math-verify may miss; none of them joins or splits digits.
 
     `\\$` and `$` (currency and math delimiters) go, `\\(…\\)`/`\\[…\\]` around the whole
-    answer go, LaTeX's `{,}` thousands separator becomes a comma, and a whole-answer
-    thousands grouping "1,000" becomes "1000". A list such as "1,2" is left alone.
+    answer go, LaTeX's `{,}` thousands separator becomes a comma, the `\\!` thin space goes,
+    U+2212 becomes "-", a final full stop goes, and a whole-answer thousands grouping
+    "1,000" becomes "1000". A list such as "1,2" is left alone.
     """
     text = text.strip()
     for opening, closing in _OUTER_DELIMITERS:
-        if len(text) > len(opening) + len(closing) and text.startswith(opening) and text.endswith(closing):
+        wrapped = text.startswith(opening) and text.endswith(closing)
+        if wrapped and len(text) > len(opening) + len(closing):
             text = text[len(opening):-len(closing)].strip()
-    text = text.replace("\\$", "").replace("$", "").replace("{,}", ",").replace("\\!", "").strip()
+    for old, new in (("\\$", ""), ("$", ""), ("{,}", ","), ("\\!", ""), ("\u2212", "-")):
+        text = text.replace(old, new)
+    text = text.strip()
     text = text.rstrip(".").strip()  # a sentence's full stop, never a decimal point
     if _THOUSANDS.fullmatch(text):
         text = text.replace(",", "")
@@ -107,13 +116,19 @@ def too_costly(text: str) -> bool:
 
     Rejects: overlong text, integer literals over MAX_LITERAL_DIGITS digits, power towers
     (an exponent holding a power or factorial, or followed by another power as in 9**9**9),
-    exponents over MAX_EXPONENT, and factorials of anything but a symbol or a literal up to
-    MAX_FACTORIAL.
+    exponents over MAX_EXPONENT, factorials of anything but a symbol or a literal up to
+    MAX_FACTORIAL, and sums/products/binomials/Gamma/integrals/limits over big literals or
+    powers. Best effort against number explosions; symbolic blow-ups are handled in
+    `_verify` for numeric references, and the scorer's per-call limit is the final bound.
     """
     if len(text) > MAX_ANSWER_CHARS:
         return True
-    if any(len(digits) > MAX_LITERAL_DIGITS for digits in _DIGITS.findall(text)):
+    literals = _DIGITS.findall(text)
+    if any(len(digits) > MAX_LITERAL_DIGITS for digits in literals):
         return True
+    big_literal = any(int(digits) > MAX_HEAVY_LITERAL for digits in literals)
+    if _HEAVY.search(text) and (big_literal or _POWER.search(text)):
+        return True  # \binom{10^{100}}{…}, \sum_{i=1}^{10^9}, \Gamma(10^{90}): huge results
     return _has_huge_power(text) or _has_huge_factorial(text)
 
 
@@ -135,7 +150,7 @@ def _has_huge_factorial(text: str) -> bool:
             if int(digits.group()) > MAX_FACTORIAL:
                 return True
         elif not (before and before[-1].isalpha()):
-            return True  # "(…)!", "{…}!", "!!": an operand we cannot bound cheaply; "n!" is fine
+            return True  # "(…)!", "{…}!", "!!": an operand not bounded cheaply; "n!" is fine
     return False
 
 
@@ -180,6 +195,22 @@ def _verify(reference: str, predicted: str, timeout_s: int | None) -> bool:
         return []
 
     gold, guess = parse_answer(reference), parse_answer(predicted)
+    guess = _drop_symbolic_guesses(gold, guess)
     if not gold or not guess:
         return False
     return bool(verify(gold, guess, timeout_seconds=timeout_s))
+
+
+def _drop_symbolic_guesses(gold: list, guess: list) -> list:
+    """Against a purely numeric reference, drop guessed expressions with free symbols.
+
+    Such a guess cannot be the number (SymPy already folds x - x + 5 to 5), and simplifying
+    it can take forever: (a+b+c+d+e+f)^{10} hangs `verify` with no timeout to stop it.
+    Equations (x = 3) and sets are kept: math-verify matches x = 3 against 3.
+    """
+    from sympy import Expr
+
+    exprs = [g for g in gold if not isinstance(g, str)]
+    if not exprs or any(not isinstance(g, Expr) or g.free_symbols for g in exprs):
+        return guess
+    return [g for g in guess if isinstance(g, str) or not (isinstance(g, Expr) and g.free_symbols)]

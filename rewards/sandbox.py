@@ -55,32 +55,33 @@ BOOTSTRAP = r"""
 import ctypes, json, os, resource, signal, sys, time
 spec = json.loads(sys.argv[1])
 class Stop(Exception): pass
-def stop(signum, frame): raise Stop()
-def children():
-    me, found = str(os.getpid()), []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[1] == me: found.append(int(entry))
-        except (OSError, IndexError): pass
-    return found
+waiting = True
+def stop(signum, frame):
+    if waiting: raise Stop()  # once the wait is over, a late signal must not break clean-up
 def kill_and_reap_all():
-    while True:
-        for pid in children():
-            try: os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError: pass
-        try: reaped, _ = os.waitpid(-1, os.WNOHANG)
+    while True:  # each kill hands the victim's own children to us: repeat until none left
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                        os.kill(int(entry), signal.SIGKILL)
+            except (OSError, IndexError): pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]: pass
         except ChildProcessError: return
-        if not reaped: time.sleep(0.002)
+        time.sleep(0.002)
 try:
     for procs_file in spec["cgroup_procs"]:
         with open(procs_file, "w") as f: f.write(str(os.getpid()))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans come to us
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGALRM, stop)   # a wall clock of its own, should the caller die
+    signal.setitimer(signal.ITIMER_REAL, spec["wall_limit_s"])
     program = os.fork()
     if program == 0:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
         for name, limits in spec["rlimits"].items():
             resource.setrlimit(getattr(resource, name), tuple(limits))
         os.execv(spec["argv"][0], spec["argv"])
@@ -91,8 +92,9 @@ try:
     while status is None:
         reaped, wait_status = os.waitpid(-1, 0)
         if reaped == program: status = wait_status
+    waiting = False
 except Stop: pass
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
+waiting = False
 kill_and_reap_all()
 if status is not None and os.WIFEXITED(status): os._exit(os.WEXITSTATUS(status))
 signum = os.WTERMSIG(status) if status is not None else signal.SIGKILL
@@ -126,12 +128,12 @@ def run_python(code: str, *, stdin: str = "", timeout_s: float, memory_mb: int,
     start = time.monotonic()
     workdir, cgroups = None, []
     try:
-        workdir = tempfile.mkdtemp(prefix="aha-sandbox-")
+        workdir = tempfile.mkdtemp(prefix=f"aha-sandbox-{os.getpid()}-")
         cgroups = _create_cgroups(memory_mb, max_processes)
         limits = _rlimits(timeout_s, memory_mb, max_processes, max_file_bytes,
                           has_pids_cgroup=any(c.controller == "pids" for c in cgroups))
-        return _run_in(workdir, cgroups, code, stdin, start + timeout_s, limits,
-                       max_output_bytes, start)
+        return _run_in(workdir, cgroups, code, stdin, timeout_s, limits, max_output_bytes,
+                       start)
     except Exception as exc:  # the sandbox's own failure: user code cannot raise in here
         return SandboxResult(False, "", "", f"sandbox unavailable: {exc!r}", None,
                              time.monotonic() - start)
@@ -142,17 +144,20 @@ def run_python(code: str, *, stdin: str = "", timeout_s: float, memory_mb: int,
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run_in(workdir, cgroups, code, stdin, deadline, limits, max_output_bytes, start):
+def _run_in(workdir, cgroups, code, stdin, timeout_s, limits, max_output_bytes, start):
     caps = _probe()
     code_path, stdin_path = os.path.join(workdir, CODE_NAME), os.path.join(workdir, "stdin")
     for path, text in ((code_path, code), (stdin_path, stdin)):
-        with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+        # surrogatepass: a lone surrogate becomes bytes Python rejects, so the verdict is
+        # the program's SyntaxError, not a failure of the sandbox.
+        with open(path, "w", encoding="utf-8", errors="surrogatepass") as f:
             f.write(text)
     python = [_real_python(), *PYTHON_FLAGS]
     argv = (_bwrap_argv(caps.bwrap_path, code_path) + python + [CODE_NAME] if caps.bwrap_path
             else python + [code_path])
     marker = f"aha-sandbox-bootstrap-{uuid.uuid4().hex}: "
     spec = {"argv": argv, "marker": marker, "rlimits": limits,
+            "wall_limit_s": timeout_s + SUPERVISOR_GRACE_S + 1,
             "cgroup_procs": [os.path.join(c.path, "cgroup.procs") for c in cgroups]}
     # stdin from a file, not a pipe: a program that never reads it cannot block the writer.
     with open(stdin_path, "rb") as stdin_file:
@@ -161,11 +166,11 @@ def _run_in(workdir, cgroups, code, stdin, deadline, limits, max_output_bytes, s
             stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
             env=CLEAN_ENV, start_new_session=True, close_fds=True)
     try:
-        out, err, verdict = _collect_output(proc, deadline, max_output_bytes)
+        out, err, verdict = _collect_output(proc, start + timeout_s, max_output_bytes)
     finally:
         returncode = _stop_and_reap(proc, cgroups)
     stdout_text, stderr_text = (b.decode("utf-8", errors="replace") for b in (out, err))
-    if returncode == 126 and marker in stderr_text:
+    if verdict is None and returncode == 126 and marker in stderr_text:
         reason, returncode = "sandbox unavailable: " + stderr_text.split(marker, 1)[1].strip(), None
     else:
         oom_killed = any(c.oom_kills() > 0 for c in cgroups)
@@ -181,9 +186,17 @@ def _rlimits(timeout_s, memory_mb, max_processes, max_file_bytes, has_pids_cgrou
     if not has_pids_cgroup and os.geteuid() != 0:
         # RLIMIT_NPROC counts all the user's processes, not just this run's (and root is
         # exempt), so it is only a fallback, set above what the user already runs.
-        nproc = _count_processes_of(os.geteuid()) + max_processes
-        limits["RLIMIT_NPROC"] = (nproc, nproc)
+        user_processes = sum(_owned_by(f"/proc/{entry}", os.geteuid())
+                             for entry in filter(str.isdigit, os.listdir("/proc")))
+        limits["RLIMIT_NPROC"] = (user_processes + max_processes,) * 2
     return limits
+
+
+def _owned_by(path: str, uid: int) -> bool:
+    try:
+        return os.stat(path).st_uid == uid
+    except OSError:
+        return False   # the process ended while we looked
 
 
 def _exit_reason(returncode: int, stderr_text: str, under_bwrap: bool, oom_killed: bool) -> str:
@@ -250,7 +263,10 @@ def _has_exited(pid: int) -> bool:
 def _stop_and_reap(proc, cgroups) -> int:
     """Ends every process of the run and returns the supervisor's exit status."""
     if not _has_exited(proc.pid):
-        # The supervisor kills and reaps the program's processes itself (no zombies).
+        # Kill the program's processes at once (a fork bomb starves everyone of CPU) but
+        # spare the supervisor, which reaps them, kills any it finds left, and exits.
+        for cgroup in cgroups:
+            cgroup.kill_all(spare=proc.pid)
         try:
             os.kill(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -283,19 +299,19 @@ class _Cgroup:
         cgroup = cls(controller, os.path.join(parent, name))
         os.mkdir(cgroup.path)
         try:
-            for name, value in settings.items():
-                with open(os.path.join(cgroup.path, name), "w") as f:
+            for setting, value in settings.items():
+                with open(os.path.join(cgroup.path, setting), "w") as f:
                     f.write(str(value))
         except OSError:
             cgroup.destroy()
             raise
         return cgroup
 
-    def kill_all(self) -> None:
+    def kill_all(self, spare: int | None = None) -> None:
         for _ in range(200):   # repeat: a member may fork between the read and the kill
             try:
                 with open(os.path.join(self.path, "cgroup.procs")) as f:
-                    members = [int(pid) for pid in f.read().split()]
+                    members = [int(pid) for pid in f.read().split() if int(pid) != spare]
             except FileNotFoundError:
                 return
             if not members:
@@ -357,6 +373,7 @@ def _usable_cgroup_parent(controller: str, setting: str, value: int, notes: list
         return None
     parent = os.path.join(mounts[0], own[0].lstrip("/"))
     try:
+        _remove_stale(parent, os.rmdir)   # rmdir only ever removes an empty cgroup
         _Cgroup.create(controller, parent, {setting: value}).destroy()
     except OSError as exc:
         notes.append(f"cannot create a '{controller}' cgroup in {parent}: {exc}")
@@ -364,13 +381,23 @@ def _usable_cgroup_parent(controller: str, setting: str, value: int, notes: list
     return parent
 
 
+def _remove_stale(parent: str, remove, min_age_s: float = 0.0) -> None:
+    """Removes what callers killed mid-run left (e.g. a scorer worker replaced after a hang;
+    its supervisor still ended the program): entries named after a process that is gone."""
+    for name in os.listdir(parent):
+        owner = name.split("-")[2] if name.startswith("aha-sandbox-") else ""
+        path = os.path.join(parent, name)
+        try:
+            if (owner.isdigit() and not os.path.exists(f"/proc/{owner}")
+                    and time.time() - os.stat(path).st_mtime >= min_age_s):
+                remove(path)
+        except OSError:
+            pass   # its supervisor is still ending the run, or another caller was faster
+
+
 def _real_python() -> str:
     # The real interpreter, not a venv's symlink: only its own installation is bound in.
     return os.path.realpath(sys.executable or shutil.which("python3") or "/usr/bin/python3")
-
-
-def _is_within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc/ld.so.cache")
@@ -384,7 +411,7 @@ def _python_runtime_dirs() -> list[str]:
     for path in sorted(os.path.realpath(p) for p in candidates if p):   # parents first
         if path == "/" or not os.path.isdir(path):
             continue   # never bind the whole host; the bwrap probe then fails loudly
-        if not any(_is_within(path, root) for root in (*SYSTEM_PATHS, *kept)):
+        if not any(os.path.commonpath([path, root]) == root for root in (*SYSTEM_PATHS, *kept)):
             kept.append(path)
     return kept
 
@@ -429,16 +456,6 @@ def _bwrap_works(bwrap_path: str | None, notes: list) -> bool:
     return True
 
 
-def _count_processes_of(uid: int) -> int:
-    count = 0
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            count += os.stat(f"/proc/{entry}").st_uid == uid
-        except OSError:
-            pass   # it ended while we looked
-    return count
-
-
 @dataclass(frozen=True)
 class _Capabilities:
     bwrap_path: str | None      # set only when a trial run under bwrap worked
@@ -459,7 +476,10 @@ def _probe() -> _Capabilities:
     if memory_parent is None:
         notes.append("memory is capped per process only (RLIMIT_AS): N processes may use "
                      "N x memory_mb")
-    bwrap_path = shutil.which("bwrap")
+    # The age guard spares a /tmp shared with another pid namespace.
+    _remove_stale(tempfile.gettempdir(), shutil.rmtree, min_age_s=3600)
+    # Scorer workers may run with a bare PATH; the Debian package puts bwrap in /usr/bin.
+    bwrap_path = shutil.which("bwrap", path=os.environ.get("PATH", "") + ":/usr/bin:/bin")
     if not _bwrap_works(bwrap_path, notes):
         bwrap_path = None
         notes.append("NOT ISOLATED without bwrap: the program can read and write every file "
