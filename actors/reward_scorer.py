@@ -1,0 +1,156 @@
+"""The reward scorer: a pool of worker processes that grade completions under hard time limits.
+
+A plain class; the driver launches it as a Ray actor. Reward functions run in child
+processes, not threads, because math-verify times out with `signal.alarm`, which works only
+in a process's main thread — and because a process can be killed when a call hangs. A call
+that hangs past its limit, crashes, or takes its worker down gives the configured failure
+reward with the reason recorded; the worker is replaced and the scorer keeps serving.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+
+# Spawned, not forked: the scorer lives in a Ray worker with threads of its own.
+_CONTEXT = mp.get_context("spawn")
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """Reward functions with their weights, and how they are run."""
+
+    weights: dict[str, float]
+    num_workers: int = 2
+    timeout_s: float = 10.0
+    failure_reward: float = 0.0
+    max_new_tokens: int = 0  # for the over-long penalty
+    overlong_buffer_tokens: int = 0  # 0: no over-long penalty
+    overlong_penalty: float = 1.0
+
+
+@dataclass
+class Score:
+    """The reward of one completion: its weighted total and every component."""
+
+    total: float
+    components: dict[str, float]
+    failures: dict[str, str] = field(default_factory=dict)  # component -> why it failed
+
+
+def _worker_main(conn: Connection, names: list[str]) -> None:
+    """Child process: resolve the reward functions once, then answer (name, text, fields)."""
+    from rewards.registry import resolve_reward
+
+    functions = {name: resolve_reward(name) for name in names}
+    conn.send(("ready", None))
+    while True:
+        try:
+            name, completion, fields = conn.recv()
+        except EOFError:
+            return
+        try:
+            conn.send(("ok", float(functions[name](completion, **fields))))
+        except Exception as err:  # a reward bug is a failed score, not a dead worker
+            conn.send(("error", f"{type(err).__name__}: {err}"[:500]))
+
+
+class _Worker:
+    def __init__(self, names: list[str], start_timeout_s: float):
+        self.conn, child = _CONTEXT.Pipe()
+        self.process = _CONTEXT.Process(target=_worker_main, args=(child, names), daemon=True)
+        self.process.start()
+        child.close()
+        if not self.conn.poll(start_timeout_s):
+            self.kill()
+            raise TimeoutError(f"reward worker did not start within {start_timeout_s:g} s")
+        try:
+            self.conn.recv()  # "ready"
+        except EOFError:
+            self.process.join(timeout=5)
+            raise RuntimeError(f"reward worker exited at start-up (exit code {self.process.exitcode})") from None
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
+
+
+class RewardScorer:
+    """Scores whole groups; every reward call is bounded by `spec.timeout_s`."""
+
+    def __init__(self, spec: ScorerSpec, start_timeout_s: float = 120.0):
+        from rewards.registry import resolve_rewards
+
+        resolve_rewards(spec.weights)  # a bad reward name fails here, at start-up
+        if "code" in spec.weights:
+            from rewards.sandbox import warn_if_weak
+
+            warn_if_weak()  # says loudly what model-written code can reach on this machine
+        self.spec, self._start_timeout_s = spec, start_timeout_s
+        self._names = list(spec.weights)
+        self._workers = [_Worker(self._names, start_timeout_s) for _ in range(spec.num_workers)]
+        self.replaced_workers = 0
+
+    def score_group(self, completions: list[str], fields: dict, num_tokens: list[int] | None = None) -> list[Score]:
+        """Score every completion of one prompt against that prompt's dataset fields."""
+        tasks = [(i, name) for i in range(len(completions)) for name in self._names]
+        results: dict[tuple[int, str], tuple[float, str]] = {}
+        idle, busy = list(self._workers), {}  # busy: conn -> (worker, task, deadline)
+        while tasks or busy:
+            while tasks and idle:
+                worker, task = idle.pop(), tasks.pop()
+                if not worker.process.is_alive():  # died while idle (killed from outside)
+                    worker = self._replace(worker)
+                worker.conn.send((task[1], completions[task[0]], fields))
+                busy[worker.conn] = (worker, task, time.monotonic() + self.spec.timeout_s)
+            soonest = min(deadline for _, _, deadline in busy.values())
+            for conn in wait(list(busy), timeout=max(soonest - time.monotonic(), 0)):
+                worker, task, _ = busy.pop(conn)
+                results[task] = self._receive(worker)
+                idle.append(worker if worker.process.is_alive() else self._replace(worker))
+            now = time.monotonic()
+            for conn in [c for c, (_, _, deadline) in busy.items() if deadline <= now]:
+                worker, task, _ = busy.pop(conn)
+                results[task] = (self.spec.failure_reward, f"timeout after {self.spec.timeout_s:g} s")
+                idle.append(self._replace(worker))
+        return [self._combine(i, results, num_tokens) for i in range(len(completions))]
+
+    def _receive(self, worker: _Worker) -> tuple[float, str]:
+        try:
+            status, value = worker.conn.recv()
+        except (EOFError, OSError):
+            worker.process.join(timeout=5)
+            return self.spec.failure_reward, f"worker died (exit code {worker.process.exitcode})"
+        if status == "ok":
+            return value, ""
+        return self.spec.failure_reward, value
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        worker.kill()
+        fresh = _Worker(self._names, self._start_timeout_s)
+        self._workers[self._workers.index(worker)] = fresh
+        self.replaced_workers += 1
+        return fresh
+
+    def _combine(self, index: int, results: dict, num_tokens: list[int] | None) -> Score:
+        from rewards.shaping import overlong_penalty, weighted_sum
+
+        components = {name: results[(index, name)][0] for name in self._names}
+        failures = {name: results[(index, name)][1] for name in self._names if results[(index, name)][1]}
+        weights = dict(self.spec.weights)
+        if self.spec.overlong_buffer_tokens > 0 and num_tokens is not None:
+            components["overlong"] = overlong_penalty(
+                num_tokens[index], max_tokens=self.spec.max_new_tokens,
+                buffer_tokens=self.spec.overlong_buffer_tokens, penalty=self.spec.overlong_penalty)
+            weights["overlong"] = 1.0
+        return Score(total=weighted_sum(components, weights), components=components, failures=failures)
+
+    def worker_pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers]
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.kill()

@@ -1,0 +1,124 @@
+"""The reward scorer as a real Ray actor with a real process pool: grading, and surviving
+reward functions that hang, raise, or kill their worker."""
+
+import os
+import textwrap
+import time
+
+import pytest
+import ray
+
+from actors.reward_scorer import RewardScorer, ScorerSpec
+from rewards import RewardSpecError
+
+pytestmark = pytest.mark.stack
+
+HOSTILE = textwrap.dedent('''
+    import os, time
+
+    def hang(completion, **fields):
+        if "hang" in completion:
+            time.sleep(3600)
+        return 1.0
+
+    def explode(completion, **fields):
+        if "explode" in completion:
+            raise RuntimeError("reward bug")
+        return 0.5
+
+    def die(completion, **fields):
+        if "die" in completion:
+            os._exit(3)
+        return 0.25
+''')
+
+
+@pytest.fixture(scope="module")
+def hostile_path(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("user_rewards")
+    (folder / "hostile_rewards.py").write_text(HOSTILE)
+    return str(folder)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster(hostile_path):
+    # The user's reward module must be importable in the actor (and so in its pool).
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": hostile_path}})
+    yield
+    ray.shutdown()
+
+
+def _scorer(**settings):
+    spec = ScorerSpec(**{"num_workers": 2, "timeout_s": 3.0, "failure_reward": -1.0, **settings})
+    actor = ray.remote(RewardScorer).options(num_cpus=0.5).remote(spec)
+    return actor
+
+
+def test_scores_a_group_with_every_component():
+    scorer = _scorer(weights={"math": 1.0, "format": 0.5})
+    completions = ["reasoning</think> <answer>\\frac{1}{2}</answer>", "x</think> <answer>12</answer>",
+                   "no tags at all, 0.5"]
+    scores = ray.get(scorer.score_group.remote(completions, {"answer": "0.5"}), timeout=120)
+    assert [s.components["math"] for s in scores] == [1.0, 0.0, 1.0]
+    assert [s.components["format"] for s in scores] == [1.0, 1.0, 0.0]
+    assert [s.total for s in scores] == [1.5, 0.5, 1.0]
+    assert all(not s.failures for s in scores)
+
+
+def test_overlong_penalty_is_a_component():
+    scorer = _scorer(weights={"arithmetic": 1.0}, max_new_tokens=100, overlong_buffer_tokens=20)
+    scores = ray.get(scorer.score_group.remote(["<answer>4</answer>"] * 3, {"answer": "4"}, [50, 90, 100]),
+                     timeout=120)
+    # no penalty before 80 tokens; linear to -1 at 100: 90 tokens -> -0.5
+    assert [s.components["overlong"] for s in scores] == [0.0, -0.5, -1.0]
+    assert [s.total for s in scores] == [1.0, 0.5, 0.0]
+
+
+def test_hanging_reward_gives_the_failure_reward_and_the_scorer_keeps_serving():
+    scorer = _scorer(weights={"hostile_rewards:hang": 1.0})
+    start = time.monotonic()
+    scores = ray.get(scorer.score_group.remote(["fine", "hang here", "fine too"], {}), timeout=120)
+    assert time.monotonic() - start < 30  # bounded by the 3 s limit plus a worker restart
+    assert [s.total for s in scores] == [1.0, -1.0, 1.0]
+    assert "timeout" in scores[1].failures["hostile_rewards:hang"]
+    assert ray.get(scorer.score_group.remote(["again"], {}), timeout=120)[0].total == 1.0
+    assert ray.get(scorer.__ray_call__.remote(lambda self: self.replaced_workers), timeout=60) == 1
+
+
+def test_raising_reward_is_recorded_and_the_worker_kept():
+    scorer = _scorer(weights={"hostile_rewards:explode": 1.0})
+    pids = ray.get(scorer.worker_pids.remote(), timeout=120)
+    scores = ray.get(scorer.score_group.remote(["explode", "ok"], {}), timeout=120)
+    assert [s.total for s in scores] == [-1.0, 0.5]
+    assert "RuntimeError: reward bug" in scores[0].failures["hostile_rewards:explode"]
+    assert ray.get(scorer.worker_pids.remote(), timeout=60) == pids
+
+
+def test_worker_killed_mid_call_is_replaced():
+    scorer = _scorer(weights={"hostile_rewards:die": 1.0})
+    pids = ray.get(scorer.worker_pids.remote(), timeout=120)
+    scores = ray.get(scorer.score_group.remote(["die", "live"], {}), timeout=120)
+    assert [s.total for s in scores] == [-1.0, 0.25]
+    assert "worker died (exit code 3)" in scores[0].failures["hostile_rewards:die"]
+    new_pids = ray.get(scorer.worker_pids.remote(), timeout=60)
+    assert len(set(new_pids) - set(pids)) == 1 and all(_alive(pid) for pid in new_pids)
+    # killed from outside while idle: replaced before it is given work, nothing is lost
+    os.kill(new_pids[0], 9)
+    time.sleep(0.5)
+    scores = ray.get(scorer.score_group.remote(["live"] * 4, {}), timeout=120)
+    assert [s.total for s in scores] == [0.25] * 4
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_bad_reward_names_fail_at_start_up():
+    with pytest.raises(RewardSpecError, match="no_such_module"):
+        RewardScorer(ScorerSpec(weights={"no_such_module:f": 1.0}))
+    with pytest.raises(RewardSpecError, match="nope"):
+        RewardScorer(ScorerSpec(weights={"nope": 1.0}))
