@@ -107,6 +107,9 @@ class RolloutWorker:
             trust_remote_code=spec.trust_remote_code,
             worker_extension_cls=_weight_receiver_path(),
             enable_sleep_mode=self._sleep_mode,
+            # vLLM-CPU crashes ("CPU Generator does not use offset") when a seeded request's
+            # prefill is split across steps; whole prefills avoid it.
+            **({} if torch.cuda.is_available() else {"enable_chunked_prefill": False}),
             **memory,
         )
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
@@ -174,6 +177,7 @@ class RolloutWorker:
             top_k=sampling.top_k if sampling.top_k > 0 else 0, stop=list(sampling.stop) or None,
             seed=sampling.seed, logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY,
             include_stop_str_in_output=True,  # rewards read the closing tag (e.g. </answer>)
+            ignore_eos=sampling.ignore_eos,
         )
         while True:
             await self._weights_ready.wait()

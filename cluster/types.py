@@ -25,6 +25,7 @@ class SamplingSpec:
     top_k: int = -1
     stop: tuple[str, ...] = ()
     seed: int | None = None  # a fixed seed makes the group reproducible
+    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
 
 
 @dataclass(frozen=True)
