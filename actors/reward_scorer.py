@@ -96,15 +96,29 @@ class RewardScorer:
 
     def score_group(self, completions: list[str], fields: dict, num_tokens: list[int] | None = None) -> list[Score]:
         """Score every completion of one prompt against that prompt's dataset fields."""
-        tasks = [(i, name) for i in range(len(completions)) for name in self._names]
-        results: dict[tuple[int, str], tuple[float, str]] = {}
+        return self.score_groups([(completions, fields, num_tokens)])[0]
+
+    def score_groups(self, groups: list[tuple[list[str], dict, list[int] | None]]) -> list[list[Score]]:
+        """Score several groups in one call: their calls share the pool, so no worker waits for
+        the slowest completion of a group while work of another group is left."""
+        tasks = [(g, i, name) for g, (texts, _, _) in enumerate(groups) for i in range(len(texts))
+                 for name in self._names]
+        tasks.reverse()  # pop() from the end hands work out in order
+        results = self._run_tasks(tasks, groups)
+        return [[self._combine(results, g, i, num_tokens) for i in range(len(texts))]
+                for g, (texts, _, num_tokens) in enumerate(groups)]
+
+    def _run_tasks(self, tasks: list, groups: list) -> dict:
+        """Run (group, index, reward) tasks over the pool; every call bounded by timeout_s."""
+        results: dict[tuple[int, int, str], tuple[float, str]] = {}
         idle, busy = list(self._workers), {}  # busy: conn -> (worker, task, deadline)
         while tasks or busy:
             while tasks and idle:
                 worker, task = idle.pop(), tasks.pop()
                 if not worker.process.is_alive():  # died while idle (killed from outside)
                     worker = self._replace(worker)
-                worker.conn.send((task[1], completions[task[0]], fields))
+                texts, fields, _ = groups[task[0]]
+                worker.conn.send((task[2], texts[task[1]], fields))
                 busy[worker.conn] = (worker, task, time.monotonic() + self.spec.timeout_s)
             soonest = min(deadline for _, _, deadline in busy.values())
             for conn in wait(list(busy), timeout=max(soonest - time.monotonic(), 0)):
@@ -116,7 +130,7 @@ class RewardScorer:
                 worker, task, _ = busy.pop(conn)
                 results[task] = (self.spec.failure_reward, f"timeout after {self.spec.timeout_s:g} s")
                 idle.append(self._replace(worker))
-        return [self._combine(i, results, num_tokens) for i in range(len(completions))]
+        return results
 
     def _receive(self, worker: _Worker) -> tuple[float, str]:
         try:
@@ -135,11 +149,12 @@ class RewardScorer:
         self.replaced_workers += 1
         return fresh
 
-    def _combine(self, index: int, results: dict, num_tokens: list[int] | None) -> Score:
+    def _combine(self, results: dict, group: int, index: int, num_tokens: list[int] | None) -> Score:
         from rewards.shaping import overlong_penalty, weighted_sum
 
-        components = {name: results[(index, name)][0] for name in self._names}
-        failures = {name: results[(index, name)][1] for name in self._names if results[(index, name)][1]}
+        outcome = {name: results[(group, index, name)] for name in self._names}
+        components = {name: value for name, (value, _) in outcome.items()}
+        failures = {name: why for name, (_, why) in outcome.items() if why}
         weights = dict(self.spec.weights)
         if self.spec.overlong_buffer_tokens > 0 and num_tokens is not None:
             components["overlong"] = overlong_penalty(
