@@ -165,6 +165,18 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation: greedy accuracy, pass@k and maj@k, accuracy against token budget."""
+
+    every: int = 0  # steps between evaluations; 0: only before and after training
+    num_prompts: int = 200  # held-out prompts from data.eval_path
+    k: tuple[int, ...] = ()  # sample counts for pass@k / maj@k; () skips sampling
+    temperature: float = 1.0  # for the k samples
+    budgets: tuple[int, ...] = ()  # max-token budgets for the inference-time scaling curve
+    correctness: str = ""  # reward whose value 1.0 means "correct"; empty: the first in reward.weights
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """The run: name, output directory, length, seed, logging and checkpoint cadence."""
 
@@ -172,7 +184,6 @@ class RunConfig:
     output_dir: str = ""  # empty: runs/<name>
     seed: int = 0
     steps: int = 100
-    eval_every: int = 0  # 0: never
     checkpoint_every: int = 0  # 0: only at the end
     log_every: int = 1
     reflection_words: tuple[str, ...] = ("wait", "let me check", "verify", "recheck")
@@ -187,6 +198,7 @@ class Recipe:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     @property

@@ -43,6 +43,7 @@ def check_recipe(recipe, *, local_cpus: int) -> None:
     _check_learner(recipe.learner)
     _check_cluster(recipe, local_cpus)
     _check_run(recipe.run)
+    _check_eval(recipe)
     # Groups are split evenly over the learner ranks (ZeRO-3 needs equal work per rank).
     _require(recipe.rollout.prompts_per_step % recipe.learner.num_ranks == 0, "rollout.prompts_per_step",
              f"{recipe.rollout.prompts_per_step} groups per step cannot be split evenly over "
@@ -149,9 +150,19 @@ def _check_cluster(recipe, local_cpus: int) -> None:
              f"{recipe.reward.num_scorers * cluster.scorer_cpus:g}) but only {offered} are offered")
 
 
+def _check_eval(recipe) -> None:
+    evaluation = recipe.eval
+    _require(evaluation.every >= 0, "eval.every", "must be >= 0 (0: only before and after training)")
+    _require(evaluation.num_prompts >= 1, "eval.num_prompts", "must be >= 1")
+    _require(all(k >= 1 for k in evaluation.k), "eval.k", "every k must be >= 1")
+    _require(evaluation.temperature > 0 or not evaluation.k, "eval.temperature", "must be > 0 to draw k samples")
+    _require(all(b >= 1 for b in evaluation.budgets), "eval.budgets", "every budget must be >= 1")
+    _require(not evaluation.correctness or evaluation.correctness in recipe.reward.weights, "eval.correctness",
+             f"{evaluation.correctness!r} is not one of reward.weights")
+
+
 def _check_run(run) -> None:
     _require(bool(_RUN_NAME.fullmatch(run.name)), "run.name", "must be letters, digits, '.', '_' or '-'")
     _require(run.steps >= 1, "run.steps", "must be >= 1")
-    for name in ("eval_every", "checkpoint_every"):
-        _require(getattr(run, name) >= 0, f"run.{name}", "must be >= 0 (0: off)")
+    _require(run.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0 (0: only at the end)")
     _require(run.log_every >= 1, "run.log_every", "must be >= 1")
