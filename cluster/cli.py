@@ -28,6 +28,14 @@ def cmd_check(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Run the GRPO loop of a recipe (locally, or on the Ray cluster at cluster.address)."""
+    from cluster.loop import train
+
+    train(_recipe(args, overrides), resume=args.resume)
+    return 0
+
+
 def cmd_smoke(args: argparse.Namespace, overrides: list[str]) -> int:
     """Sample a few groups through a vLLM rollout worker in a Ray actor (the current demo)."""
     from cluster.smoke import run_smoke
@@ -76,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Recipe subcommands take overrides after the recipe: --section.key value",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="run the GRPO loop of a recipe")
+    train.add_argument("recipe", help="recipe TOML file")
+    train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    train.set_defaults(run=cmd_train)
 
     check = sub.add_parser("check", help="validate a recipe and print it resolved")
     check.add_argument("recipe", help="recipe TOML file")

@@ -38,30 +38,12 @@ class RolloutPool:
         ]
         get_all(ray, [w.get_weight_version.remote() for w in self.workers], timeout_s, "rollout engine start")
 
-    def stream(self, prompts: list[list[int]], sampling: SamplingSpec) -> Iterator[tuple[int, list[Sample]]]:
-        """Yield `(prompt index, group)` for every prompt, in the order the groups finish.
-
-        Each wait is bounded by `timeout_s`: a worker that makes no progress for that long is an
-        error, not a hang.
-        """
-        ray, count = self._ray, len(self.workers)
-        streams = {}
-        for w, worker in enumerate(self.workers):
-            indices = list(range(w, len(prompts), count))
-            if indices:
-                gen = worker.stream_groups.options(num_returns="streaming").remote([prompts[i] for i in indices], sampling)
-                streams[gen] = indices
-        while streams:
-            ready, _ = ray.wait(list(streams), num_returns=1, timeout=self.timeout_s)
-            if not ready:
-                raise TimeoutError(f"no rollout group finished within {self.timeout_s:g} s (cluster.timeout_s)")
-            gen = ready[0]
-            try:
-                position, group = ray.get(next(gen), timeout=self.timeout_s)
-            except StopIteration:
-                del streams[gen]
-                continue
-            yield streams[gen][position], group
+    def stream(self, prompts: list[list[int]], sampling: SamplingSpec) -> "GroupStream":
+        """Start sampling a group per prompt now; iterate the result for `(prompt index, group)`
+        in the order the groups finish. More prompts can be added to a running stream."""
+        stream = GroupStream(self)
+        stream.add(prompts, sampling)
+        return stream
 
     def link_refs(self, host: str, port: int) -> list:
         """Start joining the learner's weight group (ranks 1..N); returns the calls' refs."""
@@ -82,6 +64,46 @@ class RolloutPool:
         for worker in self.workers:
             self._ray.kill(worker)
         remove_placement_group(self.placement)
+
+
+class GroupStream:
+    """Groups of one or more batches of prompts, spread over the workers, merged as they finish.
+
+    Each wait is bounded by the pool's timeout: a worker that makes no progress for that long
+    is an error, not a hang.
+    """
+
+    def __init__(self, pool: RolloutPool):
+        self._pool, self._streams, self._count, self._turn = pool, {}, 0, 0
+
+    def add(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[int]:
+        """Launch more prompts now; returns the indices their groups will carry."""
+        workers = self._pool.workers
+        indices = list(range(self._count, self._count + len(prompts)))
+        self._count += len(prompts)
+        shards: dict[int, list[int]] = {}
+        for index in indices:  # round-robin continues across calls
+            shards.setdefault(self._turn % len(workers), []).append(index)
+            self._turn += 1
+        for w, shard in shards.items():
+            local = [prompts[i - indices[0]] for i in shard]
+            gen = workers[w].stream_groups.options(num_returns="streaming").remote(local, sampling)
+            self._streams[gen] = shard
+        return indices
+
+    def __iter__(self) -> Iterator[tuple[int, list[Sample]]]:
+        ray, timeout = self._pool._ray, self._pool.timeout_s
+        while self._streams:
+            ready, _ = ray.wait(list(self._streams), num_returns=1, timeout=timeout)
+            if not ready:
+                raise TimeoutError(f"no rollout group finished within {timeout:g} s (cluster.timeout_s)")
+            gen = ready[0]
+            try:
+                position, group = ray.get(next(gen), timeout=timeout)
+            except StopIteration:
+                del self._streams[gen]
+                continue
+            yield self._streams[gen][position], group
 
 
 def link_weights(learners, pool: RolloutPool, timeout_s: float) -> None:

@@ -54,3 +54,4 @@ class Group:
     samples: list[Sample]
     rewards: list[float] = field(default_factory=list)
     advantages: list[float] = field(default_factory=list)
+    components: list[dict[str, float]] = field(default_factory=list)  # per sample: reward name -> value
