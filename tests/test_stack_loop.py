@@ -95,3 +95,43 @@ def test_async_mode_never_trains_on_samples_staler_than_allowed(tmp_path):
     for step in (1, 2, 3):
         rows = pq.read_table(run / "rollouts" / f"step-{step:06d}.parquet").to_pylist()
         assert all(step - 1 - r["weight_version"] <= 1 for r in rows)
+
+
+def _consumed(run) -> dict[int, list[int]]:
+    """Prompt indices trained on, per step, from the run's rollout files."""
+    rows = pq.read_table(run / "rollouts").to_pylist()
+    steps: dict[int, set[int]] = {}
+    for row in rows:
+        steps.setdefault(row["step"], set()).add(row["prompt_index"])
+    return {step: sorted(indices) for step, indices in sorted(steps.items())}
+
+
+def test_sigkill_and_resume_consume_the_same_prompts_as_an_uninterrupted_run(tmp_path):
+    import os
+    import signal
+    import time
+
+    (tmp_path / "a").mkdir()
+    uninterrupted, _ = _train(tmp_path / "a", "--run.checkpoint_every", "1")
+    interrupted_dir = tmp_path / "b"
+    interrupted_dir.mkdir()
+    recipe = interrupted_dir / "recipe.toml"
+    recipe.write_text(RECIPE.format(out=interrupted_dir))
+    run = interrupted_dir / "run"
+    # Kill the whole process tree (driver, Ray, engines) right after step 1's checkpoint.
+    process = subprocess.Popen([AHA, "train", str(recipe), "--run.checkpoint_every", "1"], cwd=interrupted_dir,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state = run / "checkpoints" / "driver-state.json"
+    deadline = time.monotonic() + 600
+    while not state.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert state.is_file(), "the run never checkpointed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    time.sleep(3)  # let Ray's orphaned daemons notice their driver is gone
+    assert json.loads(state.read_text())["step"] == 1
+
+    resumed, done = _train(interrupted_dir, "--run.checkpoint_every", "1", "--resume")
+    assert [m["step"] for m in read_metrics(resumed)] == [1, 2, 3]
+    assert _consumed(resumed) == _consumed(uninterrupted)
+    assert json.loads(state.read_text())["weight_version"] == 3
