@@ -22,6 +22,7 @@ import torch
 from cluster.config import Recipe, recipe_to_dict
 from cluster.data import PromptSampler
 from cluster.eval_metrics import reflection_rate, response_stats
+from cluster.evaluation import evaluate
 from cluster.learner_group import train_sequences
 from cluster.rollout_pool import GroupStream, push_weights
 from cluster.system import encode_prompts, load_rows, sampling_of, start_system
@@ -69,6 +70,12 @@ def train(recipe: Recipe, *, resume: bool = False) -> Path:
         push_weights(learners, pool, version, recipe.cluster.timeout_s)
     else:
         (out / "recipe.json").write_text(json.dumps(recipe_to_dict(recipe), indent=2))
+    eval_rows = load_rows(recipe, recipe.data.eval_path) if recipe.data.eval_path else []
+    if eval_rows and state is None:
+        before = evaluate(system, recipe, eval_rows)
+        log.log_step(0, before)
+        print(f"[aha] held-out accuracy before RL: {before['eval/accuracy']:.3f} "
+              f"on {before['eval/num_prompts']:.0f} problems", flush=True)
     print(f"[aha] training {run.steps} steps; output in {out}", flush=True)
 
     def launch() -> Batch:
@@ -134,6 +141,9 @@ def train(recipe: Recipe, *, resume: bool = False) -> Path:
             groups = [g for g, _ in accepted]
             metrics = _step_metrics(recipe, groups, [s for _, s in accepted], learner_metrics, timings)
             metrics.update(dropped_stale_groups=dropped_stale, dropped_flat_groups=dropped_flat)
+            if eval_rows and (step == run.steps or (recipe.eval.every and step % recipe.eval.every == 0)):
+                metrics.update(evaluate(system, recipe, eval_rows))
+                print(f"[aha] held-out accuracy after step {step}: {metrics['eval/accuracy']:.3f}", flush=True)
             log.log_step(step, metrics)
             log.write_rollouts(step, _rollout_rows(step, groups))
             print(f"[aha] step {step}/{run.steps} reward {metrics['reward_mean']:.3f} "

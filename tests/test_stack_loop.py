@@ -50,6 +50,10 @@ rollout_cpus = 1
 learner_cpus = 1
 scorer_cpus = 0.5
 timeout_s = 300
+[eval]
+num_prompts = 8
+k = [2]
+budgets = [4]
 [run]
 output_dir = "{out}/run"
 steps = 3
@@ -68,8 +72,11 @@ def _train(tmp_path, *overrides, timeout=600):
 
 def test_a_few_on_policy_steps_leave_everything_behind(tmp_path):
     run, done = _train(tmp_path)
-    metrics = read_metrics(run)
-    assert [m["step"] for m in metrics] == [1, 2, 3]
+    before, *metrics = read_metrics(run)
+    assert before["step"] == 0 and [m["step"] for m in metrics] == [1, 2, 3]
+    for key in ("eval/accuracy", "eval/pass@2", "eval/maj@2", "eval/acc@budget=4"):
+        assert 0.0 <= before[key] <= 1.0, key
+    assert before["eval/num_prompts"] == 8 and "eval/accuracy" in metrics[-1]
     for m in metrics:
         assert m["learner/weight_version"] == m["step"]
         assert m["staleness_max"] == 0
@@ -88,7 +95,7 @@ def test_a_few_on_policy_steps_leave_everything_behind(tmp_path):
 
 def test_async_mode_never_trains_on_samples_staler_than_allowed(tmp_path):
     run, _ = _train(tmp_path, "--algorithm.max_staleness", "1")
-    metrics = read_metrics(run)
+    metrics = read_metrics(run)[1:]
     assert [m["step"] for m in metrics] == [1, 2, 3]
     assert all(m["staleness_max"] <= 1 for m in metrics)
     assert max(m["staleness_max"] for m in metrics) == 1  # it did run ahead of the learner
@@ -132,6 +139,6 @@ def test_sigkill_and_resume_consume_the_same_prompts_as_an_uninterrupted_run(tmp
     assert json.loads(state.read_text())["step"] == 1
 
     resumed, done = _train(interrupted_dir, "--run.checkpoint_every", "1", "--resume")
-    assert [m["step"] for m in read_metrics(resumed)] == [1, 2, 3]
+    assert [m["step"] for m in read_metrics(resumed)] == [0, 1, 2, 3]
     assert _consumed(resumed) == _consumed(uninterrupted)
     assert json.loads(state.read_text())["weight_version"] == 3
