@@ -45,7 +45,9 @@ def train(recipe: Recipe, *, resume: bool = False) -> Path:
     from transformers import AutoTokenizer
 
     from cluster.prepare import prepare_data, prepare_model
-    from cluster.run_log import RunLog, plot_run
+    from tqdm import tqdm
+
+    from cluster.run_log import RunLog, plot_run, summary_line
 
     out = recipe.output_dir
     model_path = str(prepare_model(recipe))
@@ -85,6 +87,7 @@ def train(recipe: Recipe, *, resume: bool = False) -> Path:
         return Batch(stream=stream, rows=drawn, sampler_before=before)
 
     pending: deque[Batch] = deque()
+    bar = tqdm(total=run.steps, initial=first_step - 1, desc="aha train", unit="step", dynamic_ncols=True)
     try:
         for step in range(first_step, run.steps + 1):
             started = time.perf_counter()
@@ -146,14 +149,17 @@ def train(recipe: Recipe, *, resume: bool = False) -> Path:
                 print(f"[aha] held-out accuracy after step {step}: {metrics['eval/accuracy']:.3f}", flush=True)
             log.log_step(step, metrics)
             log.write_rollouts(step, _rollout_rows(step, groups))
-            print(f"[aha] step {step}/{run.steps} reward {metrics['reward_mean']:.3f} "
-                  f"acc {metrics['accuracy']:.3f} len {metrics['response_length_mean']:.1f} "
-                  f"{metrics['time/step']:.1f}s", flush=True)
+            bar.set_postfix_str(summary_line(metrics))
+            bar.update(1)
+            bar.write(f"[aha] step {step}/{run.steps} reward {metrics['reward_mean']:.3f} "
+                      f"acc {metrics['accuracy']:.3f} len {metrics['response_length_mean']:.1f} "
+                      f"{metrics['time/step']:.1f}s")
             if step == run.steps or (run.checkpoint_every and step % run.checkpoint_every == 0):
                 sampler_state = pending[0].sampler_before if pending else sampler.state_dict()
                 learners.save_checkpoint(str(out / "checkpoints"))
                 _save_driver_state(out, {"step": step, "sampler": sampler_state, "weight_version": version})
     finally:
+        bar.close()
         plot_run(out)
         log.close()
         system.shutdown()
