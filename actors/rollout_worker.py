@@ -200,13 +200,12 @@ class RolloutWorker:
 
     # -- weights ------------------------------------------------------------------------------
 
-    async def join_weight_group(self, host: str, port: int, rank: int, world_size: int, timeout_s: float) -> int:
-        """Join the learner's weight group as `rank` (the learner is rank 0); blocks until all join."""
-        if self.spec.tensor_parallel_size != 1:
-            raise NotImplementedError("weight sync into a tensor-parallel engine is not supported yet")
-        ranks = await self._engine.collective_rpc(WeightReceiver.aha_join_weight_group.__name__, timeout=timeout_s,
-                                                  args=(host, port, rank, world_size, timeout_s))
-        return ranks[0]
+    async def join_weight_group(self, host: str, port: int, first_rank: int, world_size: int,
+                                timeout_s: float) -> list[int]:
+        """Join the learner's weight group; this engine's workers (one per tensor-parallel rank)
+        take ranks `first_rank ..`; the learner is rank 0. Blocks until every member joined."""
+        return await self._engine.collective_rpc(WeightReceiver.aha_join_weight_group.__name__, timeout=timeout_s,
+                                                 args=(host, port, first_rank, world_size, timeout_s))
 
     async def update_weights(self, manifest: list[TensorMeta], version: int, bucket_bytes: int,
                              timeout_s: float) -> int:

@@ -18,8 +18,13 @@ from cluster.weight_sync import TensorMeta, broadcast_flat, open_group, plan_buc
 class WeightReceiver:
     """Methods added to every vLLM worker; `self` is the worker (it has `model_runner`, `device`)."""
 
-    def aha_join_weight_group(self, host: str, port: int, rank: int, world_size: int, timeout_s: float) -> int:
-        """Join the learner's weight group as `rank` (rank 0 is the learner); blocks until all join."""
+    def aha_join_weight_group(self, host: str, port: int, first_rank: int, world_size: int, timeout_s: float) -> int:
+        """Join the learner's weight group (rank 0 is the learner); blocks until all join.
+
+        The engine's workers (one per tensor-parallel rank) take ranks `first_rank + self.rank`:
+        each receives the whole tensors and `reload_weights` keeps its own shard.
+        """
+        rank = first_rank + self.rank
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         self._aha_group = open_group(host, port, rank, world_size, timeout_s, backend)
         self._aha_timeout_s = timeout_s

@@ -25,6 +25,7 @@ class RolloutPool:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self._ray, self.timeout_s = ray, timeout_s
+        self.tensor_parallel = spec.tensor_parallel_size
         bundle = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
         # PACK keeps a small job on one node; on a cluster Ray spreads what does not fit.
         self.placement = placement_group([dict(bundle) for _ in range(num_workers)], strategy="PACK")
@@ -46,9 +47,14 @@ class RolloutPool:
         return stream
 
     def link_refs(self, host: str, port: int) -> list:
-        """Start joining the learner's weight group (ranks 1..N); returns the calls' refs."""
-        world = len(self.workers) + 1
-        return [w.join_weight_group.remote(host, port, i + 1, world, self.timeout_s) for i, w in enumerate(self.workers)]
+        """Start joining the learner's weight group; returns the calls' refs. Engine i's
+        tensor-parallel workers take ranks 1 + i * tp ..; the learner is rank 0."""
+        return [w.join_weight_group.remote(host, port, 1 + i * self.tensor_parallel, self.weight_world_size,
+                                           self.timeout_s) for i, w in enumerate(self.workers)]
+
+    @property
+    def weight_world_size(self) -> int:
+        return 1 + len(self.workers) * self.tensor_parallel
 
     def update_refs(self, manifest, version: int, bucket_bytes: int) -> list:
         """Start receiving a broadcast of weights `version`; returns the calls' refs."""
@@ -110,7 +116,7 @@ def link_weights(learners, pool: RolloutPool, timeout_s: float) -> None:
     """Build the weight group between learner rank 0 and every rollout worker (once per run)."""
     ray = pool._ray
     host, port = get_all(ray, [learners.ranks[0].rendezvous_address.remote()], timeout_s, "weight rendezvous")[0]
-    opened = learners.ranks[0].open_weight_group.remote(port, len(pool.workers) + 1)
+    opened = learners.ranks[0].open_weight_group.remote(port, pool.weight_world_size)
     get_all(ray, [opened, *pool.link_refs(host, port)], timeout_s, "weight group set-up")
 
 

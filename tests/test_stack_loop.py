@@ -87,6 +87,7 @@ def test_a_few_on_policy_steps_leave_everything_behind(tmp_path):
     assert len(table) == 16 and {r["step"] for r in table} == {2}
     assert {r["weight_version"] for r in table} == {1}  # on-policy: made by the weights of step 1
     assert all(isinstance(r["completion"], str) for r in table)
+    assert _consumed(run) == _sampler_order(tmp_path, 3)
     assert (run / "checkpoints" / "driver-state.json").is_file()
     assert json.loads((run / "checkpoints" / "driver-state.json").read_text())["step"] == 3
     assert sorted(p.name for p in (run / "plots").glob("*.png"))
@@ -104,6 +105,14 @@ def test_async_mode_never_trains_on_samples_staler_than_allowed(tmp_path):
         assert all(step - 1 - r["weight_version"] <= 1 for r in rows)
 
 
+def _sampler_order(tmp_path, steps: int) -> dict[int, list[int]]:
+    """What an uninterrupted on-policy run consumes: the seeded sampler's batches, in order."""
+    from cluster.data import PromptSampler, load_prompt_rows
+
+    sampler = PromptSampler(load_prompt_rows(tmp_path / "data" / "train.parquet"), seed=0, shuffle=True)
+    return {step: sorted(row.index for row in sampler.next_batch(4)) for step in range(1, steps + 1)}
+
+
 def _consumed(run) -> dict[int, list[int]]:
     """Prompt indices trained on, per step, from the run's rollout files."""
     rows = pq.read_table(run / "rollouts").to_pylist()
@@ -118,8 +127,6 @@ def test_sigkill_and_resume_consume_the_same_prompts_as_an_uninterrupted_run(tmp
     import signal
     import time
 
-    (tmp_path / "a").mkdir()
-    uninterrupted, _ = _train(tmp_path / "a", "--run.checkpoint_every", "1")
     interrupted_dir = tmp_path / "b"
     interrupted_dir.mkdir()
     recipe = interrupted_dir / "recipe.toml"
@@ -140,5 +147,7 @@ def test_sigkill_and_resume_consume_the_same_prompts_as_an_uninterrupted_run(tmp
 
     resumed, done = _train(interrupted_dir, "--run.checkpoint_every", "1", "--resume")
     assert [m["step"] for m in read_metrics(resumed)] == [0, 1, 2, 3]
-    assert _consumed(resumed) == _consumed(uninterrupted)
+    # The uninterrupted run consumes exactly the sampler's order (asserted in the on-policy
+    # test); the killed-and-resumed run must too.
+    assert _consumed(resumed) == _sampler_order(interrupted_dir, 3)
     assert json.loads(state.read_text())["weight_version"] == 3
