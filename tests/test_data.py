@@ -1,11 +1,8 @@
-"""Tests for cluster.data (loading, templates, sampling) and cluster.tasks (generators)."""
+"""Tests for cluster.data: loading, templates, sampling (the task generators: test_tasks.py)."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import re
-from fractions import Fraction
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,13 +18,6 @@ from cluster.data import (
     check_template,
     load_prompt_rows,
     render_prompt,
-)
-from cluster.tasks import (
-    TASKS,
-    arithmetic_rows,
-    countdown_rows,
-    write_parquet,
-    write_task,
 )
 
 RECORDS = [
@@ -336,136 +326,3 @@ def test_sampler_rejects_bad_arguments():
             sampler.next_batch(n)
     with pytest.raises(ValueError):
         PromptSampler([], seed=0)
-
-
-# ---------------------------------------------------------------- generators
-
-ARITHMETIC_PROMPT = re.compile(r"^What is (\d+) ([-+*]) (\d+)\?$")
-
-
-def test_arithmetic_answers_are_correct():
-    rows = arithmetic_rows(200, seed=5, min_digits=1, max_digits=4)
-    ops_seen = set()
-    for row in rows:
-        match = ARITHMETIC_PROMPT.match(row["prompt"])
-        assert match, row["prompt"]
-        left, op, right = int(match[1]), match[2], int(match[3])
-        ops_seen.add(op)
-        expected = {"+": left + right, "-": left - right, "*": left * right}[op]
-        assert row["answer"] == str(expected)
-        assert 1 <= len(str(left)) <= 4 and 1 <= len(str(right)) <= 4
-    assert ops_seen == {"+", "-", "*"}
-    assert any(row["answer"].startswith("-") for row in rows)
-
-
-def test_arithmetic_respects_digits_and_ops():
-    for row in arithmetic_rows(50, seed=1, min_digits=3, max_digits=3, ops="+"):
-        left, op, right = ARITHMETIC_PROMPT.match(row["prompt"]).groups()
-        assert op == "+" and len(left) == 3 and len(right) == 3
-
-
-def test_generators_are_deterministic_per_seed():
-    assert arithmetic_rows(20, seed=1) == arithmetic_rows(20, seed=1)
-    assert arithmetic_rows(20, seed=1) != arithmetic_rows(20, seed=2)
-    assert countdown_rows(20, seed=1) == countdown_rows(20, seed=1)
-    assert countdown_rows(20, seed=1) != countdown_rows(20, seed=2)
-
-
-def reachable(numbers: list[int], target: int) -> bool:
-    """Brute force: some ordering of all numbers, folded left with + - * /, gives target."""
-    ops = [
-        lambda a, b: a + b,
-        lambda a, b: a - b,
-        lambda a, b: a * b,
-        lambda a, b: a / b if b else None,
-    ]
-    for order in itertools.permutations(numbers):
-        for chosen in itertools.product(ops, repeat=len(numbers) - 1):
-            value = Fraction(order[0])
-            for op, number in zip(chosen, order[1:]):
-                value = op(value, Fraction(number))
-                if value is None:
-                    break
-            if value == target:
-                return True
-    return False
-
-
-def test_countdown_rows_are_solvable():
-    rows = countdown_rows(40, seed=11, num_numbers=4, max_number=50, max_target=200)
-    for row in rows:
-        numbers, target = row["numbers"], row["target"]
-        assert len(numbers) == 4 and all(1 <= x <= 50 for x in numbers)
-        assert isinstance(target, int) and 1 <= target <= 200
-        assert str(numbers) in row["prompt"] and str(target) in row["prompt"]
-        assert reachable(numbers, target), row
-    assert not reachable([1, 1], 5)  # the checker itself can say no
-
-
-def test_write_parquet_round_trip(tmp_path):
-    rows = countdown_rows(5, seed=3, num_numbers=3)
-    path = write_parquet(rows, tmp_path / "nested" / "dir" / "countdown.parquet")
-    loaded = load_prompt_rows(path)
-    assert [row.prompt for row in loaded] == [row["prompt"] for row in rows]
-    assert [row.fields for row in loaded] == [
-        {"numbers": row["numbers"], "target": row["target"]} for row in rows
-    ]
-
-
-def test_write_parquet_leaves_no_temp_files(tmp_path):
-    path = tmp_path / "out.parquet"
-    write_parquet(arithmetic_rows(3, seed=0), path)
-    write_parquet(arithmetic_rows(4, seed=1), path)  # overwrite in place
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
-    assert len(load_prompt_rows(path)) == 4
-
-
-def test_write_parquet_failure_leaves_nothing(tmp_path):
-    with pytest.raises(ValueError):
-        write_parquet([{"prompt": "a", "x": 1}, {"prompt": "b", "x": "text"}], tmp_path / "bad.pq")
-    assert list(tmp_path.iterdir()) == []
-    with pytest.raises(ValueError):
-        write_parquet([], tmp_path / "empty.parquet")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_write_task(tmp_path):
-    path = write_task("arithmetic", tmp_path / "a.parquet", 6, seed=4, max_digits=2)
-    loaded = load_prompt_rows(path)
-    assert [row.fields["answer"] for row in loaded] == [
-        row["answer"] for row in arithmetic_rows(6, seed=4, max_digits=2)
-    ]
-    assert set(TASKS) == {"arithmetic", "countdown"}
-
-
-def test_write_task_rejects_unknown_task_and_option(tmp_path):
-    with pytest.raises(ValueError, match=r"'sudoku'.*arithmetic, countdown"):
-        write_task("sudoku", tmp_path / "x.parquet", 3, seed=0)
-    with pytest.raises(ValueError, match="max_digit"):
-        write_task("countdown", tmp_path / "x.parquet", 3, seed=0, max_digit=2)
-    assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.parametrize(
-    ("generator", "kwargs", "name"),
-    [
-        (arithmetic_rows, {"n": 0}, "n"),
-        (arithmetic_rows, {"n": 2.5}, "n"),
-        (arithmetic_rows, {"seed": -1}, "seed"),
-        (arithmetic_rows, {"min_digits": 0}, "min_digits"),
-        (arithmetic_rows, {"max_digits": 19}, "max_digits"),
-        (arithmetic_rows, {"min_digits": 3, "max_digits": 2}, "max_digits"),
-        (arithmetic_rows, {"ops": ""}, "ops"),
-        (arithmetic_rows, {"ops": "+/"}, "ops"),
-        (countdown_rows, {"n": 0}, "n"),
-        (countdown_rows, {"num_numbers": 1}, "num_numbers"),
-        (countdown_rows, {"num_numbers": 7}, "num_numbers"),
-        (countdown_rows, {"num_numbers": True}, "num_numbers"),
-        (countdown_rows, {"max_number": 0}, "max_number"),
-        (countdown_rows, {"max_target": 0}, "max_target"),
-    ],
-)
-def test_generators_reject_bad_arguments(generator, kwargs, name):
-    arguments = {"n": 3, "seed": 0, **kwargs}
-    with pytest.raises(ValueError, match=rf"^{name} "):
-        generator(arguments.pop("n"), **arguments)
