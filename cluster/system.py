@@ -7,7 +7,7 @@ group) linked for weight sync; the loop in `cluster/loop.py` only drives them.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from actors.reward_scorer import RewardScorer, ScorerSpec
 from actors.rollout_worker import engine_spec_from_recipe
@@ -65,10 +65,9 @@ class System:
 
 def start_system(recipe: Recipe, model_path: str, tokenizer) -> System:
     """Start Ray (or join the cluster) and every actor of the run; link weights."""
-    ray = connect_ray(recipe.cluster)
+    connect_ray(recipe.cluster)
     cluster, timeout = recipe.cluster, recipe.cluster.timeout_s
-    engine = engine_spec_from_recipe(recipe)
-    engine = type(engine)(**{**engine.__dict__, "model_path": model_path})
+    engine = replace(engine_spec_from_recipe(recipe), model_path=model_path)
     pool = RolloutPool(engine, recipe.rollout.num_workers, cpus_per_worker=cluster.rollout_cpus,
                        gpus_per_worker=cluster.rollout_gpus, timeout_s=timeout)
     scorers = ScorerPool(recipe)
@@ -76,7 +75,6 @@ def start_system(recipe: Recipe, model_path: str, tokenizer) -> System:
                             cpus_per_rank=cluster.learner_cpus, gpus_per_rank=cluster.learner_gpus,
                             timeout_s=timeout)
     link_weights(learners, pool, timeout)
-    del ray
     return System(pool=pool, scorers=scorers, learners=learners, tokenizer=tokenizer)
 
 
