@@ -9,9 +9,10 @@ same tokens (what the learner's importance-sampling correction relies on).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from cluster.config import Recipe
-from cluster.types import Sample, SamplingSpec
+from cluster.types import Sample
 
 
 def _log(message: str) -> None:
@@ -41,41 +42,32 @@ def run_smoke(recipe: Recipe, num_prompts: int = 4) -> dict:
     from transformers import AutoTokenizer
 
     from actors.rollout_worker import RolloutWorker, engine_spec_from_recipe
-    from cluster.data import DataError, PromptSampler, load_prompt_rows, render_prompt
+    from cluster.data import PromptSampler
     from cluster.launch import connect_ray, get_with_timeout
     from cluster.prepare import prepare_data, prepare_model
+    from cluster.system import encode_prompts, load_rows, sampling_of
 
     started = time.perf_counter()
     model_path = str(prepare_model(recipe))
     prepare_data(recipe)
     _log(f"model at {model_path}, data at {recipe.data.train_path}")
 
-    data = recipe.data
-    rows = load_prompt_rows(data.train_path, prompt_column=data.prompt_column,
-                            columns=data.columns or None, file_format=data.file_format)
-    batch = PromptSampler(rows, seed=recipe.run.seed, shuffle=data.shuffle).next_batch(num_prompts)
+    rows = load_rows(recipe, recipe.data.train_path)
+    batch = PromptSampler(rows, seed=recipe.run.seed, shuffle=recipe.data.shuffle).next_batch(num_prompts)
     tokenizer = AutoTokenizer.from_pretrained(recipe.model.tokenizer or model_path)
-    texts = [render_prompt(r.prompt, data.template, tokenizer=tokenizer, system_prompt=data.system_prompt)
-             for r in batch]
-    prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    too_long = [len(ids) for ids in prompt_ids if len(ids) > data.max_prompt_tokens]
-    if too_long:
-        raise DataError(f"data file '{data.train_path}': {len(too_long)} of {len(batch)} prompts are longer than "
-                        f"data.max_prompt_tokens={data.max_prompt_tokens} after the template (longest {max(too_long)})")
+    prompt_ids = encode_prompts(recipe, tokenizer, batch)
 
     ray = connect_ray(recipe.cluster)
     cluster, timeout = recipe.cluster, recipe.cluster.timeout_s
     worker = ray.remote(RolloutWorker).options(num_cpus=cluster.rollout_cpus, num_gpus=cluster.rollout_gpus)
     _log("starting a vLLM engine in a Ray actor (about half a minute on CPU)")
-    actor = worker.remote(engine_spec_from_recipe(recipe))
+    actor = worker.remote(replace(engine_spec_from_recipe(recipe), model_path=model_path))
     get_with_timeout(ray, actor.tokenize.remote("warm-up"), timeout, "the rollout worker's engine start")
 
     rollout = recipe.rollout
-    sampling = SamplingSpec(group_size=rollout.group_size, max_new_tokens=rollout.max_new_tokens,
-                            temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k,
-                            stop=rollout.stop, seed=recipe.run.seed)
     t0 = time.perf_counter()
-    groups = get_with_timeout(ray, actor.sample_groups.remote(prompt_ids, sampling), timeout, "sampling")
+    groups = get_with_timeout(ray, actor.sample_groups.remote(prompt_ids, sampling_of(recipe, seed=recipe.run.seed)),
+                              timeout, "sampling")
     elapsed = time.perf_counter() - t0
     samples = [s for group in groups for s in group]
     tokens = sum(len(s.completion_ids) for s in samples)
