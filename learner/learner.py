@@ -41,6 +41,25 @@ def resolve_device_and_dtype(spec: LearnerSpec) -> tuple[torch.device, torch.dty
     return device, getattr(torch, name)
 
 
+def forget_warmup_step(optimizer) -> None:
+    """Undo the step DeepSpeed's bf16 wrapper without ZeRO takes when it is built.
+
+    With bf16 and ZeRO stage 0 DeepSpeed wraps the optimizer in FP16_UnfusedOptimizer, which
+    runs one AdamW step on zero gradients to create its state: Adam's step count then starts
+    at 1 (the first real update comes out 0.74x as large as on ZeRO-1/2/3) and weight decay
+    is applied once. Put the fp32 masters back to the (exact) bf16 weights and drop the state.
+    """
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+    if not isinstance(optimizer, FP16_UnfusedOptimizer):
+        return
+    with torch.no_grad():
+        for masters, weights in zip(optimizer.fp32_groups, optimizer.fp16_groups):
+            for master, weight in zip(masters, weights):
+                master.copy_(weight)
+    optimizer.optimizer.state.clear()  # torch's AdamW creates its state again on the first step
+
+
 def _grad_norm(params) -> float:
     norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
     return float(torch.stack(norms).norm()) if norms else 0.0
@@ -91,6 +110,7 @@ class Learner:
                                   grad_clip=self.spec.grad_clip, bf16=self.dtype == torch.bfloat16)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, config=config, lr_scheduler=self._make_scheduler)
+        forget_warmup_step(self.engine.optimizer)
         self.reference = self._build_reference(deepspeed, AutoModelForCausalLM) if self.spec.kl_coef > 0 else None
         return {"rank": self.rank, "device": str(self.device), "dtype": str(self.dtype)}
 
@@ -169,7 +189,8 @@ class Learner:
         """
         import torch.distributed as dist
 
-        denominator = torch.stack([o.denominator.float().cpu() for o in self._outputs]).sum().reshape(1)
+        # Collectives run on the rank's device: NCCL has no CPU tensors, gloo takes CPU ones.
+        denominator = torch.stack([o.denominator.float().to(self.device) for o in self._outputs]).sum().reshape(1)
         dist.all_reduce(denominator)  # the whole step's normaliser, over every rank
         metrics = self._optimizer_step(denominator.item())
         for _ in range(self.spec.ppo_epochs - 1):
@@ -207,8 +228,10 @@ class Learner:
         names = sorted({k for o in self._outputs for k in o.metric_sums if k != "ratio_max"})
         sums = torch.tensor([[sum(o.metric_sums.get(k, 0.0) for o in self._outputs) for k in names]
                              + [sum(o.num_tokens for o in self._outputs),
-                                sum(float(o.numerator) for o in self._outputs)]], dtype=torch.float64)
-        ratio_max = torch.tensor([max((o.metric_sums.get("ratio_max", 0.0) for o in self._outputs), default=0.0)])
+                                sum(float(o.numerator) for o in self._outputs)]],
+                            dtype=torch.float64, device=self.device)
+        ratio_max = torch.tensor([max((o.metric_sums.get("ratio_max", 0.0) for o in self._outputs), default=0.0)],
+                                 device=self.device)
         dist.all_reduce(sums)
         dist.all_reduce(ratio_max, op=dist.ReduceOp.MAX)
         *values, tokens, numerator = sums[0].tolist()
