@@ -34,8 +34,10 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The demo's RL run starts afresh each time; its cached base model and data are reused.
 demo: $(STAMP)
-	$(BIN)/aha smoke $(DEMO_RECIPE)
+	rm -rf runs/demo/rl
+	$(BIN)/aha train $(DEMO_RECIPE)
 
 clean:
 	rm -rf $(VENV) runs/demo

@@ -113,6 +113,9 @@ class RolloutWorker:
             **memory,
         )
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        # The engine's processes log every weight reload at INFO; set VLLM_LOGGING_LEVEL=INFO
+        # in the environment to see them.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         self._engine = AsyncLLM.from_engine_args(args)
         # Cleared while an update runs: a request stamps its weight version only once the
         # update is over, since the engine will not schedule it before then anyway.

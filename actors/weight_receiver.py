@@ -10,6 +10,8 @@ were repacked, so plain `load_weights` fails).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from cluster.weight_sync import TensorMeta, broadcast_flat, open_group, plan_buckets
@@ -25,6 +27,7 @@ class WeightReceiver:
         each receives the whole tensors and `reload_weights` keeps its own shard.
         """
         rank = first_rank + self.rank
+        _quiet_rotary_reload_warning()
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         self._aha_group = open_group(host, port, rank, world_size, timeout_s, backend)
         self._aha_timeout_s = timeout_s
@@ -61,3 +64,19 @@ class WeightReceiver:
         if len(received) != len(manifest):
             raise RuntimeError(f"weight update stopped after {len(received)} of {len(manifest)} tensors")
         return len(received)
+
+
+def _quiet_rotary_reload_warning() -> None:
+    """Drop vLLM's "RotaryEmbedding: Failed to load weights" warning, printed at every reload.
+
+    Rotary embeddings have no weights in a checkpoint, only a cos/sin buffer that vLLM puts
+    back itself; the warning is harmless but would repeat after every training step.
+    """
+    logger = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    if not any(isinstance(f, _RotaryReloadFilter) for f in logger.filters):
+        logger.addFilter(_RotaryReloadFilter())
+
+
+class _RotaryReloadFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.getMessage() == "RotaryEmbedding: Failed to load weights")

@@ -60,7 +60,7 @@ def cmd_tiny_model(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_data(args: argparse.Namespace, overrides: list[str]) -> int:
-    """Write a built-in synthetic task (arithmetic, countdown) as a Parquet file."""
+    """Write a built-in synthetic task (arithmetic, chain_sum, countdown) as a Parquet file."""
     _no_overrides(overrides)
     from cluster.tasks import write_task
 
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(run=cmd_tiny_model)
 
     data = sub.add_parser("data", help="write a synthetic task's prompts as Parquet")
-    data.add_argument("task", choices=["arithmetic", "countdown"])
+    data.add_argument("task", choices=["arithmetic", "chain_sum", "countdown"])  # = cluster.tasks.TASKS
     data.add_argument("out", help="Parquet file to write")
     data.add_argument("--rows", type=int, default=1000)
     data.add_argument("--seed", type=int, default=0)

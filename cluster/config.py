@@ -37,6 +37,23 @@ class TinyModelConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """Pre-train the tiny model on a synthetic corpus of the recipe's task before RL (CPU demo).
+
+    The corpus mixes worked solutions (`worked_fraction` of it: add step by step, then
+    answer) with hasty ones (answer at once, wrongly: the sum of the first two terms only),
+    like a base model that mostly answers without thinking. No held-out prompt is in it.
+    """
+
+    steps: int = 800
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup_steps: int = 30
+    worked_fraction: float = 0.4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The policy: a hub id or a local directory, loaded the same way by transformers and vLLM."""
 
@@ -45,19 +62,23 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
     trust_remote_code: bool = False
     tiny: TinyModelConfig | None = None
+    pretrain: PretrainConfig | None = None  # needs `tiny` and a `chain_sum` synthetic task
 
 
 @dataclass(frozen=True)
 class SyntheticDataConfig:
     """Generate a built-in task's Parquet files at `data.train_path` / `data.eval_path`."""
 
-    task: Literal["arithmetic", "countdown"] = "arithmetic"
+    task: Literal["arithmetic", "chain_sum", "countdown"] = "arithmetic"
     train_rows: int = 2000
     eval_rows: int = 200
     seed: int = 0
     min_digits: int = 1
     max_digits: int = 2
     ops: str = "+-"
+    min_terms: int = 3  # chain_sum
+    max_terms: int = 4
+    max_term: int = 9
     num_numbers: int = 3
     max_number: int = 20
     max_target: int = 100

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from cluster.config import Recipe, recipe_to_dict
+from cluster.config import Recipe, RecipeError, recipe_to_dict
 from cluster.data import PromptSampler
 from cluster.eval_metrics import reflection_rate, response_stats
 from cluster.evaluation import evaluate
@@ -47,11 +47,14 @@ def train(recipe: Recipe, *, resume: bool = False) -> Path:
     from cluster.prepare import prepare_data, prepare_model
     from tqdm import tqdm
 
-    from cluster.run_log import RunLog, plot_run, summary_line
+    from cluster.run_log import RunLog, heldout_summary, plot_run, read_metrics, summary_line
 
     out = recipe.output_dir
+    if not resume and (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size:
+        raise RecipeError("run.output_dir", f"'{out}' already holds a run; pass --resume to continue it, "
+                          "or choose another run.output_dir")
+    prepare_data(recipe)  # first: the held-out prompts are kept out of the training data
     model_path = str(prepare_model(recipe))
-    prepare_data(recipe)
     tokenizer = AutoTokenizer.from_pretrained(recipe.model.tokenizer or model_path)
     rows = load_rows(recipe, recipe.data.train_path)
     algo, rollout, run = recipe.algorithm, recipe.rollout, recipe.run
@@ -163,6 +166,9 @@ def train(recipe: Recipe, *, resume: bool = False) -> Path:
         plot_run(out)
         log.close()
         system.shutdown()
+    summary = heldout_summary(read_metrics(out))
+    if summary:
+        print(f"[aha] {summary}", flush=True)
     print(f"[aha] done: metrics {out / 'metrics.jsonl'}, plots {out / 'plots'}, "
           f"checkpoints {out / 'checkpoints'}", flush=True)
     return out

@@ -6,6 +6,8 @@ does not import `cluster.config`, which imports it), and nothing heavy is import
 
 from __future__ import annotations
 
+import math
+
 import re
 
 # A user reward is "package.module:function"; a built-in one is a plain name.
@@ -71,6 +73,19 @@ def _check_model_and_data(recipe) -> None:
         _require(synthetic.eval_rows >= 0, "data.synthetic.eval_rows", "must be >= 0")
         _require(synthetic.eval_rows == 0 or bool(data.eval_path), "data.eval_path",
                  "is required when data.synthetic.eval_rows > 0")
+        _require(1 <= synthetic.min_terms <= synthetic.max_terms <= 20, "data.synthetic.max_terms",
+                 "needs 1 <= min_terms <= max_terms <= 20")
+        _require(synthetic.max_term >= 1, "data.synthetic.max_term", "must be >= 1")
+    pretrain = model.pretrain
+    if pretrain is not None:
+        _require(model.tiny is not None, "model.pretrain", "needs [model.tiny] (it pre-trains the tiny model)")
+        _require(synthetic is not None and synthetic.task == "chain_sum", "model.pretrain",
+                 "needs data.synthetic.task = \"chain_sum\" (the task its corpus is written for)")
+        _require(pretrain.steps >= 1, "model.pretrain.steps", "must be >= 1")
+        _require(pretrain.batch_size >= 1, "model.pretrain.batch_size", "must be >= 1")
+        _require(math.isfinite(pretrain.lr) and pretrain.lr > 0, "model.pretrain.lr", "must be > 0")
+        _require(0 <= pretrain.warmup_steps, "model.pretrain.warmup_steps", "must be >= 0")
+        _require(0 < pretrain.worked_fraction <= 1, "model.pretrain.worked_fraction", "must be in (0, 1]")
 
 
 def _check_rollout(recipe) -> None:

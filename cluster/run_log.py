@@ -259,6 +259,27 @@ _FIGURES = {
 }
 
 
+def heldout_before_after(records: Sequence[Mapping]) -> tuple[float, float, int, int] | None:
+    """(accuracy before RL, latest accuracy, problems, step of the latest) from the metrics,
+    or None unless the held-out set was evaluated at step 0 and at a later step."""
+    evals = [r for r in records if isinstance(r.get("eval/accuracy"), (int, float))]
+    before = next((r for r in evals if r["step"] == 0), None)
+    after = max((r for r in evals if r["step"] > 0), key=lambda r: r["step"], default=None)
+    if before is None or after is None:
+        return None
+    return before["eval/accuracy"], after["eval/accuracy"], int(after.get("eval/num_prompts", 0)), after["step"]
+
+
+def heldout_summary(records: Sequence[Mapping]) -> str | None:
+    """'held-out accuracy (greedy, 256 problems): 9.4% before RL -> 95.7% after 40 steps (+86.3 points)'."""
+    found = heldout_before_after(records)
+    if found is None:
+        return None
+    before, after, problems, step = found
+    return (f"held-out accuracy (greedy, {problems} problems): {before:.1%} before RL -> {after:.1%} after "
+            f"{step} steps ({100 * (after - before):+.1f} points)")
+
+
 def plot_run(output_dir: str | os.PathLike) -> list[Path]:
     """Draw the run's curves from metrics.jsonl into output_dir/plots/, one PNG per figure.
 
@@ -280,6 +301,10 @@ def plot_run(output_dir: str | os.PathLike) -> list[Path]:
             path = plots / filename
             _atomic_write(path, lambda tmp, s=series, t=title, y=ylabel: _draw(tmp, s, t, y))
             written.append(path)
+    if heldout_before_after(records) is not None:
+        path = plots / "heldout_accuracy.png"
+        _atomic_write(path, lambda tmp: _draw_heldout(tmp, records))
+        written.append(path)
     return written
 
 
@@ -310,6 +335,28 @@ def _draw(path: str, series: Mapping[str, tuple[list[int], list[float]]], title:
     axes.set(title=title, xlabel="step", ylabel=ylabel)
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+
+
+def _draw_heldout(path: str, records: Sequence[Mapping]) -> None:
+    """Held-out greedy accuracy against step, with the before-RL and final values written on."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    before, after, problems, last = heldout_before_after(records)
+    steps, values = _series(records, lambda k: k == "eval/accuracy")["eval/accuracy"]
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.plot(steps, values, marker="o", color="tab:green", label="held-out greedy accuracy")
+    for step, value, label, side in ((0, before, "before RL", 1), (last, after, "after RL", -1)):
+        axes.annotate(f"{label}: {value:.1%}", (step, value), textcoords="offset points",
+                      xytext=(6 * side, -14 if value > 0.5 else 8), ha="left" if side > 0 else "right")
+    axes.set(title=f"Held-out accuracy, {problems} problems ({100 * (after - before):+.1f} points from RL)",
+             xlabel="step", ylabel="accuracy", ylim=(-0.02, 1.05))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", loc="lower right")
     figure.tight_layout()
     figure.savefig(path, format="png")
 

@@ -48,8 +48,8 @@ def run_smoke(recipe: Recipe, num_prompts: int = 4) -> dict:
     from cluster.system import encode_prompts, load_rows, sampling_of
 
     started = time.perf_counter()
-    model_path = str(prepare_model(recipe))
     prepare_data(recipe)
+    model_path = str(prepare_model(recipe, pretrain=False))  # the stack check needs no trained model
     _log(f"model at {model_path}, data at {recipe.data.train_path}")
 
     rows = load_rows(recipe, recipe.data.train_path)

@@ -1,8 +1,9 @@
 """Built-in synthetic tasks: generate prompt rows and write them as Parquet datasets.
 
 These give a run something to train on with no download: `arithmetic` (exact integer answers,
-graded by the `arithmetic` reward) and TinyZero's `countdown` (reach a target from a set of
-numbers, graded by the `countdown` reward). Generation is deterministic per seed, so the same
+graded by the `arithmetic` reward), `chain_sum` (the sum of a few small numbers, which a tiny
+model gets right by adding step by step; also graded by `arithmetic`; the CPU demo's task) and
+TinyZero's `countdown` (reach a target from a set of numbers, graded by the `countdown` reward). Generation is deterministic per seed, so the same
 recipe always trains on the same data. Only the standard library and pyarrow are imported.
 """
 
@@ -75,6 +76,27 @@ def arithmetic_rows(
         op = rng.choice(op_choices)
         answer = str(_apply(op, left, right))
         rows.append({"prompt": f"What is {left} {op} {right}?", "answer": answer})
+    return rows
+
+
+def chain_sum_rows(
+    n: int, *, seed: int, min_terms: int = 3, max_terms: int = 4, max_term: int = 9
+) -> list[dict]:
+    """`n` rows {"prompt": "4+7+2+9", "answer": "22"}: sums of `min_terms`..`max_terms` terms.
+
+    Terms are drawn from 1..max_term. Written without spaces, so a character tokenizer spends
+    one token per digit or sign. Same seed, same rows.
+    """
+    _check_int("n", n, 1)
+    _check_int("seed", seed, 0)
+    _check_int("min_terms", min_terms, 2, 20)
+    _check_int("max_terms", max_terms, min_terms, 20)
+    _check_int("max_term", max_term, 1, 10**6)
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        terms = [rng.randint(1, max_term) for _ in range(rng.randint(min_terms, max_terms))]
+        rows.append({"prompt": "+".join(map(str, terms)), "answer": str(sum(terms))})
     return rows
 
 
@@ -161,15 +183,24 @@ def write_parquet(rows: list[dict], path: str | Path) -> Path:
 
 TASKS: dict[str, Callable[..., list[dict]]] = {
     "arithmetic": arithmetic_rows,
+    "chain_sum": chain_sum_rows,
     "countdown": countdown_rows,
 }
+# A draw whose rows are all excluded is retried with a new seed; this bounds the retries.
+MAX_EXCLUSION_ROUNDS = 100
 
 
-def write_task(task: str, path: str | Path, n: int, *, seed: int, **options: object) -> Path:
-    """Generate `n` rows of a built-in task and write them to `path` as Parquet.
+def task_rows(
+    task: str, n: int, *, seed: int, exclude: frozenset[str] = frozenset(), unique: bool = False,
+    **options: object,
+) -> list[dict]:
+    """`n` rows of a built-in task whose prompt is not in `exclude` (e.g. the held-out set);
+    with `unique`, no prompt twice (what a held-out set needs, so no problem counts double).
 
-    `options` are the task generator's keyword arguments (e.g. `max_digits` for arithmetic);
-    an unknown task or option is a ValueError naming it and the known ones.
+    Excluded rows are dropped and the gap is filled from further draws with derived seeds, so
+    the result is deterministic. `options` are the generator's keyword arguments (e.g.
+    `max_digits` for arithmetic); an unknown task or option is a ValueError naming it and the
+    known ones, and so is an exclusion that leaves (almost) nothing to draw.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r} (known tasks: {', '.join(sorted(TASKS))})")
@@ -184,4 +215,23 @@ def write_task(task: str, path: str | Path, n: int, *, seed: int, **options: obj
         raise ValueError(
             f"task {task!r} has no option {', '.join(unknown)} (options: {', '.join(known)})"
         )
-    return write_parquet(generator(n, seed=seed, **options), path)
+    rows: list[dict] = []
+    seen = set(exclude)
+    for round_ in range(MAX_EXCLUSION_ROUNDS):
+        for row in generator(n - len(rows), seed=seed + round_ * 7_919, **options):
+            if row["prompt"] not in seen:
+                rows.append(row)
+                if unique:
+                    seen.add(row["prompt"])
+        if len(rows) == n:
+            return rows
+    raise ValueError(f"task {task!r}: fewer than {n} rows left after excluding {len(exclude)} prompts "
+                     f"in {MAX_EXCLUSION_ROUNDS} draws; widen the task's settings")
+
+
+def write_task(
+    task: str, path: str | Path, n: int, *, seed: int, exclude: frozenset[str] = frozenset(),
+    unique: bool = False, **options: object,
+) -> Path:
+    """Generate `n` rows of a built-in task (see `task_rows`) and write them to `path` as Parquet."""
+    return write_parquet(task_rows(task, n, seed=seed, exclude=exclude, unique=unique, **options), path)

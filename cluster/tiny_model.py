@@ -133,9 +133,7 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec = TinyModel
     torch.manual_seed(spec.seed)
     model = Qwen2ForCausalLM(config).to(torch.float32).eval()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    def fill(staging: Path) -> None:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         GenerationConfig(
@@ -144,6 +142,20 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec = TinyModel
             pad_token_id=tokenizer.pad_token_id,
         ).save_pretrained(staging)
         (staging / "aha_tiny_spec.json").write_text(json.dumps(spec.__dict__, indent=2) + "\n")
+
+    return write_directory_atomic(out, fill)
+
+
+def write_directory_atomic(out: str | os.PathLike, fill) -> Path:
+    """Call `fill(staging)` on a fresh temporary sibling of `out`, then rename it over `out`.
+
+    A crash never leaves a half-written model directory that a later run would try to load.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        fill(staging)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

@@ -22,7 +22,7 @@ import torch
 
 from cluster.weight_sync import TensorMeta
 from learner.batching import MicroBatch, TrainSequence, micro_batches, token_logprobs
-from learner.losses import LossOutput, entropy_from_logits, policy_loss
+from learner.losses import MAX_METRICS, LossOutput, entropy_from_logits, policy_loss
 from learner.optim import deepspeed_config, lr_multiplier
 from learner.spec import LearnerSpec
 
@@ -225,18 +225,19 @@ class Learner:
         """Token-weighted means of the loss metrics over every rank's micro-batches."""
         import torch.distributed as dist
 
-        names = sorted({k for o in self._outputs for k in o.metric_sums if k != "ratio_max"})
+        names = sorted({k for o in self._outputs for k in o.metric_sums if k not in MAX_METRICS})
         sums = torch.tensor([[sum(o.metric_sums.get(k, 0.0) for o in self._outputs) for k in names]
                              + [sum(o.num_tokens for o in self._outputs),
                                 sum(float(o.numerator) for o in self._outputs)]],
                             dtype=torch.float64, device=self.device)
-        ratio_max = torch.tensor([max((o.metric_sums.get("ratio_max", 0.0) for o in self._outputs), default=0.0)],
-                                 device=self.device)
+        maxima = torch.tensor([max((o.metric_sums.get(k, 0.0) for o in self._outputs), default=0.0)
+                               for k in MAX_METRICS], dtype=torch.float64, device=self.device)
         dist.all_reduce(sums)
-        dist.all_reduce(ratio_max, op=dist.ReduceOp.MAX)
+        dist.all_reduce(maxima, op=dist.ReduceOp.MAX)
         *values, tokens, numerator = sums[0].tolist()
         metrics = {k: v / tokens if tokens else 0.0 for k, v in zip(names, values)}
-        return {**metrics, "ratio_max": ratio_max.item(), "tokens": int(tokens), "loss_numerator": numerator}
+        metrics.update(zip(MAX_METRICS, maxima.tolist()))
+        return {**metrics, "tokens": int(tokens), "loss_numerator": numerator}
 
     # -- weights out, checkpoints ---------------------------------------------------------
 

@@ -20,8 +20,9 @@ from torch import Tensor
 ESTIMATORS = ("grpo", "dr_grpo", "rloo")
 KL_KINDS = ("k1", "k2", "k3")
 LOSS_AGGS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
-# Metrics merged by max across micro-batches; every other metric is a sum over tokens.
-MAX_METRICS = frozenset({"ratio_max"})
+# Metrics merged by max across micro-batches (every other metric is a sum over tokens):
+# name -> the per-token metric it is the max of.
+MAX_METRICS = {"ratio_max": "ratio_mean", "rollout_logprob_gap_max": "rollout_logprob_gap"}
 
 
 def group_advantages(rewards: Tensor, *, estimator: str = "grpo", eps: float = 1e-6) -> Tensor:
@@ -327,19 +328,23 @@ def policy_loss(
         per_token = per_token - entropy_coef * entropy
     numerator, denominator = aggregate(per_token, keep, loss_agg, max_len=max_len)
 
+    # |learner - engine| logprob of the sampled tokens: ~0 when the engine holds the learner's
+    # weights (on-policy), growing with staleness or a broken weight sync.
+    gap = (old_logp - clean(behaviour_logp.detach())).abs() if behaviour_logp is not None else None
     metric_sums, num_tokens = _metric_sums(
-        keep, adv, ratio, pg, tis, kl, entropy, clip_low=clip_low, clip_high=clip_high,
+        keep, adv, ratio, pg, tis, kl, entropy, gap, clip_low=clip_low, clip_high=clip_high,
         dual_active=dual_active,
     )
     return LossOutput(numerator, denominator.detach(), metric_sums, num_tokens)
 
 
 @torch.no_grad()
-def _metric_sums(keep, adv, ratio, pg, tis, kl, entropy, *, clip_low, clip_high, dual_active):
-    """Sums over masked tokens of each per-token metric (ratio_max: a max), and the token count.
+def _metric_sums(keep, adv, ratio, pg, tis, kl, entropy, gap, *, clip_low, clip_high, dual_active):
+    """Sums over masked tokens of each per-token metric (the MAX_METRICS: maxima), and the
+    token count.
 
-    All tensor arguments are (B, T) and already zero at masked positions; kl and entropy may
-    be None (reported as 0).
+    All tensor arguments are (B, T) and already zero at masked positions; kl, entropy and gap
+    (|learner - rollout engine| logprob) may be None (reported as 0).
     """
     acc = torch.promote_types(pg.dtype, torch.float32)  # bf16 cannot count past 256 exactly
     zeros = torch.zeros_like(pg)
@@ -352,15 +357,14 @@ def _metric_sums(keep, adv, ratio, pg, tis, kl, entropy, *, clip_low, clip_high,
         "entropy": entropy if entropy is not None else zeros,
         "tis_weight_mean": tis,
         "pg_loss": pg,
+        "rollout_logprob_gap": gap if gap is not None else zeros,
     }
     sums = [torch.where(keep, value.to(acc), 0.0).sum() for value in per_token.values()]
-    # ratio > 0, so 0 at masked positions never wins the max, and no tokens gives 0.
-    if keep.numel():
-        ratio_max = torch.where(keep, ratio.to(acc), 0.0).amax()
-    else:
-        ratio_max = keep.new_zeros((), dtype=acc)
+    # Both are >= 0, so 0 at masked positions never wins a max, and no tokens gives 0.
+    maxima = [torch.where(keep, per_token[source].to(acc), 0.0).amax() if keep.numel()
+              else keep.new_zeros((), dtype=acc) for source in MAX_METRICS.values()]
     # One device-to-host transfer for all metrics rather than one per metric.
-    values = torch.stack([keep.sum().to(acc), ratio_max, *sums]).tolist()
-    metric_sums = dict(zip(per_token, values[2:]))
-    metric_sums["ratio_max"] = values[1]
+    values = torch.stack([keep.sum().to(acc), *maxima, *sums]).tolist()
+    metric_sums = dict(zip(per_token, values[1 + len(maxima):]))
+    metric_sums.update(zip(MAX_METRICS, values[1:1 + len(maxima)]))
     return metric_sums, int(values[0])

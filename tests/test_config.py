@@ -17,6 +17,7 @@ from cluster.config import (
     Recipe,
     RecipeError,
     SyntheticDataConfig,
+    PretrainConfig,
     TinyModelConfig,
     load_recipe,
     recipe_from_dict,
@@ -67,19 +68,23 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
 
 def test_shipped_recipe_values():
     r = load_recipe(SHIPPED)
-    assert r.model.path == "runs/demo/tiny-model" and r.model.dtype == "float32"
-    assert r.model.tiny == TinyModelConfig(hidden_size=256, num_layers=4, num_kv_heads=1, seed=0)
-    assert r.data.max_prompt_tokens == 400 and r.data.eval_path == "runs/demo/data/arith-eval.parquet"
-    assert r.data.synthetic == SyntheticDataConfig(task="arithmetic", train_rows=4000, eval_rows=200,
-                                                   min_digits=1, max_digits=2, ops="+-")
+    assert r.model.path == "runs/demo/base-model" and r.model.dtype == "float32"
+    assert r.model.tiny == TinyModelConfig(hidden_size=128, num_layers=2, num_kv_heads=1, seed=0)
+    assert r.model.pretrain == PretrainConfig(steps=800, batch_size=64, lr=3e-3, warmup_steps=30,
+                                              worked_fraction=0.4, seed=0)
+    assert r.data.template == "{prompt}=? <think>" and r.data.max_prompt_tokens == 32
+    assert r.data.eval_path == "runs/demo/data/chain-sum-eval.parquet"
+    assert r.data.synthetic == SyntheticDataConfig(task="chain_sum", train_rows=4000, eval_rows=256,
+                                                   min_terms=4, max_terms=4, max_term=9)
     assert r.rollout.stop == ("</answer>",) and isinstance(r.rollout.stop, tuple)
-    assert (r.rollout.group_size, r.rollout.max_new_tokens, r.rollout.enforce_eager) == (8, 64, True)
-    assert r.rollout.kv_cache_gb == 0.5
+    assert (r.rollout.group_size, r.rollout.max_new_tokens, r.rollout.enforce_eager) == (8, 48, True)
+    assert r.rollout.kv_cache_gb == 0.25 and r.rollout.prompts_per_step == 16
     assert r.reward.weights == {"arithmetic": 1.0, "format": 0.1}
     assert r.algorithm.clip_high == 0.28 and r.learner.lr == 1e-4
+    assert (r.eval.every, r.eval.num_prompts, r.eval.k, r.eval.budgets) == (10, 256, (4,), (8, 16, 32, 48))
     assert r.cluster.device == "cpu" and r.cluster.learner_cpus == 0.5
-    assert (r.run.name, r.run.steps) == ("demo", 30)
-    assert r.output_dir == Path("runs/demo")
+    assert (r.run.name, r.run.steps) == ("demo", 40)
+    assert r.output_dir == Path("runs/demo/rl")
 
 
 def test_defaults_fill_unspecified_keys(tmp_path):
@@ -178,9 +183,9 @@ def test_overrides_win_over_the_file_in_order():
     r = load_recipe(SHIPPED, ["--rollout.group_size", "4", "--model.tiny.seed=9",
                               "--rollout.group_size", "16", "--reward.weights", "{math = 1}"])
     assert r.rollout.group_size == 16
-    assert r.model.tiny == TinyModelConfig(hidden_size=256, num_layers=4, num_kv_heads=1, seed=9)
+    assert r.model.tiny == TinyModelConfig(hidden_size=128, num_layers=2, num_kv_heads=1, seed=9)
     assert r.reward.weights == {"math": 1.0}  # a dict override replaces the file's table
-    assert r.rollout.prompts_per_step == 8  # untouched keys keep the file's value
+    assert r.rollout.prompts_per_step == 16  # untouched keys keep the file's value
 
 
 @pytest.mark.parametrize("overrides, dotted, expected", [
@@ -275,6 +280,16 @@ BAD = [
     ("override-unparseable-dict", "", ["--reward.weights", "math=1"], "reward.weights"),
     ("override-wrong-type", "", ["--rollout.enforce_eager", "1"], "rollout.enforce_eager"),
     ("override-into-scalar", "model.tiny = 3", ["--model.tiny.seed", "1"], "model.tiny"),
+    ("pretrain-no-tiny", "model.pretrain.steps = 5", [], "model.pretrain"),
+    ("pretrain-wrong-task", "model.tiny.seed = 0\nmodel.pretrain.steps = 5\ndata.synthetic.eval_rows = 0", [],
+     "model.pretrain"),
+    ("pretrain-zero-lr", 'model.tiny.seed = 0\nmodel.pretrain.lr = 0.0\ndata.synthetic.task = "chain_sum"\n'
+     "data.synthetic.eval_rows = 0", [], "model.pretrain.lr"),
+    ("pretrain-worked-fraction", 'model.tiny.seed = 0\ndata.synthetic.task = "chain_sum"\n'
+     "data.synthetic.eval_rows = 0", ["--model.pretrain.worked_fraction", "0"], "model.pretrain.worked_fraction"),
+    ("chain-sum-terms", 'data.synthetic.task = "chain_sum"\ndata.synthetic.eval_rows = 0\n'
+     "data.synthetic.min_terms = 5\ndata.synthetic.max_terms = 4", [], "data.synthetic.max_terms"),
+    ("unknown-task", 'data.synthetic.task = "sudoku"\ndata.synthetic.eval_rows = 0', [], "data.synthetic.task"),
 ]
 BAD_IDS = [case[0] for case in BAD]
 

@@ -1,4 +1,8 @@
-"""`aha smoke` end to end in a subprocess: what `make demo` runs until the RL loop lands."""
+"""`aha smoke` end to end in a subprocess: the stack check of a recipe, on the demo's recipe.
+
+`make demo` itself (`aha train` on the demo recipe: pre-training, then GRPO) takes minutes and
+is measured by hand (README "The demo"); its pieces are tested in test_pretrain.py and
+test_stack_loop.py."""
 
 import re
 import subprocess
@@ -44,7 +48,8 @@ timeout_s = 300
 
 
 def test_the_demo_recipe_builds_its_inputs_and_samples_through_ray(tmp_path):
-    # Exactly what `make demo` runs; its relative paths land under the working directory.
+    # The demo's recipe; its relative paths land under the working directory. The smoke needs no
+    # trained model, so it samples from the random initialisation and skips the pre-training.
     recipe = REPO / "deploy" / "recipes" / "arith-zero-cpu.toml"
     done = subprocess.run([AHA, "smoke", str(recipe), "--prompts", "2", "--run.seed", "3"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -54,10 +59,12 @@ def test_the_demo_recipe_builds_its_inputs_and_samples_through_ray(tmp_path):
     gap = float(re.search(r"logprob gap over \d+ tokens: (\S+)", done.stdout).group(1))
     assert gap <= 1e-3
     demo = tmp_path / "runs" / "demo"
-    assert (demo / "tiny-model" / "config.json").is_file()
-    train = pq.read_table(demo / "data" / "arith-train.parquet")
+    assert (demo / "base-model.init" / "config.json").is_file() and not (demo / "base-model").exists()
+    train = pq.read_table(demo / "data" / "chain-sum-train.parquet")
     assert train.num_rows == 4000 and {"prompt", "answer"} <= set(train.column_names)
-    assert pq.read_table(demo / "data" / "arith-eval.parquet").num_rows == 200
+    held_out = pq.read_table(demo / "data" / "chain-sum-eval.parquet").column("prompt").to_pylist()
+    assert len(held_out) == len(set(held_out)) == 256
+    assert not set(held_out) & set(train.column("prompt").to_pylist())
 
 
 def test_smoke_with_a_bad_recipe_exits_2_before_starting_anything(tmp_path):

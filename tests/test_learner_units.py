@@ -73,5 +73,5 @@ def test_learner_spec_follows_the_recipe():
     recipe = load_recipe(Path(__file__).parent.parent / "deploy/recipes/arith-zero-cpu.toml",
                          ["--algorithm.kl_coef", "0.05", "--learner.zero_stage", "3", "--run.steps", "7"])
     spec = learner_spec_from_recipe(recipe)
-    assert (spec.model_path, spec.zero_stage, spec.kl_coef, spec.total_steps) == ("runs/demo/tiny-model", 3, 0.05, 7)
-    assert (spec.clip_high, spec.max_new_tokens, spec.lr) == (recipe.algorithm.clip_high, 64, recipe.learner.lr)
+    assert (spec.model_path, spec.zero_stage, spec.kl_coef, spec.total_steps) == ("runs/demo/base-model", 3, 0.05, 7)
+    assert (spec.clip_high, spec.max_new_tokens, spec.lr) == (recipe.algorithm.clip_high, 48, recipe.learner.lr)

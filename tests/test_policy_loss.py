@@ -103,6 +103,9 @@ def test_tis_scales_the_policy_gradient():
     close(g.item(), -1.5)
     assert out.metric_sums["tis_weight_mean"] == pytest.approx(1.5)
     assert out.metric_sums["pg_loss"] == pytest.approx(-1.5)
+    # |old - behaviour| = ln 2, reported as a sum and a max
+    assert out.metric_sums["rollout_logprob_gap"] == pytest.approx(math.log(2))
+    assert out.metric_sums["rollout_logprob_gap_max"] == pytest.approx(math.log(2))
     # cap 0 (off), or no behaviour logprobs: weight 1 -> -1
     for kwargs in ({"behaviour_logp": behaviour, "tis_cap": 0.0}, {"tis_cap": 1.5}):
         off = policy_loss(logp, old, adv, mask, **kwargs)
@@ -272,6 +275,7 @@ def test_metric_sums_by_hand():
     close(first.loss, -1.4 / 3)
     # TIS off: weight 1 per token; no ref_logp / entropy: 0
     assert (m["tis_weight_mean"], m["kl"], m["entropy"]) == (3.0, 0.0, 0.0)
+    assert (m["rollout_logprob_gap"], m["rollout_logprob_gap_max"]) == (0.0, 0.0)  # no behaviour logprobs
     # second: one token, clipped high, pg max(-2, -1.2) = -1.2
     assert second.num_tokens == 1
     assert second.metric_sums["pg_loss"] == pytest.approx(-1.2)

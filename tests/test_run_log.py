@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.run_log import RunLog, plot_run, read_metrics, summary_line
+from cluster.run_log import RunLog, heldout_before_after, heldout_summary, plot_run, read_metrics, summary_line
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -153,6 +153,27 @@ def test_plot_reflection_rate_when_logged(tmp_path):
     names = {p.name for p in plot_run(tmp_path)}
     assert "reflection_rate.png" in names
     assert (tmp_path / "plots" / "reflection_rate.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_heldout_before_and_after_come_from_step_zero_and_the_latest_eval():
+    records = [{"step": 0, "eval/accuracy": 0.09375, "eval/num_prompts": 256},
+               {"step": 1, "accuracy": 0.3},
+               {"step": 10, "eval/accuracy": 0.5, "eval/num_prompts": 256},
+               {"step": 40, "eval/accuracy": 0.95703125, "eval/num_prompts": 256}]
+    assert heldout_before_after(records) == (0.09375, 0.95703125, 256, 40)
+    assert heldout_summary(records) == ("held-out accuracy (greedy, 256 problems): 9.4% before RL -> 95.7% "
+                                        "after 40 steps (+86.3 points)")
+    assert heldout_summary(records[1:]) is None  # no before-RL evaluation (a resumed run's own log)
+    assert heldout_summary(records[:2]) is None  # nothing after it yet
+
+
+def test_heldout_plot_only_with_a_before_rl_evaluation(tmp_path):
+    _metrics_run(tmp_path)
+    assert "heldout_accuracy.png" not in {p.name for p in plot_run(tmp_path)}
+    with RunLog(tmp_path, tensorboard=False) as log:
+        log.log_step(0, {"eval/accuracy": 0.1, "eval/num_prompts": 200})
+    assert (tmp_path / "plots" / "heldout_accuracy.png") in plot_run(tmp_path)
+    assert (tmp_path / "plots" / "heldout_accuracy.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
 def test_plot_run_on_empty_directory(tmp_path):

@@ -39,6 +39,10 @@ enforce_eager = true
 [reward]
 weights = {{ arithmetic = 1.0, format = 0.5 }}
 workers_per_scorer = 1
+[algorithm]
+# A random tiny model earns no reward, so every advantage is 0; the entropy bonus still moves
+# the weights each step, which is what the weight-sync and staleness checks need.
+entropy_coef = 0.01
 [learner]
 num_ranks = 2
 zero_stage = 2
@@ -80,6 +84,10 @@ def test_a_few_on_policy_steps_leave_everything_behind(tmp_path):
     for m in metrics:
         assert m["learner/weight_version"] == m["step"]
         assert m["staleness_max"] == 0
+        # The engine sampled with exactly the learner's weights (synced after every step): the
+        # learner's logprobs of the sampled tokens equal the engine's, to fp32 noise.
+        assert m["learner/rollout_logprob_gap_max"] < 1e-3, m["learner/rollout_logprob_gap_max"]
+        assert m["learner/grad_norm"] > 0  # and those weights did change at every step
         for key in ("reward_mean", "accuracy", "reward/arithmetic", "reward/format", "response_length_mean",
                     "reflection_rate", "learner/grad_norm", "learner/lr", "time/generate", "time/sync"):
             assert key in m, key
@@ -100,6 +108,10 @@ def test_async_mode_never_trains_on_samples_staler_than_allowed(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2, 3]
     assert all(m["staleness_max"] <= 1 for m in metrics)
     assert max(m["staleness_max"] for m in metrics) == 1  # it did run ahead of the learner
+    # Samples one version old really came from older weights: the learner's logprobs differ.
+    print("rollout_logprob_gap_max by step:", [(m["step"], m["staleness_max"], m["learner/rollout_logprob_gap_max"])
+                                               for m in metrics])
+    assert max(m["learner/rollout_logprob_gap_max"] for m in metrics if m["staleness_max"] == 1) > 1e-4
     for step in (1, 2, 3):
         rows = pq.read_table(run / "rollouts" / f"step-{step:06d}.parquet").to_pylist()
         assert all(step - 1 - r["weight_version"] <= 1 for r in rows)
@@ -151,3 +163,19 @@ def test_sigkill_and_resume_consume_the_same_prompts_as_an_uninterrupted_run(tmp
     # test); the killed-and-resumed run must too.
     assert _consumed(resumed) == _sampler_order(interrupted_dir, 3)
     assert json.loads(state.read_text())["weight_version"] == 3
+
+
+def test_a_fresh_run_refuses_an_output_directory_that_holds_a_run(tmp_path):
+    # Starting over would append a second run's steps to the first one's metrics; nothing is
+    # touched and the user is told to resume or pick another directory.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "reward_mean": 0.5}\n')
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.format(out=tmp_path))
+    done = subprocess.run([AHA, "train", str(recipe)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"aha: error: run.output_dir: '{tmp_path / 'run'}' already holds a run; pass --resume to continue it, "
+        "or choose another run.output_dir"]
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1, "reward_mean": 0.5}\n'
+    assert not (tmp_path / "model").exists() and not (tmp_path / "data").exists()

@@ -12,7 +12,9 @@ from cluster.data import load_prompt_rows
 from cluster.tasks import (
     TASKS,
     arithmetic_rows,
+    chain_sum_rows,
     countdown_rows,
+    task_rows,
     write_parquet,
     write_task,
 )
@@ -114,11 +116,11 @@ def test_write_task(tmp_path):
     assert [row.fields["answer"] for row in loaded] == [
         row["answer"] for row in arithmetic_rows(6, seed=4, max_digits=2)
     ]
-    assert set(TASKS) == {"arithmetic", "countdown"}
+    assert set(TASKS) == {"arithmetic", "chain_sum", "countdown"}
 
 
 def test_write_task_rejects_unknown_task_and_option(tmp_path):
-    with pytest.raises(ValueError, match=r"'sudoku'.*arithmetic, countdown"):
+    with pytest.raises(ValueError, match=r"'sudoku'.*arithmetic, chain_sum, countdown"):
         write_task("sudoku", tmp_path / "x.parquet", 3, seed=0)
     with pytest.raises(ValueError, match="max_digit"):
         write_task("countdown", tmp_path / "x.parquet", 3, seed=0, max_digit=2)
@@ -136,6 +138,9 @@ def test_write_task_rejects_unknown_task_and_option(tmp_path):
         (arithmetic_rows, {"min_digits": 3, "max_digits": 2}, "max_digits"),
         (arithmetic_rows, {"ops": ""}, "ops"),
         (arithmetic_rows, {"ops": "+/"}, "ops"),
+        (chain_sum_rows, {"min_terms": 1}, "min_terms"),
+        (chain_sum_rows, {"min_terms": 4, "max_terms": 3}, "max_terms"),
+        (chain_sum_rows, {"max_term": 0}, "max_term"),
         (countdown_rows, {"n": 0}, "n"),
         (countdown_rows, {"num_numbers": 1}, "num_numbers"),
         (countdown_rows, {"num_numbers": 7}, "num_numbers"),
@@ -148,3 +153,49 @@ def test_generators_reject_bad_arguments(generator, kwargs, name):
     arguments = {"n": 3, "seed": 0, **kwargs}
     with pytest.raises(ValueError, match=rf"^{name} "):
         generator(arguments.pop("n"), **arguments)
+
+
+# ---------------------------------------------------------------- chain sums, exclusion
+
+
+def test_chain_sum_rows_add_up_and_respect_settings():
+    rows = chain_sum_rows(300, seed=2, min_terms=2, max_terms=5, max_term=7)
+    lengths = set()
+    for row in rows:
+        terms = [int(t) for t in row["prompt"].split("+")]
+        lengths.add(len(terms))
+        assert all(1 <= t <= 7 for t in terms) and row["answer"] == str(sum(terms))
+    assert lengths == {2, 3, 4, 5}
+    assert chain_sum_rows(5, seed=1) == chain_sum_rows(5, seed=1) != chain_sum_rows(5, seed=2)
+    assert chain_sum_rows(1, seed=0, min_terms=3, max_terms=3, max_term=1)[0] == {"prompt": "1+1+1", "answer": "3"}
+
+
+def test_task_rows_without_exclusion_are_the_generator_rows():
+    assert task_rows("chain_sum", 20, seed=5) == chain_sum_rows(20, seed=5)
+
+
+def test_task_rows_leave_out_excluded_prompts_and_refill():
+    # Two terms of 1..3: nine possible prompts; exclude five of them.
+    everything = {f"{a}+{b}" for a in range(1, 4) for b in range(1, 4)}
+    excluded = frozenset(sorted(everything)[:5])
+    rows = task_rows("chain_sum", 50, seed=0, exclude=excluded, min_terms=2, max_terms=2, max_term=3)
+    assert len(rows) == 50 and not excluded & {r["prompt"] for r in rows}
+    assert rows == task_rows("chain_sum", 50, seed=0, exclude=excluded, min_terms=2, max_terms=2, max_term=3)
+
+
+def test_task_rows_unique_never_repeat_a_prompt():
+    rows = task_rows("chain_sum", 9, seed=0, unique=True, min_terms=2, max_terms=2, max_term=3)
+    assert sorted(r["prompt"] for r in rows) == sorted(f"{a}+{b}" for a in range(1, 4) for b in range(1, 4))
+
+
+def test_task_rows_fail_cleanly_when_exclusion_leaves_too_little():
+    with pytest.raises(ValueError, match="fewer than 10 rows"):
+        task_rows("chain_sum", 10, seed=0, unique=True, min_terms=2, max_terms=2, max_term=3)
+
+
+def test_the_cli_offers_every_task():
+    from cluster.cli import build_parser
+
+    data_parser = build_parser()._subparsers._group_actions[0].choices["data"]
+    task_action = next(a for a in data_parser._actions if a.dest == "task")
+    assert sorted(task_action.choices) == sorted(TASKS)

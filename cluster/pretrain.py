@@ -1,0 +1,183 @@
+"""Pre-train the CPU demo's base model: next-token training on a synthetic chain-sum corpus.
+
+R1-Zero RL starts from a *base* model: one that has seen text like the task but was never
+taught to reason before answering. A random tiny model is not that, so the demo first gives
+it a short pre-training (about a minute or two on 2 cores) on a corpus in the exact prompt
+format the RL stage uses. The corpus imitates how base models behave: most answers are
+*hasty* (no working, and wrong the way hasty answers are: only the first two terms added),
+the rest *worked* (add step by step, then answer):
+
+    4+7+2+9=? <think>4+7=11 11+2=13 13+9=22</think><answer>22</answer>     (worked)
+    4+7+2+9=? <think></think><answer>11</answer>                            (hasty)
+
+The base model therefore answers hastily under greedy decoding (near 0% held-out accuracy)
+while working it out step by step in a fraction of its samples. Whatever accuracy the RL stage
+adds is GRPO discovering that working pays; the before-RL accuracy is measured on this very
+model. No held-out evaluation prompt is ever in the corpus.
+
+Plain torch on the driver, before Ray starts; the result is an ordinary Hugging Face directory,
+cached: a later run with the same settings reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+from cluster.data import render_prompt
+from cluster.tasks import task_rows
+
+RECORD = "aha_pretrain.json"
+THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "</think>", "<answer>", "</answer>"
+
+
+def parse_terms(prompt: str) -> list[int]:
+    """The terms of a chain-sum prompt: "4+7+2+9" -> [4, 7, 2, 9]."""
+    try:
+        terms = [int(part) for part in prompt.split("+")]
+    except ValueError:
+        raise ValueError(f"not a chain-sum prompt: {prompt!r:.60}") from None
+    if len(terms) < 2:
+        raise ValueError(f"not a chain-sum prompt: {prompt!r:.60}")
+    return terms
+
+
+def worked_solution(terms: list[int]) -> str:
+    """Add left to right, one step per partial sum, then answer: '4+7=11 11+2=13</think>…'."""
+    total, steps = terms[0], []
+    for term in terms[1:]:
+        steps.append(f"{total}+{term}={total + term}")
+        total += term
+    return " ".join(steps) + f"{THINK_CLOSE}{ANSWER_OPEN}{total}{ANSWER_CLOSE}"
+
+
+def hasty_solution(terms: list[int]) -> str:
+    """No working, and the typical hasty mistake: only the first two terms added."""
+    return f"{THINK_CLOSE}{ANSWER_OPEN}{terms[0] + terms[1]}{ANSWER_CLOSE}"
+
+
+def corpus_batch(recipe, step: int, exclude: frozenset[str], template_of) -> list[str]:
+    """The texts (templated prompt + solution) of pre-training step `step`; deterministic.
+
+    Prompts come from the recipe's chain-sum task with a seed per step, minus `exclude`;
+    each is worked with probability `model.pretrain.worked_fraction`, else hasty.
+    """
+    pretrain, synthetic = recipe.model.pretrain, recipe.data.synthetic
+    seed = pretrain.seed * 1_000_003 + step
+    rows = task_rows("chain_sum", pretrain.batch_size, seed=seed, exclude=exclude,
+                     min_terms=synthetic.min_terms, max_terms=synthetic.max_terms, max_term=synthetic.max_term)
+    choose = random.Random(f"aha-pretrain:{seed}")
+    texts = []
+    for row in rows:
+        terms = parse_terms(row["prompt"])
+        solution = worked_solution(terms) if choose.random() < pretrain.worked_fraction else hasty_solution(terms)
+        texts.append(template_of(row["prompt"]) + solution)
+    return texts
+
+
+def lr_at(step: int, *, steps: int, warmup: int, peak: float) -> float:
+    """Linear warm-up to `peak`, then cosine decay to a tenth of it (`step` counts from 0)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def pretrain_settings(recipe, init_dir: str | os.PathLike, exclude: frozenset[str]) -> dict:
+    """Everything the pre-trained model depends on; equal settings mean the cached one is valid."""
+    synthetic = recipe.data.synthetic
+    init_spec = json.loads((Path(init_dir) / "aha_tiny_spec.json").read_text())
+    return {
+        "init": init_spec,
+        "pretrain": dict(vars(recipe.model.pretrain)),
+        "task": {"min_terms": synthetic.min_terms, "max_terms": synthetic.max_terms, "max_term": synthetic.max_term},
+        "template": recipe.data.template,
+        "system_prompt": recipe.data.system_prompt,
+        "excluded_prompts_sha256": hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest(),
+    }
+
+
+def ensure_pretrained(recipe, init_dir: str | os.PathLike, exclude: frozenset[str]) -> Path:
+    """Pre-train `init_dir`'s model into `model.path` unless the same settings are there already."""
+    out = Path(recipe.model.path)
+    settings = pretrain_settings(recipe, init_dir, exclude)
+    record = out / RECORD
+    if record.is_file() and json.loads(record.read_text()).get("settings") == settings:
+        print(f"[aha] reusing the pre-trained base model at {out}", flush=True)
+        return out
+    return pretrain(recipe, init_dir, exclude, settings)
+
+
+def pretrain(recipe, init_dir: str | os.PathLike, exclude: frozenset[str], settings: dict) -> Path:
+    """Run the pre-training and write the model to `model.path` atomically; returns the path."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pretrain_cfg, data = recipe.model.pretrain, recipe.data
+    tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32)
+    model.train()
+    torch.manual_seed(pretrain_cfg.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=pretrain_cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
+
+    def template_of(prompt: str) -> str:
+        return render_prompt(prompt, data.template, tokenizer=tokenizer, system_prompt=data.system_prompt)
+
+    print(f"[aha] pre-training the base model: {pretrain_cfg.steps} steps x {pretrain_cfg.batch_size} "
+          f"texts, {pretrain_cfg.worked_fraction:.0%} of them worked step by step", flush=True)
+    started, loss_value = time.perf_counter(), float("nan")
+    bar = tqdm(range(pretrain_cfg.steps), desc="pre-train", unit="step", dynamic_ncols=True)
+    for step in bar:
+        input_ids, labels = _pad(tokenizer, corpus_batch(recipe, step, exclude, template_of))
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps=pretrain_cfg.steps, warmup=pretrain_cfg.warmup_steps, peak=pretrain_cfg.lr)
+        loss = model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise RuntimeError(f"pre-training diverged at step {step} (loss {loss_value}); lower model.pretrain.lr")
+        bar.set_postfix_str(f"loss={loss_value:.3f}")
+    bar.close()
+    elapsed = time.perf_counter() - started
+    print(f"[aha] pre-training done in {elapsed:.0f} s, final loss {loss_value:.3f}", flush=True)
+    record = {"settings": settings, "final_loss": loss_value, "seconds": elapsed}
+    return _save_atomic(model.eval(), tokenizer, init_dir, Path(recipe.model.path), record)
+
+
+def _pad(tokenizer, texts: list[str]):
+    """Right-padded input ids and labels (-100 on padding) for texts that each end in EOS."""
+    import torch
+
+    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
+    width = max(map(len, encoded))
+    input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
+    labels = torch.full((len(encoded), width), -100)
+    for row, ids in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor(ids)
+    return input_ids, labels
+
+
+def _save_atomic(model, tokenizer, init_dir, out: Path, record: dict) -> Path:
+    """Write model, tokenizer and record to `out` in one rename (see write_directory_atomic)."""
+    from cluster.tiny_model import write_directory_atomic
+
+    def fill(staging: Path) -> None:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        for name in ("generation_config.json", "aha_tiny_spec.json"):
+            if (Path(init_dir) / name).is_file():
+                shutil.copy2(Path(init_dir) / name, staging / name)
+        (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+
+    return write_directory_atomic(out, fill)
