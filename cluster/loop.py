@@ -197,6 +197,9 @@ def _step_metrics(recipe: Recipe, groups: list[Group], staleness: list[int], lea
         **{f"learner/{k}": v for k, v in learner.items()},
         **{f"time/{k}": v for k, v in timings.items()},
     }
+    # The learner's idle time: the part of the step it spent waiting for groups or the sync.
+    metrics["time/idle"] = max(0.0, timings["step"] - timings["train"])
+    metrics["learner_idle_share"] = metrics["time/idle"] / max(timings["step"], 1e-9)
     tokens = lengths.sum().item()
     metrics["rollout_tokens_per_s"] = tokens / max(timings["generate"] + timings["train"], 1e-9)
     metrics["learner_tokens_per_s"] = learner.get("tokens", 0) / max(timings["train"], 1e-9)

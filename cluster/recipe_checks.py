@@ -99,6 +99,7 @@ def _check_rollout(recipe) -> None:
     _require(rollout.top_k == -1 or rollout.top_k >= 1, "rollout.top_k", "must be -1 (off) or >= 1")
     _require(0 < rollout.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", "must be in (0, 1]")
     _require(rollout.kv_cache_gb >= 0, "rollout.kv_cache_gb", "must be >= 0")
+    _require(rollout.max_num_seqs >= 0, "rollout.max_num_seqs", "must be >= 0 (0: vLLM's default)")
     needed = recipe.data.max_prompt_tokens + rollout.max_new_tokens
     _require(needed <= rollout.max_model_len, "rollout.max_model_len",
              f"{rollout.max_model_len} is shorter than data.max_prompt_tokens + rollout.max_new_tokens = {needed}")
@@ -137,6 +138,7 @@ def _check_learner(learner) -> None:
     _require(learner.warmup_steps >= 0, "learner.warmup_steps", "must be >= 0")
     _require(learner.grad_clip >= 0, "learner.grad_clip", "must be >= 0 (0: off)")
     _require(learner.micro_batch_size >= 1, "learner.micro_batch_size", "must be >= 1")
+    _require(0 <= learner.cpu_threads <= 1024, "learner.cpu_threads", "must be in 0..1024 (0: Ray's default)")
 
 
 def _check_cluster(recipe, local_cpus: int) -> None:

@@ -95,6 +95,8 @@ class Learner:
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
         self.device, self.dtype = resolve_device_and_dtype(self.spec)
+        if self.device.type == "cpu" and self.spec.cpu_threads > 0:
+            torch.set_num_threads(self.spec.cpu_threads)
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                    timeout=timedelta(seconds=self.spec.timeout_s))

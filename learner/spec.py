@@ -23,6 +23,7 @@ class LearnerSpec:
     grad_clip: float = 1.0
     micro_batch_size: int = 4
     gradient_checkpointing: bool = False
+    cpu_threads: int = 0  # torch threads on CPU; 0: leave as the process has it
     # the GRPO-family loss (learner/losses.py)
     loss_agg: str = "token_mean"
     clip_low: float = 0.2
@@ -55,6 +56,7 @@ def learner_spec_from_recipe(recipe, model_path: str | None = None) -> LearnerSp
         grad_clip=learner.grad_clip,
         micro_batch_size=learner.micro_batch_size,
         gradient_checkpointing=learner.gradient_checkpointing,
+        cpu_threads=learner.cpu_threads,
         loss_agg=algo.loss_agg,
         clip_low=algo.clip_low,
         clip_high=algo.clip_high,

@@ -289,6 +289,8 @@ BAD = [
      "data.synthetic.eval_rows = 0", ["--model.pretrain.worked_fraction", "0"], "model.pretrain.worked_fraction"),
     ("chain-sum-terms", 'data.synthetic.task = "chain_sum"\ndata.synthetic.eval_rows = 0\n'
      "data.synthetic.min_terms = 5\ndata.synthetic.max_terms = 4", [], "data.synthetic.max_terms"),
+    ("learner-threads", "learner.cpu_threads = -1", [], "learner.cpu_threads"),
+    ("max-num-seqs", "rollout.max_num_seqs = -2", [], "rollout.max_num_seqs"),
     ("unknown-task", 'data.synthetic.task = "sudoku"\ndata.synthetic.eval_rows = 0', [], "data.synthetic.task"),
 ]
 BAD_IDS = [case[0] for case in BAD]

@@ -89,7 +89,9 @@ def test_a_few_on_policy_steps_leave_everything_behind(tmp_path):
         assert m["learner/rollout_logprob_gap_max"] < 1e-3, m["learner/rollout_logprob_gap_max"]
         assert m["learner/grad_norm"] > 0  # and those weights did change at every step
         for key in ("reward_mean", "accuracy", "reward/arithmetic", "reward/format", "response_length_mean",
-                    "reflection_rate", "learner/grad_norm", "learner/lr", "time/generate", "time/sync"):
+                    "reflection_rate", "learner/grad_norm", "learner/lr", "time/generate", "time/sync", "time/idle",
+                    "learner_idle_share", "rollout_tokens_per_s", "learner_tokens_per_s", "truncated_fraction",
+                    "learner/clip_frac_low", "learner/entropy", "learner/tis_weight_mean", "dropped_flat_groups"):
             assert key in m, key
     table = pq.read_table(run / "rollouts" / "step-000002.parquet").to_pylist()
     assert len(table) == 16 and {r["step"] for r in table} == {2}
