@@ -53,7 +53,7 @@ def cmd_tiny_model(args: argparse.Namespace, overrides: list[str]) -> int:
         spec = TinyModelSpec(hidden_size=args.hidden_size, num_layers=args.num_layers,
                              num_kv_heads=args.num_kv_heads, seed=args.seed)
         path = build_tiny_model(args.out, spec)
-    except ValueError as err:
+    except (ValueError, FileExistsError) as err:
         raise RecipeError("", str(err)) from None
     print(path)
     return 0

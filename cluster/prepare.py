@@ -12,6 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from cluster.recipe_checks import RecipeError
+
 TASK_OPTIONS = {
     "arithmetic": ("min_digits", "max_digits", "ops"),
     "chain_sum": ("min_terms", "max_terms", "max_term"),
@@ -40,14 +42,17 @@ def prepare_model(recipe, *, pretrain: bool = True) -> Path | str:
         max_position_embeddings=max(2048, recipe.rollout.max_model_len),
         seed=tiny.seed,
     )
-    if recipe.model.pretrain is None:
-        return ensure_tiny_model(recipe.model.path, spec)
-    init_dir = ensure_tiny_model(f"{recipe.model.path}.init", spec)
-    if not pretrain:
-        return init_dir
-    from cluster.pretrain import ensure_pretrained
+    try:
+        if recipe.model.pretrain is None:
+            return ensure_tiny_model(recipe.model.path, spec)
+        init_dir = ensure_tiny_model(f"{recipe.model.path}.init", spec)
+        if not pretrain:
+            return init_dir
+        from cluster.pretrain import ensure_pretrained
 
-    return ensure_pretrained(recipe, init_dir, held_out_prompts(recipe))
+        return ensure_pretrained(recipe, init_dir, held_out_prompts(recipe))
+    except FileExistsError as err:
+        raise RecipeError("model.path", str(err)) from None
 
 
 def held_out_prompts(recipe) -> frozenset[str]:

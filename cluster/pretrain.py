@@ -32,6 +32,7 @@ from pathlib import Path
 
 from cluster.data import render_prompt
 from cluster.tasks import task_rows
+from cluster.tiny_model import SPEC_MARKER, write_directory_atomic
 
 RECORD = "aha_pretrain.json"
 THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "</think>", "<answer>", "</answer>"
@@ -92,7 +93,7 @@ def lr_at(step: int, *, steps: int, warmup: int, peak: float) -> float:
 def pretrain_settings(recipe, init_dir: str | os.PathLike, exclude: frozenset[str]) -> dict:
     """Everything the pre-trained model depends on; equal settings mean the cached one is valid."""
     synthetic = recipe.data.synthetic
-    init_spec = json.loads((Path(init_dir) / "aha_tiny_spec.json").read_text())
+    init_spec = json.loads((Path(init_dir) / SPEC_MARKER).read_text())
     return {
         "init": init_spec,
         "pretrain": dict(vars(recipe.model.pretrain)),
@@ -170,12 +171,10 @@ def _pad(tokenizer, texts: list[str]):
 
 def _save_atomic(model, tokenizer, init_dir, out: Path, record: dict) -> Path:
     """Write model, tokenizer and record to `out` in one rename (see write_directory_atomic)."""
-    from cluster.tiny_model import write_directory_atomic
-
     def fill(staging: Path) -> None:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        for name in ("generation_config.json", "aha_tiny_spec.json"):
+        for name in ("generation_config.json", SPEC_MARKER):
             if (Path(init_dir) / name).is_file():
                 shutil.copy2(Path(init_dir) / name, staging / name)
         (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")

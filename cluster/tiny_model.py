@@ -20,6 +20,7 @@ from pathlib import Path
 
 # Head size is fixed: vLLM's CPU attention kernel rejects 16 and 64 is safe (DESIGN.md 5).
 HEAD_DIM = 64
+SPEC_MARKER = "aha_tiny_spec.json"  # in every model directory aha writes
 
 PAD, UNK, BOS, EOS = "<|pad|>", "<|unk|>", "<|endoftext|>", "<|im_end|>"
 IM_START = "<|im_start|>"
@@ -141,7 +142,7 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec = TinyModel
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         ).save_pretrained(staging)
-        (staging / "aha_tiny_spec.json").write_text(json.dumps(spec.__dict__, indent=2) + "\n")
+        (staging / SPEC_MARKER).write_text(json.dumps(spec.__dict__, indent=2) + "\n")
 
     return write_directory_atomic(out, fill)
 
@@ -150,8 +151,13 @@ def write_directory_atomic(out: str | os.PathLike, fill) -> Path:
     """Call `fill(staging)` on a fresh temporary sibling of `out`, then rename it over `out`.
 
     A crash never leaves a half-written model directory that a later run would try to load.
+    An existing `out` is replaced only when it is empty or aha wrote it (it holds
+    SPEC_MARKER): a directory of the user's own is never deleted (FileExistsError).
     """
     out = Path(out)
+    if out.exists() and not (out / SPEC_MARKER).is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"'{out}' exists and was not written by aha; refusing to replace it "
+                              "(point model.path at a new directory)")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -168,7 +174,7 @@ def write_directory_atomic(out: str | os.PathLike, fill) -> Path:
 def ensure_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec) -> Path:
     """Build the tiny model at `out_dir` unless one with the same spec is already there."""
     out = Path(out_dir)
-    marker = out / "aha_tiny_spec.json"
+    marker = out / SPEC_MARKER
     if marker.is_file() and json.loads(marker.read_text()) == spec.__dict__:
         return out
     return build_tiny_model(out, spec)

@@ -127,3 +127,16 @@ def test_pretraining_lowers_the_loss_writes_a_model_and_is_cached(tmp_path, caps
     prepare_model(changed)
     assert json.loads((path / RECORD).read_text())["settings"]["pretrain"]["steps"] == 2
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".base")]  # no staging left over
+
+
+def test_a_directory_aha_did_not_write_is_never_replaced(tmp_path):
+    from cluster.config import RecipeError
+
+    recipe = make_recipe(tmp_path)
+    prepare_data(recipe)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "my-weights.bin").write_bytes(b"precious")
+    with pytest.raises(RecipeError, match=r"^model.path: .*base' exists and was not written by aha"):
+        prepare_model(recipe)
+    assert (tmp_path / "base" / "my-weights.bin").read_bytes() == b"precious"
+    assert sorted(p.name for p in (tmp_path / "base").iterdir()) == ["my-weights.bin"]

@@ -1,6 +1,7 @@
 """The locally built tiny model and character tokenizer load and work in transformers."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,3 +94,16 @@ def test_bad_shapes_are_refused_and_leave_nothing(tmp_path, bad):
     with pytest.raises(ValueError):
         build_tiny_model(tmp_path / "bad", TinyModelSpec(**bad))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_cli_refuses_to_replace_a_directory_it_did_not_write(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    done = subprocess.run([str(Path(sys.executable).with_name("aha")), "tiny-model", str(tmp_path / "mine")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "was not written by aha; refusing to replace it" in done.stderr
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
