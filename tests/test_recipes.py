@@ -273,3 +273,15 @@ def test_command_line(capsys):
     assert "rollout x4, learner x4, scorer x4" in capsys.readouterr().out
     assert main([str(REPO / "deploy/recipes/math-dapo.toml"), str(TWO_NODES / "nope")]) == 2
     assert capsys.readouterr().err.startswith("error: cluster file")
+
+
+def test_the_engine_spec_follows_the_recipe():
+    from actors.rollout_worker import engine_spec_from_recipe
+
+    r = recipe("arith-zero-cpu.toml", "--rollout.max_num_seqs", "32",
+               "--rollout.weight_sync", "abort", "--run.seed", "5")
+    spec = engine_spec_from_recipe(r)
+    assert (spec.model_path, spec.max_model_len, spec.kv_cache_gb, spec.enforce_eager) == \
+        ("runs/demo/base-model", 128, 0.25, True)
+    assert (spec.max_num_seqs, spec.weight_sync, spec.seed) == (32, "abort", 5)
+    assert engine_spec_from_recipe(recipe("arith-zero-cpu.toml")).max_num_seqs == 0
