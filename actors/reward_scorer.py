@@ -40,21 +40,28 @@ class Score:
     failures: dict[str, str] = field(default_factory=dict)  # component -> why it failed
 
 
+# Calls handed to a worker in one message: fewer round trips through the pipe, while each
+# call's result still comes back on its own, so every call keeps its own time limit.
+MAX_CHUNK = 16
+
+
 def _worker_main(conn: Connection, names: list[str]) -> None:
-    """Child process: resolve the reward functions once, then answer (name, text, fields)."""
+    """Child process: resolve the reward functions once, then answer chunks of calls
+    ([(name, text), ...], fields) with one ("ok" | "error", value) message per call, in order."""
     from rewards.registry import resolve_reward
 
     functions = {name: resolve_reward(name) for name in names}
     conn.send(("ready", None))
     while True:
         try:
-            name, completion, fields = conn.recv()
+            calls, fields = conn.recv()
         except EOFError:
             return
-        try:
-            conn.send(("ok", float(functions[name](completion, **fields))))
-        except Exception as err:  # a reward bug is a failed score, not a dead worker
-            conn.send(("error", f"{type(err).__name__}: {err}"[:500]))
+        for name, completion in calls:
+            try:
+                conn.send(("ok", float(functions[name](completion, **fields))))
+            except Exception as err:  # a reward bug is a failed score, not a dead worker
+                conn.send(("error", f"{type(err).__name__}: {err}"[:500]))
 
 
 class _Worker:
@@ -109,38 +116,59 @@ class RewardScorer:
                 for g, (texts, _, num_tokens) in enumerate(groups)]
 
     def _run_tasks(self, tasks: list, groups: list) -> dict:
-        """Run (group, index, reward) tasks over the pool; every call bounded by timeout_s."""
+        """Run (group, index, reward) tasks over the pool; every call bounded by timeout_s.
+
+        A worker gets a chunk of one group's tasks and answers call by call; each answer
+        restarts the clock. A call past its limit or a dying worker fails that call only: the
+        rest of its chunk goes back to the queue and the worker is replaced.
+        """
         results: dict[tuple[int, int, str], tuple[float, str]] = {}
-        idle, busy = list(self._workers), {}  # busy: conn -> (worker, task, deadline)
+        idle, busy = list(self._workers), {}  # busy: conn -> [worker, chunk, next, deadline]
         while tasks or busy:
             while tasks and idle:
-                worker, task = idle.pop(), tasks.pop()
+                worker, chunk = idle.pop(), self._next_chunk(tasks)
                 if not worker.process.is_alive():  # died while idle (killed from outside)
                     worker = self._replace(worker)
-                texts, fields, _ = groups[task[0]]
-                worker.conn.send((task[2], texts[task[1]], fields))
-                busy[worker.conn] = (worker, task, time.monotonic() + self.spec.timeout_s)
-            soonest = min(deadline for _, _, deadline in busy.values())
+                texts, fields, _ = groups[chunk[0][0]]
+                worker.conn.send(([(name, texts[index]) for _, index, name in chunk], fields))
+                busy[worker.conn] = [worker, chunk, 0, time.monotonic() + self.spec.timeout_s]
+            soonest = min(entry[3] for entry in busy.values())
             for conn in wait(list(busy), timeout=max(soonest - time.monotonic(), 0)):
-                worker, task, _ = busy.pop(conn)
-                results[task] = self._receive(worker)
-                idle.append(worker if worker.process.is_alive() else self._replace(worker))
+                entry = busy[conn]
+                worker, chunk, position, _ = entry
+                results[chunk[position]], alive = self._receive(worker)
+                entry[2], entry[3] = position + 1, time.monotonic() + self.spec.timeout_s
+                if not alive or entry[2] == len(chunk):
+                    del busy[conn]
+                    tasks.extend(reversed(chunk[entry[2]:]))  # what a dead worker never started
+                    idle.append(worker if alive else self._replace(worker))
             now = time.monotonic()
-            for conn in [c for c, (_, _, deadline) in busy.items() if deadline <= now]:
-                worker, task, _ = busy.pop(conn)
-                results[task] = (self.spec.failure_reward, f"timeout after {self.spec.timeout_s:g} s")
+            for conn in [c for c, entry in busy.items() if entry[3] <= now]:
+                worker, chunk, position, _ = busy.pop(conn)
+                results[chunk[position]] = (self.spec.failure_reward, f"timeout after {self.spec.timeout_s:g} s")
+                tasks.extend(reversed(chunk[position + 1:]))
                 idle.append(self._replace(worker))
         return results
 
-    def _receive(self, worker: _Worker) -> tuple[float, str]:
+    def _next_chunk(self, tasks: list) -> list:
+        """Pop up to MAX_CHUNK tasks of one group, sized so every worker still gets some."""
+        size = max(1, min(MAX_CHUNK, len(tasks) // (2 * len(self._workers))))
+        group = tasks[-1][0]
+        chunk = []
+        while tasks and len(chunk) < size and tasks[-1][0] == group:
+            chunk.append(tasks.pop())
+        return chunk
+
+    def _receive(self, worker: _Worker) -> tuple[tuple[float, str], bool]:
+        """One call's (value, failure reason), and whether the worker is still usable."""
         try:
             status, value = worker.conn.recv()
         except (EOFError, OSError):
             worker.process.join(timeout=5)
-            return self.spec.failure_reward, f"worker died (exit code {worker.process.exitcode})"
+            return (self.spec.failure_reward, f"worker died (exit code {worker.process.exitcode})"), False
         if status == "ok":
-            return value, ""
-        return self.spec.failure_reward, value
+            return (value, ""), True
+        return (self.spec.failure_reward, value), True
 
     def _replace(self, worker: _Worker) -> _Worker:
         worker.kill()

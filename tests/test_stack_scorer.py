@@ -122,3 +122,16 @@ def test_bad_reward_names_fail_at_start_up():
         RewardScorer(ScorerSpec(weights={"no_such_module:f": 1.0}))
     with pytest.raises(RewardSpecError, match="nope"):
         RewardScorer(ScorerSpec(weights={"nope": 1.0}))
+
+
+@pytest.mark.parametrize("reward, bad, failure", [("hang", "hang here", "timeout"), ("die", "die now", "worker died")])
+def test_a_failure_inside_a_chunk_fails_only_that_call(reward, bad, failure):
+    # 24 completions over 2 workers go out in chunks of 6 calls: the failing call is the third
+    # of the first chunk, and the three after it are handed out again and still scored.
+    scorer = _scorer(weights={f"hostile_rewards:{reward}": 1.0})
+    good = {"hang": 1.0, "die": 0.25}[reward]
+    texts = ["fine"] * 2 + [bad] + ["fine"] * 21
+    scores = ray.get(scorer.score_group.remote(texts, {}), timeout=120)
+    assert [s.total for s in scores] == [good] * 2 + [-1.0] + [good] * 21
+    assert failure in scores[2].failures[f"hostile_rewards:{reward}"]
+    assert all(not s.failures for i, s in enumerate(scores) if i != 2)
