@@ -38,35 +38,44 @@ def make_batch(num_sequences: int, prompt_len: int, completion_len: int, vocab: 
     ]
 
 
-def plain_torch_tokens_per_s(model_dir, sequences, micro_batch_size: int, steps: int, lr: float) -> float:
-    """Forward/backward/AdamW in plain torch, the same loss, accumulation over micro-batches."""
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timer measures it; nothing to wait for on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_torch_tokens_per_s(model_dir, sequences, micro_batch_size: int, steps: int, lr: float,
+                             device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32) -> float:
+    """Forward/backward/clip/AdamW in plain torch with the learner's loss, accumulated over
+    micro-batches that are already on `device` (the baseline of bench/learner.py and, on CUDA in
+    bf16, of bench/learner_gpu.py)."""
     from transformers import AutoModelForCausalLM
 
     from learner.batching import micro_batches, token_logprobs
     from learner.losses import policy_loss
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    batches = micro_batches(sequences, micro_batch_size, pad_id=model.config.pad_token_id)
+    batches = [b.to(device) for b in micro_batches(sequences, micro_batch_size, pad_id=model.config.pad_token_id)]
     tokens = sum(b.num_tokens for b in batches)
 
     def one_step():
-        outputs = []
         for batch in batches:
             logp = token_logprobs(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits,
                                   batch.input_ids)
             out = policy_loss(logp, logp.detach(), batch.advantages, batch.loss_mask,
                               behaviour_logp=batch.behaviour_logp, tis_cap=2.0)
             (out.numerator / tokens).backward()
-            outputs.append(out)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    one_step()  # warm-up
+    one_step()  # warm-up: kernels, allocator, AdamW state
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         one_step()
+    synchronize(device)
     return tokens * steps / (time.perf_counter() - start)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import random
 import sys
 import tempfile
 import time
@@ -39,6 +38,21 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import torch  # noqa: E402
 
 
+def _load_cpu_bench():
+    """bench/learner.py, the CPU twin of this script: its batch and its plain-torch baseline."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("aha_bench_learner", Path(__file__).with_name("learner.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_cpu_bench = _load_cpu_bench()
+make_batch, plain_torch_tokens_per_s, synchronize = (
+    _cpu_bench.make_batch, _cpu_bench.plain_torch_tokens_per_s, _cpu_bench.synchronize)
+
+
 class CheckFailed(Exception):
     pass
 
@@ -46,26 +60,6 @@ class CheckFailed(Exception):
 def check(condition: bool, message: str) -> None:
     if not condition:
         raise CheckFailed(message)
-
-
-def make_batch(num_sequences: int, prompt_len: int, completion_len: int, vocab: int, seed: int = 0):
-    from learner.batching import TrainSequence
-
-    rng = random.Random(seed)
-    return [
-        TrainSequence(
-            prompt_ids=[rng.randrange(10, vocab) for _ in range(prompt_len)],
-            completion_ids=[rng.randrange(10, vocab) for _ in range(completion_len)],
-            behaviour_logprobs=[-5.0] * completion_len,
-            advantage=rng.choice([-1.0, 1.0]),
-        )
-        for _ in range(num_sequences)
-    ]
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -77,43 +71,6 @@ def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-
-
-# -- the baseline ---------------------------------------------------------------------------
-
-
-def plain_torch_tokens_per_s(model_dir, sequences, args, device: torch.device, dtype: torch.dtype) -> float:
-    """Forward/backward/clip/AdamW in plain torch with the learner's loss, batches already on the device."""
-    from transformers import AutoModelForCausalLM
-
-    from learner.batching import micro_batches, token_logprobs
-    from learner.losses import policy_loss
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    batches = [b.to(device) for b in micro_batches(sequences, args.micro_batch, model.config.pad_token_id)]
-    tokens = sum(b.num_tokens for b in batches)
-
-    def one_step():
-        for batch in batches:
-            logp = token_logprobs(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits,
-                                  batch.input_ids)
-            out = policy_loss(logp, logp.detach(), batch.advantages, batch.loss_mask,
-                              behaviour_logp=batch.behaviour_logp, tis_cap=2.0)
-            (out.numerator / tokens).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    one_step()  # warm-up: kernels, allocator, AdamW state
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        one_step()
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    del model, optimizer, batches
-    return tokens * args.steps / seconds
 
 
 # -- aha's learner ----------------------------------------------------------------------------
@@ -289,7 +246,8 @@ def main() -> int:
               f"tokens per step, micro-batch {args.micro_batch}", flush=True)
 
         reset_peak_memory(device)
-        baseline = plain_torch_tokens_per_s(model_dir, sequences, args, device, dtype)
+        baseline = plain_torch_tokens_per_s(model_dir, sequences, args.micro_batch, args.steps, args.lr,
+                                            device=device, dtype=dtype)
         print(f"plain torch forward/backward/AdamW ({args.dtype} weights): {baseline:10.0f} tokens/s  "
               f"peak {peak_memory_gib(device):.2f} GiB", flush=True)
         for stage in stages:
