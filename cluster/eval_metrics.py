@@ -2,7 +2,7 @@
 
 Nothing here touches a model, a file or a clock; the loop gathers texts, lengths, answers and
 correctness flags and these functions turn them into the numbers written to `metrics.jsonl`.
-Key names returned here are the ones `cluster.run_log.plot_run` and `summary_line` read.
+Key names returned here are the ones `cluster.plots.plot_run` and `cluster.run_log.summary_line` read.
 
 Inference-time scaling metrics (for a prompt with n samples, c of them correct):
 

@@ -47,7 +47,8 @@ def train(recipe: Recipe, *, resume: bool = False) -> Path:
     from cluster.prepare import prepare_data, prepare_model
     from tqdm import tqdm
 
-    from cluster.run_log import RunLog, heldout_summary, plot_run, read_metrics, summary_line
+    from cluster.plots import heldout_summary, plot_run
+    from cluster.run_log import RunLog, read_metrics, summary_line
 
     out = recipe.output_dir
     if not resume and (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size:

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.run_log import RunLog, heldout_before_after, heldout_summary, plot_run, read_metrics, summary_line
+from cluster.plots import heldout_before_after, heldout_summary, plot_run
+from cluster.run_log import RunLog, read_metrics, summary_line
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -1,0 +1,128 @@
+"""The run's plots, drawn from its metrics.jsonl into output_dir/plots/, and the held-out
+before/after summary the loop prints at the end.
+
+matplotlib is imported where a figure is drawn, so importing this module stays light.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from cluster.run_log import REWARD_COMPONENT_PREFIX, atomic_write, read_metrics
+
+# figure file -> (title, y label, predicate choosing the metric keys drawn as lines)
+_FIGURES = {
+    "reward.png": ("Reward", "reward", lambda k: k == "reward_mean" or k.startswith(REWARD_COMPONENT_PREFIX)),
+    "accuracy.png": ("Accuracy", "accuracy", lambda k: k in ("accuracy", "eval/accuracy")),
+    "response_length.png": (
+        "Response length", "tokens", lambda k: k in ("response_length_mean", "response_length_max")
+    ),
+    "reflection_rate.png": ("Reflection words", "share of completions", lambda k: k == "reflection_rate"),
+    "eval_scaling.png": (
+        "Held-out pass@k / maj@k", "accuracy", lambda k: k.startswith(("eval/pass@", "eval/maj@"))
+    ),
+}
+
+
+def heldout_before_after(records: Sequence[Mapping]) -> tuple[float, float, int, int] | None:
+    """(accuracy before RL, latest accuracy, problems, step of the latest) from the metrics,
+    or None unless the held-out set was evaluated at step 0 and at a later step."""
+    evals = [r for r in records if isinstance(r.get("eval/accuracy"), (int, float))]
+    before = next((r for r in evals if r["step"] == 0), None)
+    after = max((r for r in evals if r["step"] > 0), key=lambda r: r["step"], default=None)
+    if before is None or after is None:
+        return None
+    return before["eval/accuracy"], after["eval/accuracy"], int(after.get("eval/num_prompts", 0)), after["step"]
+
+
+def heldout_summary(records: Sequence[Mapping]) -> str | None:
+    """'held-out accuracy (greedy, 256 problems): 9.4% before RL -> 95.7% after 40 steps (+86.3 points)'."""
+    found = heldout_before_after(records)
+    if found is None:
+        return None
+    before, after, problems, step = found
+    return (f"held-out accuracy (greedy, {problems} problems): {before:.1%} before RL -> {after:.1%} after "
+            f"{step} steps ({100 * (after - before):+.1f} points)")
+
+
+def plot_run(output_dir: str | os.PathLike) -> list[Path]:
+    """Draw the run's curves from metrics.jsonl into output_dir/plots/, one PNG per figure.
+
+    Figures: reward (mean and each "reward/<name>" component), accuracy (train "accuracy"
+    and held-out "eval/accuracy"), response length (mean, max), reflection rate, and eval
+    pass@k/maj@k — each against step. A figure none of whose metrics were logged is
+    skipped. Uses matplotlib's Agg canvas directly (no pyplot, no display, no global
+    backend switch) and renames each finished file into place, so it is safe to call again,
+    or from a Ctrl-C handler. Returns the paths written.
+    """
+    output_dir = Path(output_dir)
+    records = read_metrics(output_dir)
+    plots = output_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    written = []
+    for filename, (title, ylabel, wanted) in _FIGURES.items():
+        series = _series(records, wanted)
+        if series:
+            path = plots / filename
+            atomic_write(path, lambda tmp, s=series, t=title, y=ylabel: _draw(tmp, s, t, y))
+            written.append(path)
+    if heldout_before_after(records) is not None:
+        path = plots / "heldout_accuracy.png"
+        atomic_write(path, lambda tmp: _draw_heldout(tmp, records))
+        written.append(path)
+    return written
+
+
+def _series(records: Sequence[Mapping], wanted) -> dict[str, tuple[list[int], list[float]]]:
+    """key -> (steps, values) for every numeric metric `wanted` selects, nulls skipped."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for record in records:
+        for key, value in record.items():
+            if key == "step" or not wanted(key) or isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)):
+                steps, values = series.setdefault(key, ([], []))
+                steps.append(record["step"])
+                values.append(float(value))
+    return dict(sorted(series.items()))
+
+
+def _draw(path: str, series: Mapping[str, tuple[list[int], list[float]]], title: str, ylabel: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for key, (steps, values) in series.items():
+        # Markers show sparse series (eval every N steps) that a bare line would hide.
+        axes.plot(steps, values, label=key, marker="o" if len(steps) < 50 else None, markersize=3)
+    axes.set(title=title, xlabel="step", ylabel=ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+
+
+def _draw_heldout(path: str, records: Sequence[Mapping]) -> None:
+    """Held-out greedy accuracy against step, with the before-RL and final values written on."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    before, after, problems, last = heldout_before_after(records)
+    steps, values = _series(records, lambda k: k == "eval/accuracy")["eval/accuracy"]
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.plot(steps, values, marker="o", color="tab:green", label="held-out greedy accuracy")
+    for step, value, label, side in ((0, before, "before RL", 1), (last, after, "after RL", -1)):
+        axes.annotate(f"{label}: {value:.1%}", (step, value), textcoords="offset points",
+                      xytext=(6 * side, -14 if value > 0.5 else 8), ha="left" if side > 0 else "right")
+    axes.set(title=f"Held-out accuracy, {problems} problems ({100 * (after - before):+.1f} points from RL)",
+             xlabel="step", ylabel="accuracy", ylim=(-0.02, 1.05))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, format="png")
