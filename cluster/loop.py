@@ -48,10 +48,10 @@ def train(recipe: Recipe, *, resume: bool = False) -> Path:
     from tqdm import tqdm
 
     from cluster.plots import heldout_summary, plot_run
-    from cluster.run_log import RunLog, read_metrics, summary_line
+    from cluster.run_log import METRICS_FILE, RunLog, read_metrics, summary_line
 
     out = recipe.output_dir
-    if not resume and (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size:
+    if not resume and (out / METRICS_FILE).is_file() and (out / METRICS_FILE).stat().st_size:
         raise RecipeError("run.output_dir", f"'{out}' already holds a run; pass --resume to continue it, "
                           "or choose another run.output_dir")
     prepare_data(recipe)  # first: the held-out prompts are kept out of the training data
@@ -170,7 +170,7 @@ def train(recipe: Recipe, *, resume: bool = False) -> Path:
     summary = heldout_summary(read_metrics(out))
     if summary:
         print(f"[aha] {summary}", flush=True)
-    print(f"[aha] done: metrics {out / 'metrics.jsonl'}, plots {out / 'plots'}, "
+    print(f"[aha] done: metrics {out / METRICS_FILE}, plots {out / 'plots'}, "
           f"checkpoints {out / 'checkpoints'}", flush=True)
     return out
 
