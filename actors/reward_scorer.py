@@ -20,15 +20,17 @@ _CONTEXT = mp.get_context("spawn")
 
 @dataclass(frozen=True)
 class ScorerSpec:
-    """Reward functions with their weights, and how they are run."""
+    """Reward functions with their weights, and how they are run; built from the recipe by
+    `cluster/specs.py`, no defaults of its own."""
 
     weights: dict[str, float]
-    num_workers: int = 2
-    timeout_s: float = 10.0
-    failure_reward: float = 0.0
-    max_new_tokens: int = 0  # for the over-long penalty
-    overlong_buffer_tokens: int = 0  # 0: no over-long penalty
-    overlong_penalty: float = 1.0
+    num_workers: int
+    timeout_s: float  # each reward call
+    failure_reward: float
+    max_new_tokens: int  # for the over-long penalty
+    overlong_buffer_tokens: int  # 0: no over-long penalty
+    overlong_penalty: float
+    start_timeout_s: float  # a worker process's start-up
 
 
 @dataclass
@@ -88,7 +90,7 @@ class _Worker:
 class RewardScorer:
     """Scores whole groups; every reward call is bounded by `spec.timeout_s`."""
 
-    def __init__(self, spec: ScorerSpec, start_timeout_s: float = 120.0):
+    def __init__(self, spec: ScorerSpec):
         from rewards.registry import resolve_rewards
 
         resolve_rewards(spec.weights)  # a bad reward name fails here, at start-up
@@ -96,9 +98,9 @@ class RewardScorer:
             from rewards.sandbox import warn_if_weak
 
             warn_if_weak()  # says loudly what model-written code can reach on this machine
-        self.spec, self._start_timeout_s = spec, start_timeout_s
+        self.spec = spec
         self._names = list(spec.weights)
-        self._workers = [_Worker(self._names, start_timeout_s) for _ in range(spec.num_workers)]
+        self._workers = [_Worker(self._names, spec.start_timeout_s) for _ in range(spec.num_workers)]
         self.replaced_workers = 0
 
     def score_group(self, completions: list[str], fields: dict, num_tokens: list[int] | None = None) -> list[Score]:
@@ -172,7 +174,7 @@ class RewardScorer:
 
     def _replace(self, worker: _Worker) -> _Worker:
         worker.kill()
-        fresh = _Worker(self._names, self._start_timeout_s)
+        fresh = _Worker(self._names, self.spec.start_timeout_s)
         self._workers[self._workers.index(worker)] = fresh
         self.replaced_workers += 1
         return fresh

@@ -16,47 +16,27 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from actors.weight_receiver import WeightReceiver
-from cluster.types import Sample, SamplingSpec
-from cluster.weight_sync import TensorMeta
+from cluster.wire.samples import Sample, SamplingSpec
+from cluster.wire.weights import TensorMeta
 
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """What a vLLM engine is built from (taken from the recipe's model and rollout sections)."""
+    """What a vLLM engine is built from; built from the recipe by `cluster/specs.py`, no defaults."""
 
     model_path: str
-    tokenizer_path: str = ""
-    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPU
-    max_model_len: int = 2048
-    gpu_memory_utilization: float = 0.85
-    kv_cache_gb: float = 0.0  # > 0 sets the KV cache size directly (what CPU runs want)
-    tensor_parallel_size: int = 1
-    enforce_eager: bool = False
-    max_num_seqs: int = 0  # sequences decoded at once; 0: vLLM's default
-    seed: int = 0
-    trust_remote_code: bool = False
-    weight_sync: str = "wait"  # in-flight requests during an update: "wait" or "abort" (re-queued)
-    sleep_mode: bool = False  # colocated with the learner on one GPU: free memory between steps
-
-
-def engine_spec_from_recipe(recipe) -> EngineSpec:
-    """The engine settings of a recipe (duck-typed `cluster.config.Recipe`)."""
-    model, rollout = recipe.model, recipe.rollout
-    return EngineSpec(
-        model_path=model.path,
-        tokenizer_path=model.tokenizer,
-        dtype=model.dtype,
-        max_model_len=rollout.max_model_len,
-        gpu_memory_utilization=rollout.gpu_memory_utilization,
-        kv_cache_gb=rollout.kv_cache_gb,
-        tensor_parallel_size=rollout.tensor_parallel_size,
-        enforce_eager=rollout.enforce_eager,
-        max_num_seqs=rollout.max_num_seqs,
-        seed=recipe.run.seed,
-        trust_remote_code=model.trust_remote_code,
-        weight_sync=rollout.weight_sync,
-        sleep_mode=rollout.sleep_between_steps,
-    )
+    tokenizer_path: str  # empty: the model's own
+    dtype: str  # auto: float32 on CPU, bfloat16 on GPU
+    max_model_len: int
+    gpu_memory_utilization: float
+    kv_cache_gb: float  # > 0 sets the KV cache size directly (what CPU runs want)
+    tensor_parallel_size: int
+    enforce_eager: bool
+    max_num_seqs: int  # sequences decoded at once; 0: vLLM's default
+    seed: int
+    trust_remote_code: bool
+    weight_sync: str  # in-flight requests during an update: "wait" or "abort" (re-queued)
+    sleep_mode: bool  # colocated with the learner on one GPU: free memory between steps
 
 
 def resolve_dtype(dtype: str) -> str:
@@ -66,7 +46,6 @@ def resolve_dtype(dtype: str) -> str:
     import torch
 
     return "bfloat16" if torch.cuda.is_available() else "float32"
-
 
 
 def _per_prompt(sampling: SamplingSpec | list[SamplingSpec], count: int) -> list[SamplingSpec]:
@@ -234,13 +213,21 @@ class RolloutWorker:
         return loaded[0]
 
     async def sleep(self) -> None:
-        """Free the engine's GPU memory between steps (colocated learner); no-op on CPU."""
+        """Free the engine's GPU memory while the learner steps (colocated on one GPU); no-op on CPU.
+
+        Requests still running (a stream the driver no longer reads) are aborted first and wait
+        for `wake_up`, since a sleeping engine must not schedule anything.
+        """
         if self._sleep_mode:
+            self._weights_ready.clear()
+            await self._engine.pause_generation(mode="abort", clear_cache=True)
             await self._engine.sleep(level=1)
 
     async def wake_up(self) -> None:
         if self._sleep_mode:
             await self._engine.wake_up()
+            await self._engine.resume_generation()
+            self._weights_ready.set()
 
     def get_weight_version(self) -> int:
         return self.weight_version

@@ -2,7 +2,7 @@
 
 vLLM mixes this class into its worker (`worker_extension_cls="actors.weight_receiver.WeightReceiver"`)
 and the rollout worker reaches its methods through `collective_rpc`. The weights arrive as
-flat buckets over the standalone group of `cluster.weight_sync`; a generator unpacks each
+flat buckets over the standalone group of `cluster.wire.weights`; a generator unpacks each
 bucket into `(name, tensor)` pairs as it arrives and feeds `reload_weights`, so memory stays
 near one bucket. On CPU, `reload_weights` is the path that works after start-up (the layers
 were repacked, so plain `load_weights` fails).
@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from cluster.weight_sync import TensorMeta, broadcast_flat, open_group, plan_buckets
+from cluster.wire.weights import TensorMeta, broadcast_flat, open_group, plan_buckets
 
 
 class WeightReceiver:

@@ -14,6 +14,7 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 # Run as a script, this file's folder comes first on sys.path and `bench/learner.py` would
@@ -84,13 +85,14 @@ def aha_tokens_per_s(model_dir, sequences, micro_batch_size: int, steps: int, lr
     import ray
 
     from cluster.learner_group import LearnerGroup
-    from learner.spec import LearnerSpec
+    from cluster.recipe import Recipe
+    from cluster.specs import learner_spec
 
     ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False)
-    spec = LearnerSpec(model_path=str(model_dir), zero_stage=zero_stage, lr=lr, grad_clip=1.0,
-                       micro_batch_size=micro_batch_size, tis_cap=2.0, timeout_s=600)
+    spec = replace(learner_spec(Recipe(), str(model_dir)), zero_stage=zero_stage, lr=lr, grad_clip=1.0,
+                   micro_batch_size=micro_batch_size, tis_cap=2.0)
     # One rank with every core: the same silicon the baseline gets.
-    learners = LearnerGroup(spec, 1, cpus_per_rank=threads, timeout_s=600)
+    learners = LearnerGroup(spec, 1, cpus_per_rank=threads, gpus_per_rank=0, timeout_s=600)
     try:
         learners.accumulate([sequences], end_of_step=True)
         learners.step()  # warm-up (DeepSpeed builds its comm op on first use)
@@ -116,11 +118,13 @@ def main() -> None:
     parser.add_argument("--zero-stage", type=int, default=2)
     args = parser.parse_args()
 
-    from cluster.tiny_model import TinyModelSpec, build_tiny_model
+    from cluster.inputs.tiny_model import build_tiny_model, tiny_model_spec
+    from cluster.recipe import Recipe
+    from cluster.recipe.schema import TinyModelConfig
 
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_model(f"{tmp}/model", TinyModelSpec(hidden_size=args.hidden, num_layers=args.layers))
+        model_dir = build_tiny_model(f"{tmp}/model", tiny_model_spec(TinyModelConfig(hidden_size=args.hidden, num_layers=args.layers), Recipe().rollout.max_model_len))
         sequences = make_batch(args.sequences, args.prompt_len, args.completion_len, vocab=250)
         baseline = plain_torch_tokens_per_s(model_dir, sequences, args.micro_batch, args.steps, 1e-5)
         aha = aha_tokens_per_s(model_dir, sequences, args.micro_batch, args.steps, 1e-5, args.zero_stage, threads)

@@ -226,19 +226,21 @@ def main() -> int:
         return 2
     from transformers import AutoModelForCausalLM
 
-    from cluster.tiny_model import TinyModelSpec, build_tiny_model
-    from learner.spec import LearnerSpec
+    from cluster.inputs.tiny_model import build_tiny_model, tiny_model_spec
+    from cluster.recipe import Recipe
+    from cluster.recipe.schema import TinyModelConfig
+    from cluster.specs import learner_spec
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     stages = [int(s) for s in args.stages.split(",")]
     results, failures = {}, []
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_model(f"{tmp}/model", TinyModelSpec(hidden_size=args.hidden, num_layers=args.layers))
+        model_dir = build_tiny_model(f"{tmp}/model", tiny_model_spec(TinyModelConfig(hidden_size=args.hidden, num_layers=args.layers), Recipe().rollout.max_model_len))
         initial = dict(AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).named_parameters())
         expected = {n: p.shape for n, p in initial.items()}
         sequences = make_batch(args.sequences, args.prompt_len, args.completion_len, vocab=250)
-        base = LearnerSpec(model_path=str(model_dir), device=args.device, dtype=args.dtype, lr=args.lr,
-                           grad_clip=1.0, micro_batch_size=args.micro_batch, tis_cap=2.0, timeout_s=600)
+        base = replace(learner_spec(Recipe(), str(model_dir)), device=args.device, dtype=args.dtype, lr=args.lr,
+                       grad_clip=1.0, micro_batch_size=args.micro_batch, tis_cap=2.0)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         print(f"device {name}; torch {torch.__version__}; dtype {args.dtype}; model hidden={args.hidden} "
               f"layers={args.layers} ({sum(p.numel() for p in initial.values()) / 1e6:.1f}M parameters); "

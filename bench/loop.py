@@ -66,9 +66,9 @@ steps = {steps}
 
 
 def measure(recipe_path: Path, name: str, staleness: int) -> dict:
-    from cluster.config import load_recipe
+    from cluster.recipe import load_recipe
     from cluster.loop import train
-    from cluster.run_log import read_metrics
+    from cluster.output.run_log import read_metrics
 
     recipe = load_recipe(recipe_path, ["--run.output_dir", str(recipe_path.parent / name),
                                        "--algorithm.max_staleness", str(staleness)])

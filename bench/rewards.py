@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from fractions import Fraction
+from dataclasses import replace
 from pathlib import Path
 
 # Run as a script, this file's folder comes first on sys.path and `bench/learner.py` would
@@ -100,7 +101,9 @@ def main() -> None:
     args = parser.parse_args()
     n = args.workers
 
-    from actors.reward_scorer import RewardScorer, ScorerSpec
+    from actors.reward_scorer import RewardScorer
+    from cluster.recipe import Recipe
+    from cluster.specs import scorer_spec
     from rewards.math_reward import math_reward
 
     workload = make_workload(args.groups, args.group_size, args.seed)
@@ -108,7 +111,8 @@ def main() -> None:
     ray.init(num_cpus=n + 1, include_dashboard=False, log_to_driver=False)
     try:
         # The pool's workers start (and import the rewards) in the actor's constructor.
-        scorer = ray.remote(RewardScorer).options(num_cpus=1).remote(ScorerSpec(weights={"math": 1.0}, num_workers=n))
+        spec = replace(scorer_spec(Recipe()), weights={"math": 1.0}, num_workers=n)
+        scorer = ray.remote(RewardScorer).options(num_cpus=1).remote(spec)
         # Warm up both: the first math-verify call imports sympy, in each worker and here.
         _, expected = single_process(workload, math_reward)
         for _ in range(2):

@@ -14,6 +14,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 # Run as a script, this folder comes first on sys.path and bench/learner.py would shadow the
@@ -86,28 +87,31 @@ def main() -> None:
 
     import ray
 
-    from actors.rollout_worker import EngineSpec, RolloutWorker
+    from cluster.inputs.tiny_model import build_tiny_model, tiny_model_spec
     from cluster.learner_group import LearnerGroup
+    from cluster.recipe import Recipe
+    from cluster.recipe.schema import TinyModelConfig
     from cluster.rollout_pool import RolloutPool, link_weights, push_weights
-    from cluster.tiny_model import TinyModelSpec, build_tiny_model
-    from cluster.types import SamplingSpec
-    from learner.spec import LearnerSpec
+    from cluster.specs import engine_spec, learner_spec, sampling_spec
+
+    defaults = Recipe()  # the schema's defaults, with the fields this benchmark sets
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = str(build_tiny_model(f"{tmp}/model", TinyModelSpec(hidden_size=args.hidden, num_layers=args.layers)))
-        spec = EngineSpec(model_path=model_dir, dtype="float32", max_model_len=args.prompt_len + args.tokens + 8,
-                          kv_cache_gb=1.0, enforce_eager=True, seed=0)
+        model_dir = str(build_tiny_model(f"{tmp}/model", tiny_model_spec(TinyModelConfig(hidden_size=args.hidden, num_layers=args.layers), Recipe().rollout.max_model_len)))
+        spec = replace(engine_spec(defaults, model_dir), dtype="float32", max_model_len=args.prompt_len + args.tokens + 8,
+                       kv_cache_gb=1.0, enforce_eager=True, seed=0)
         prompts = make_prompts(args.prompts, args.prompt_len)
         # Fixed lengths on both sides: a random model's early EOS would make them incomparable.
-        sampling = SamplingSpec(group_size=args.group, max_new_tokens=args.tokens, seed=0, ignore_eos=True)
+        sampling = replace(sampling_spec(defaults, seed=0), group_size=args.group, max_new_tokens=args.tokens,
+                           ignore_eos=True)
         direct = vllm_direct_tokens_per_s(spec, prompts, sampling)
 
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
-            pool = RolloutPool(spec, 1, cpus_per_worker=2, timeout_s=600)
+            pool = RolloutPool(spec, 1, cpus_per_worker=2, gpus_per_worker=0, timeout_s=600)
             through_actor = actor_tokens_per_s(pool.workers[0], prompts, sampling)
-            learners = LearnerGroup(LearnerSpec(model_path=model_dir, zero_stage=0, timeout_s=600), 1,
-                                    cpus_per_rank=1, timeout_s=600)
+            learners = LearnerGroup(replace(learner_spec(defaults, model_dir), zero_stage=0), 1,
+                                    cpus_per_rank=1, gpus_per_rank=0, timeout_s=600)
             link_weights(learners, pool, 600)
             push_weights(learners, pool, version=1, timeout_s=600)  # warm-up
             sync_s = min(push_weights(learners, pool, version=v, timeout_s=600) for v in (2, 3, 4))

@@ -12,7 +12,8 @@ import argparse
 import json
 import sys
 
-from cluster.config import Recipe, RecipeError, load_recipe, recipe_to_dict
+from cluster.recipe import Recipe, RecipeError, load_recipe, recipe_to_dict
+from cluster.recipe.schema import TASK_NAMES, RolloutConfig, TinyModelConfig
 
 EXIT_BAD_INPUT = 2
 
@@ -37,7 +38,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_smoke(args: argparse.Namespace, overrides: list[str]) -> int:
-    """Sample a few groups through a vLLM rollout worker in a Ray actor (the current demo)."""
+    """Sample a few groups through a vLLM rollout worker in a Ray actor: a stack check, no training."""
     from cluster.smoke import run_smoke
 
     run_smoke(_recipe(args, overrides), num_prompts=args.prompts)
@@ -47,12 +48,12 @@ def cmd_smoke(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_tiny_model(args: argparse.Namespace, overrides: list[str]) -> int:
     """Write a random-initialised tiny Qwen2 model and character tokenizer to a directory."""
     _no_overrides(overrides)
-    from cluster.tiny_model import TinyModelSpec, build_tiny_model
+    from cluster.inputs.tiny_model import build_tiny_model, tiny_model_spec
 
     try:
-        spec = TinyModelSpec(hidden_size=args.hidden_size, num_layers=args.num_layers,
-                             num_kv_heads=args.num_kv_heads, seed=args.seed)
-        path = build_tiny_model(args.out, spec)
+        tiny = TinyModelConfig(hidden_size=args.hidden_size, num_layers=args.num_layers,
+                               num_kv_heads=args.num_kv_heads, seed=args.seed)
+        path = build_tiny_model(args.out, tiny_model_spec(tiny, RolloutConfig().max_model_len))
     except (ValueError, FileExistsError) as err:
         raise RecipeError("", str(err)) from None
     print(path)
@@ -62,7 +63,7 @@ def cmd_tiny_model(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_data(args: argparse.Namespace, overrides: list[str]) -> int:
     """Write a built-in synthetic task (arithmetic, chain_sum, countdown) as a Parquet file."""
     _no_overrides(overrides)
-    from cluster.tasks import write_task
+    from cluster.inputs.tasks import write_task
 
     try:
         path = write_task(args.task, args.out, args.rows, seed=args.seed)
@@ -94,21 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("recipe", help="recipe TOML file")
     check.set_defaults(run=cmd_check)
 
-    smoke = sub.add_parser("smoke", help="sample groups through a vLLM worker in a Ray actor")
+    smoke = sub.add_parser("smoke", help="stack check: sample groups through a vLLM worker in a Ray actor, no training")
     smoke.add_argument("recipe", help="recipe TOML file")
     smoke.add_argument("--prompts", type=int, default=4, help="how many prompts to sample groups for")
     smoke.set_defaults(run=cmd_smoke)
 
     tiny = sub.add_parser("tiny-model", help="build a random-initialised tiny Qwen2 model")
     tiny.add_argument("out", help="directory to write")
-    tiny.add_argument("--hidden-size", type=int, default=128)
-    tiny.add_argument("--num-layers", type=int, default=2)
-    tiny.add_argument("--num-kv-heads", type=int, default=1)
-    tiny.add_argument("--seed", type=int, default=0)
+    defaults = TinyModelConfig()  # the recipe's [model.tiny] defaults
+    tiny.add_argument("--hidden-size", type=int, default=defaults.hidden_size)
+    tiny.add_argument("--num-layers", type=int, default=defaults.num_layers)
+    tiny.add_argument("--num-kv-heads", type=int, default=defaults.num_kv_heads)
+    tiny.add_argument("--seed", type=int, default=defaults.seed)
     tiny.set_defaults(run=cmd_tiny_model)
 
     data = sub.add_parser("data", help="write a synthetic task's prompts as Parquet")
-    data.add_argument("task", choices=["arithmetic", "chain_sum", "countdown"])  # = cluster.tasks.TASKS
+    data.add_argument("task", choices=TASK_NAMES)
     data.add_argument("out", help="Parquet file to write")
     data.add_argument("--rows", type=int, default=1000)
     data.add_argument("--seed", type=int, default=0)
@@ -117,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cluster.data import DataError
+    from cluster.inputs.data import DataError
 
     parser = build_parser()
     args, overrides = parser.parse_known_args(argv)

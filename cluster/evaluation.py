@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cluster.config import Recipe
-from cluster.data import PromptRow
-from cluster.eval_metrics import aggregate_eval, budget_curve
-from cluster.system import System, encode_prompts, sampling_of
+from cluster.recipe import Recipe
+from cluster.inputs.data import PromptRow
+from cluster.inputs.prompts import encode_prompts
+from cluster.output.eval_metrics import aggregate_eval, budget_curve
+from cluster.specs import sampling_spec
+from cluster.system import System
 from rewards.extract import extract_final_answer
 
 
@@ -38,12 +40,12 @@ def evaluate(system: System, recipe: Recipe, rows: list[PromptRow]) -> dict[str,
     settings = recipe.eval
     rows = rows[: settings.num_prompts]
     prompts = encode_prompts(recipe, system.tokenizer, rows)
-    greedy_sampling = replace(sampling_of(recipe, seed=0), group_size=1, temperature=0.0)
+    greedy_sampling = replace(sampling_spec(recipe, seed=0), group_size=1, temperature=0.0)
     greedy = _graded(system, recipe, rows, prompts, greedy_sampling)
     per_prompt = [{"greedy_correct": greedy[i][0][0]} for i in range(len(rows))]
     if settings.k:
         sampled = _graded(system, recipe, rows, prompts, replace(
-            sampling_of(recipe, seed=1), group_size=max(settings.k), temperature=settings.temperature))
+            sampling_spec(recipe, seed=1), group_size=max(settings.k), temperature=settings.temperature))
         for i, entry in enumerate(per_prompt):
             entry["samples_correct"] = [correct for correct, _ in sampled[i]]
             entry["sample_answers"] = [answer for _, answer in sampled[i]]

@@ -9,7 +9,7 @@ all-gathers require.
 from __future__ import annotations
 
 from cluster.launch import get_all
-from cluster.types import Group
+from cluster.wire.samples import Group
 from learner.batching import TrainSequence
 from learner.learner import Learner
 from learner.spec import LearnerSpec
@@ -30,15 +30,15 @@ def train_sequences(group: Group) -> list[TrainSequence]:
 class LearnerGroup:
     """Launch, drive and shut down the R learner ranks."""
 
-    def __init__(self, spec: LearnerSpec, num_ranks: int, *, cpus_per_rank: float = 1.0,
-                 gpus_per_rank: float = 0.0, timeout_s: float = 600.0, placement=None):
+    def __init__(self, spec: LearnerSpec, num_ranks: int, *, cpus_per_rank: float, gpus_per_rank: float,
+                 timeout_s: float):
         import ray
 
         self._ray, self.timeout_s, self.num_ranks = ray, timeout_s, num_ranks
         actor = ray.remote(Learner)
         options = {"num_cpus": cpus_per_rank, "num_gpus": gpus_per_rank}
         self.ranks = [
-            actor.options(**options, **(placement(rank) if placement else {})).remote(spec, rank, num_ranks)
+            actor.options(**options).remote(spec, rank, num_ranks)
             for rank in range(num_ranks)
         ]
         host, port = self._all([self.ranks[0].rendezvous_address.remote()], "learner rendezvous")[0]

@@ -13,20 +13,23 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import deque
+from collections import Counter, deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from cluster.config import Recipe, RecipeError, recipe_to_dict
-from cluster.data import PromptSampler
-from cluster.eval_metrics import reflection_rate, response_stats
-from cluster.evaluation import evaluate
+from cluster.evaluation import correctness_reward, evaluate
+from cluster.inputs.data import PromptSampler
+from cluster.inputs.prompts import encode_prompts, load_rows
 from cluster.learner_group import train_sequences
+from cluster.output.eval_metrics import group_stats, reflection_rate, response_stats
+from cluster.recipe import Recipe, RecipeError, recipe_to_dict
 from cluster.rollout_pool import GroupStream, push_weights
-from cluster.system import encode_prompts, load_rows, sampling_of, start_system
-from cluster.types import Group
+from cluster.specs import sampling_spec
+from cluster.system import start_system
+from cluster.wire.samples import Group
 from learner.losses import group_advantages
 
 
@@ -42,13 +45,12 @@ class Batch:
 def train(recipe: Recipe, *, resume: bool = False) -> Path:
     """Run `recipe` to `run.steps`; returns the output directory. Resumes from the last
     checkpoint with the same data order and weight version when `resume` is set."""
+    from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from cluster.prepare import prepare_data, prepare_model
-    from tqdm import tqdm
-
-    from cluster.plots import heldout_summary, plot_run
-    from cluster.run_log import METRICS_FILE, RunLog, read_metrics, summary_line
+    from cluster.inputs.prepare import prepare_data, prepare_model
+    from cluster.output.plots import heldout_summary, plot_run
+    from cluster.output.run_log import METRICS_FILE, RunLog, read_metrics, summary_line
 
     out = recipe.output_dir
     if not resume and (out / METRICS_FILE).is_file() and (out / METRICS_FILE).stat().st_size:
@@ -60,6 +62,7 @@ def train(recipe: Recipe, *, resume: bool = False) -> Path:
     rows = load_rows(recipe, recipe.data.train_path)
     algo, rollout, run = recipe.algorithm, recipe.rollout, recipe.run
     sampler = PromptSampler(rows, seed=run.seed, shuffle=recipe.data.shuffle)
+    sampling = sampling_spec(recipe, seed=None)
     state = _load_driver_state(out) if resume else None
     log = RunLog(out)
     system = start_system(recipe, model_path, tokenizer)
@@ -87,8 +90,13 @@ def train(recipe: Recipe, *, resume: bool = False) -> Path:
     def launch() -> Batch:
         before = sampler.state_dict()
         drawn = sampler.next_batch(rollout.prompts_per_step)
-        stream = pool.stream(encode_prompts(recipe, tokenizer, drawn), sampling_of(recipe, seed=None))
-        return Batch(stream=stream, rows=drawn, sampler_before=before)
+        return Batch(stream=pool.stream(encode_prompts(recipe, tokenizer, drawn), sampling),
+                     rows=drawn, sampler_before=before)
+
+    def replace_dropped(batch: Batch) -> None:
+        drawn = sampler.next_batch(1)
+        batch.rows.extend(drawn)
+        batch.stream.add(encode_prompts(recipe, tokenizer, drawn), sampling)
 
     pending: deque[Batch] = deque()
     bar = tqdm(total=run.steps, initial=first_step - 1, desc="aha train", unit="step", dynamic_ncols=True)
@@ -99,65 +107,47 @@ def train(recipe: Recipe, *, resume: bool = False) -> Path:
                 pending.append(launch())
             batch = pending.popleft()
             timings = {"generate": 0.0, "score": 0.0, "train": 0.0}
-            accepted, round_, dropped_stale, dropped_flat, extra = [], [], 0, 0, 0
-            waited = time.perf_counter()
-            for index, samples in batch.stream:
-                timings["generate"] += time.perf_counter() - waited
-                row = batch.rows[index]
-                t0 = time.perf_counter()
-                scores = scorers.score([s.text for s in samples], row.fields,
-                                       [len(s.completion_ids) for s in samples])
-                timings["score"] += time.perf_counter() - t0
-                group = _scored_group(row, samples, scores, algo.estimator)
-                stale = version - min(s.weight_version for s in samples)
-                flat = algo.dynamic_sampling and len(set(group.rewards)) == 1
-                if stale > algo.max_staleness or flat:
-                    dropped_stale += stale > algo.max_staleness
-                    dropped_flat += flat
-                    extra += 1
-                    if extra > 4 * rollout.prompts_per_step:
-                        raise RuntimeError(f"step {step}: dropped {extra} groups (all-equal rewards or "
-                                           "stale); the step cannot be filled")
-                    refill = sampler.next_batch(1)
-                    batch.rows.extend(refill)
-                    batch.stream.add(encode_prompts(recipe, tokenizer, refill), sampling_of(recipe, seed=None))
-                    waited = time.perf_counter()
+            intake = StepIntake(wanted=rollout.prompts_per_step, max_dropped=4 * rollout.prompts_per_step)
+            for group, staleness in _scored_groups(batch, scorers, algo.estimator, version, timings):
+                reason = drop_reason(group.rewards, staleness, max_staleness=algo.max_staleness,
+                                     dynamic_sampling=algo.dynamic_sampling)
+                if reason is not None:
+                    intake.drop(reason, step)
+                    replace_dropped(batch)
                     continue
-                accepted.append((group, stale))
-                round_.append(train_sequences(group))
-                if len(round_) == recipe.learner.num_ranks:
-                    t0 = time.perf_counter()
-                    learners.accumulate(round_, end_of_step=len(accepted) == rollout.prompts_per_step)
-                    timings["train"] += time.perf_counter() - t0
-                    round_ = []
-                if len(accepted) == rollout.prompts_per_step:
+                intake.accept(group, staleness)
+                if len(intake.untrained) == recipe.learner.num_ranks:  # one group per rank: train now
+                    with timed(timings, "train"):
+                        learners.accumulate([train_sequences(g) for g in intake.take_untrained()],
+                                            end_of_step=intake.full)
+                if intake.full:
                     break
-                waited = time.perf_counter()
-            if len(accepted) < rollout.prompts_per_step:
-                raise RuntimeError(f"step {step}: the rollout stream ended after {len(accepted)} groups")
+            if not intake.full:
+                raise RuntimeError(f"step {step}: the rollout stream ended after {len(intake.accepted)} groups")
 
-            t0 = time.perf_counter()
-            learner_metrics = learners.step()
-            timings["train"] += time.perf_counter() - t0
+            if rollout.sleep_between_steps:
+                pool.sleep()  # free the engines' GPU memory for the optimizer step (no-op on CPU)
+            with timed(timings, "train"):
+                learner_metrics = learners.step()
             version = learner_metrics["weight_version"]
-            t0 = time.perf_counter()
-            push_weights(learners, pool, version, recipe.cluster.timeout_s)
-            timings["sync"] = time.perf_counter() - t0
+            with timed(timings, "sync"):
+                if rollout.sleep_between_steps:
+                    pool.wake_up()
+                push_weights(learners, pool, version, recipe.cluster.timeout_s)
             timings["step"] = time.perf_counter() - started
 
-            groups = [g for g, _ in accepted]
-            metrics = _step_metrics(recipe, groups, [s for _, s in accepted], learner_metrics, timings)
-            metrics.update(dropped_stale_groups=dropped_stale, dropped_flat_groups=dropped_flat)
+            metrics = _step_metrics(recipe, intake, learner_metrics, timings)
             if eval_rows and (step == run.steps or (recipe.eval.every and step % recipe.eval.every == 0)):
                 metrics.update(evaluate(system, recipe, eval_rows))
                 print(f"[aha] held-out accuracy after step {step}: {metrics['eval/accuracy']:.3f}", flush=True)
             log.log_step(step, metrics)
-            log.write_rollouts(step, _rollout_rows(step, groups))
+            log.write_rollouts(step, _rollout_rows(step, intake.accepted))
             bar.set_postfix_str(summary_line(metrics))
             bar.update(1)
-            bar.write(f"[aha] step {step}/{run.steps} reward {metrics['reward_mean']:.3f} "
-                      f"acc {metrics['accuracy']:.3f} len {metrics['response_length_mean']:.1f} "
-                      f"{metrics['time/step']:.1f}s")
+            if step % run.log_every == 0 or step == run.steps:
+                bar.write(f"[aha] step {step}/{run.steps} reward {metrics['reward_mean']:.3f} "
+                          f"acc {metrics['accuracy']:.3f} len {metrics['response_length_mean']:.1f} "
+                          f"{metrics['time/step']:.1f}s")
             if step == run.steps or (run.checkpoint_every and step % run.checkpoint_every == 0):
                 sampler_state = pending[0].sampler_before if pending else sampler.state_dict()
                 learners.save_checkpoint(str(out / "checkpoints"))
@@ -175,6 +165,86 @@ def train(recipe: Recipe, *, resume: bool = False) -> Path:
     return out
 
 
+# ---------------------------------------------------------------------------------------
+# One step's intake of groups: which are kept, which are dropped, what goes to the learner.
+
+
+def drop_reason(rewards: list[float], staleness: int, *, max_staleness: int, dynamic_sampling: bool) -> str | None:
+    """Why a scored group is not trained on, or None to keep it.
+
+    "stale": made by weights more than `max_staleness` versions old (async mode's bound).
+    "flat": every reward equal, so every advantage is 0 and it teaches nothing (DAPO's
+    dynamic sampling drops it and draws another prompt instead).
+    """
+    if staleness > max_staleness:
+        return "stale"
+    if dynamic_sampling and len(set(rewards)) == 1:
+        return "flat"
+    return None
+
+
+@dataclass
+class StepIntake:
+    """The groups one step trains on, taken as they finish.
+
+    Accepted groups wait in `untrained` until there is one per learner rank; dropped groups
+    are counted by reason, and the step fails once more than `max_dropped` were dropped (a
+    task the policy always solves or always fails cannot fill a dynamic-sampling step).
+    """
+
+    wanted: int
+    max_dropped: int
+    accepted: list[Group] = field(default_factory=list)
+    staleness: list[int] = field(default_factory=list)
+    untrained: list[Group] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)
+
+    @property
+    def full(self) -> bool:
+        return len(self.accepted) == self.wanted
+
+    def accept(self, group: Group, staleness: int) -> None:
+        self.accepted.append(group)
+        self.staleness.append(staleness)
+        self.untrained.append(group)
+
+    def take_untrained(self) -> list[Group]:
+        taken, self.untrained = self.untrained, []
+        return taken
+
+    def drop(self, reason: str, step: int) -> None:
+        self.dropped[reason] += 1
+        if sum(self.dropped.values()) > self.max_dropped:
+            raise RuntimeError(f"step {step}: dropped {sum(self.dropped.values())} groups "
+                               f"({dict(self.dropped)}); the step cannot be filled")
+
+
+@contextmanager
+def timed(timings: dict[str, float], key: str):
+    """Add the seconds the block takes to `timings[key]`."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
+
+
+def _scored_groups(batch: Batch, scorers, estimator: str, version: int, timings: dict):
+    """Yield `(group, staleness)` for each group of `batch` as it finishes, scored and with
+    its advantages; `staleness` is how many versions behind `version` its oldest sample is."""
+    stream = iter(batch.stream)
+    while True:
+        with timed(timings, "generate"):
+            finished = next(stream, None)
+        if finished is None:
+            return
+        index, samples = finished
+        row = batch.rows[index]
+        with timed(timings, "score"):
+            scores = scorers.score([s.text for s in samples], row.fields, [len(s.completion_ids) for s in samples])
+        yield _scored_group(row, samples, scores, estimator), version - min(s.weight_version for s in samples)
+
+
 def _scored_group(row, samples, scores, estimator: str) -> Group:
     rewards = [s.total for s in scores]
     advantages = group_advantages(torch.tensor([rewards], dtype=torch.float64), estimator=estimator)[0]
@@ -182,18 +252,19 @@ def _scored_group(row, samples, scores, estimator: str) -> Group:
                  rewards=rewards, advantages=advantages.tolist(), components=[s.components for s in scores])
 
 
-def _step_metrics(recipe: Recipe, groups: list[Group], staleness: list[int], learner: dict, timings: dict) -> dict:
+def _step_metrics(recipe: Recipe, intake: StepIntake, learner: dict, timings: dict) -> dict:
+    groups, staleness = intake.accepted, intake.staleness
     samples = [s for g in groups for s in g.samples]
-    rewards = torch.tensor([r for g in groups for r in g.rewards])
-    lengths = torch.tensor([len(s.completion_ids) for s in samples], dtype=torch.float32)
+    lengths = [len(s.completion_ids) for s in samples]
     components = [c for g in groups for c in g.components]
-    correctness = recipe.eval.correctness or next(iter(recipe.reward.weights))
+    correctness = correctness_reward(recipe)
     metrics = {
-        "reward_mean": rewards.mean().item(), "reward_std": rewards.std(unbiased=False).item(),
+        **group_stats([g.rewards for g in groups]),
         "accuracy": sum(c[correctness] == 1.0 for c in components) / len(components),
-        **response_stats(lengths.tolist(), recipe.rollout.max_new_tokens, [s.finish_reason for s in samples]),
+        **response_stats(lengths, recipe.rollout.max_new_tokens, [s.finish_reason for s in samples]),
         "reflection_rate": reflection_rate([s.text for s in samples], recipe.run.reflection_words),
         "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
+        "dropped_stale_groups": intake.dropped["stale"], "dropped_flat_groups": intake.dropped["flat"],
         **{f"reward/{name}": sum(c[name] for c in components) / len(components) for name in components[0]},
         **{f"learner/{k}": v for k, v in learner.items()},
         **{f"time/{k}": v for k, v in timings.items()},
@@ -201,8 +272,7 @@ def _step_metrics(recipe: Recipe, groups: list[Group], staleness: list[int], lea
     # The learner's idle time: the part of the step it spent waiting for groups or the sync.
     metrics["time/idle"] = max(0.0, timings["step"] - timings["train"])
     metrics["learner_idle_share"] = metrics["time/idle"] / max(timings["step"], 1e-9)
-    tokens = lengths.sum().item()
-    metrics["rollout_tokens_per_s"] = tokens / max(timings["generate"] + timings["train"], 1e-9)
+    metrics["rollout_tokens_per_s"] = sum(lengths) / max(timings["generate"] + timings["train"], 1e-9)
     metrics["learner_tokens_per_s"] = learner.get("tokens", 0) / max(timings["train"], 1e-9)
     return metrics
 

@@ -12,14 +12,14 @@ from collections.abc import Iterator
 
 from actors.rollout_worker import EngineSpec, RolloutWorker
 from cluster.launch import get_all
-from cluster.types import Sample, SamplingSpec
+from cluster.wire.samples import Sample, SamplingSpec
 
 
 class RolloutPool:
     """Launch, feed and update the N rollout workers."""
 
-    def __init__(self, spec: EngineSpec, num_workers: int, *, cpus_per_worker: float = 1.0,
-                 gpus_per_worker: float = 0.0, timeout_s: float = 600.0):
+    def __init__(self, spec: EngineSpec, num_workers: int, *, cpus_per_worker: float,
+                 gpus_per_worker: float, timeout_s: float):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -59,6 +59,13 @@ class RolloutPool:
     def update_refs(self, manifest, version: int, bucket_bytes: int) -> list:
         """Start receiving a broadcast of weights `version`; returns the calls' refs."""
         return [w.update_weights.remote(manifest, version, bucket_bytes, self.timeout_s) for w in self.workers]
+
+    def sleep(self) -> None:
+        """Free every engine's GPU memory (weights, KV cache) until `wake_up`; a no-op on CPU."""
+        get_all(self._ray, [w.sleep.remote() for w in self.workers], self.timeout_s, "rollout engine sleep")
+
+    def wake_up(self) -> None:
+        get_all(self._ray, [w.wake_up.remote() for w in self.workers], self.timeout_s, "rollout engine wake-up")
 
     def versions(self) -> list[int]:
         return get_all(self._ray, [w.get_weight_version.remote() for w in self.workers], self.timeout_s,

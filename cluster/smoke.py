@@ -1,18 +1,17 @@
-"""A smoke run of the real stack: tiny model, synthetic prompts, a vLLM engine in a Ray actor.
+"""`aha smoke`: a quick check of the stack under a recipe, without training.
 
-`make demo` runs this until the RL loop lands. It checks, end to end, the pieces the loop is
-built on: the recipe resolves, the model and data are prepared, a rollout worker samples
-groups through Ray, and the logprobs vLLM reports match a transformers forward pass over the
-same tokens (what the learner's importance-sampling correction relies on).
+It checks, end to end, the pieces the loop is built on: the recipe resolves, the model and
+data are prepared, a rollout worker samples groups through Ray, and the logprobs vLLM reports
+match a transformers forward pass over the same tokens (what the learner's importance-sampling
+correction relies on). Useful on a new machine or cluster before a long run.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
-from cluster.config import Recipe
-from cluster.types import Sample
+from cluster.recipe import Recipe
+from cluster.wire.samples import Sample
 
 
 def _log(message: str) -> None:
@@ -41,11 +40,12 @@ def run_smoke(recipe: Recipe, num_prompts: int = 4) -> dict:
     """Sample `num_prompts` groups through a RolloutWorker actor; return the figures it measured."""
     from transformers import AutoTokenizer
 
-    from actors.rollout_worker import RolloutWorker, engine_spec_from_recipe
-    from cluster.data import PromptSampler
+    from actors.rollout_worker import RolloutWorker
+    from cluster.inputs.data import PromptSampler
+    from cluster.inputs.prepare import prepare_data, prepare_model
+    from cluster.inputs.prompts import encode_prompts, load_rows
     from cluster.launch import connect_ray, get_with_timeout
-    from cluster.prepare import prepare_data, prepare_model
-    from cluster.system import encode_prompts, load_rows, sampling_of
+    from cluster.specs import engine_spec, sampling_spec
 
     started = time.perf_counter()
     prepare_data(recipe)
@@ -61,12 +61,12 @@ def run_smoke(recipe: Recipe, num_prompts: int = 4) -> dict:
     cluster, timeout = recipe.cluster, recipe.cluster.timeout_s
     worker = ray.remote(RolloutWorker).options(num_cpus=cluster.rollout_cpus, num_gpus=cluster.rollout_gpus)
     _log("starting a vLLM engine in a Ray actor (about half a minute on CPU)")
-    actor = worker.remote(replace(engine_spec_from_recipe(recipe), model_path=model_path))
+    actor = worker.remote(engine_spec(recipe, model_path))
     get_with_timeout(ray, actor.tokenize.remote("warm-up"), timeout, "the rollout worker's engine start")
 
     rollout = recipe.rollout
     t0 = time.perf_counter()
-    groups = get_with_timeout(ray, actor.sample_groups.remote(prompt_ids, sampling_of(recipe, seed=recipe.run.seed)),
+    groups = get_with_timeout(ray, actor.sample_groups.remote(prompt_ids, sampling_spec(recipe, seed=recipe.run.seed)),
                               timeout, "sampling")
     elapsed = time.perf_counter() - t0
     samples = [s for group in groups for s in group]

@@ -20,9 +20,9 @@ from datetime import timedelta
 
 import torch
 
-from cluster.weight_sync import TensorMeta
+from cluster.wire.weights import TensorMeta
 from learner.batching import MicroBatch, TrainSequence, micro_batches, token_logprobs
-from learner.losses import MAX_METRICS, LossOutput, entropy_from_logits, policy_loss
+from learner.losses import LossOutput, MetricTotals, entropy_from_logits, metric_means, metric_totals, policy_loss
 from learner.optim import deepspeed_config, lr_multiplier
 from learner.spec import LearnerSpec
 
@@ -224,22 +224,18 @@ class Learner:
         return metrics
 
     def _reduced_metrics(self) -> dict:
-        """Token-weighted means of the loss metrics over every rank's micro-batches."""
+        """The step's loss metrics over every rank's micro-batches (`learner.losses.metric_means`
+        of the totals summed, and maximised, over ranks)."""
         import torch.distributed as dist
 
-        names = sorted({k for o in self._outputs for k in o.metric_sums if k not in MAX_METRICS})
-        sums = torch.tensor([[sum(o.metric_sums.get(k, 0.0) for o in self._outputs) for k in names]
-                             + [sum(o.num_tokens for o in self._outputs),
-                                sum(float(o.numerator) for o in self._outputs)]],
-                            dtype=torch.float64, device=self.device)
-        maxima = torch.tensor([max((o.metric_sums.get(k, 0.0) for o in self._outputs), default=0.0)
-                               for k in MAX_METRICS], dtype=torch.float64, device=self.device)
+        local = metric_totals(self._outputs)
+        sums = torch.tensor([*local.sums, local.num_tokens, local.numerator], dtype=torch.float64, device=self.device)
+        maxima = torch.tensor(local.maxima, dtype=torch.float64, device=self.device)
         dist.all_reduce(sums)
         dist.all_reduce(maxima, op=dist.ReduceOp.MAX)
-        *values, tokens, numerator = sums[0].tolist()
-        metrics = {k: v / tokens if tokens else 0.0 for k, v in zip(names, values)}
-        metrics.update(zip(MAX_METRICS, maxima.tolist()))
-        return {**metrics, "tokens": int(tokens), "loss_numerator": numerator}
+        *metric_sums, tokens, numerator = sums.tolist()
+        totals = MetricTotals(sums=metric_sums, maxima=maxima.tolist(), num_tokens=tokens, numerator=numerator)
+        return {**metric_means(totals), "tokens": int(tokens), "loss_numerator": numerator}
 
     # -- weights out, checkpoints ---------------------------------------------------------
 
@@ -260,9 +256,9 @@ class Learner:
 
     def weight_manifest(self) -> list[TensorMeta]:
         """Name, dtype and full shape of every tensor `iter_weights` yields, in that order."""
-        zero3 = self.spec.zero_stage == 3
-        return [TensorMeta(name, str(p.dtype).removeprefix("torch."), tuple(p.ds_shape if zero3 else p.shape))
-                for name, p in self.engine.module.named_parameters()]
+        from learner.weights import manifest_of
+
+        return manifest_of(self.engine.module.named_parameters(), zero3=self.spec.zero_stage == 3)
 
     def open_weight_group(self, port: int, world_size: int) -> None:
         """Rank 0: host the weight group on `port`; returns once every rollout worker joined."""

@@ -20,8 +20,11 @@ from torch import Tensor
 ESTIMATORS = ("grpo", "dr_grpo", "rloo")
 KL_KINDS = ("k1", "k2", "k3")
 LOSS_AGGS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
-# Metrics merged by max across micro-batches (every other metric is a sum over tokens):
-# name -> the per-token metric it is the max of.
+# The per-token metrics of a loss, summed over tokens and merged as token-weighted means, in a
+# fixed order so that learner ranks can all-reduce them as one tensor.
+SUM_METRICS = ("clip_frac_low", "clip_frac_high", "dual_clip_frac", "ratio_mean", "kl", "entropy",
+               "tis_weight_mean", "pg_loss", "rollout_logprob_gap")
+# Metrics merged by max across micro-batches: name -> the per-token metric it is the max of.
 MAX_METRICS = {"ratio_max": "ratio_mean", "rollout_logprob_gap_max": "rollout_logprob_gap"}
 
 
@@ -174,25 +177,42 @@ class LossOutput:
         """
         return self.numerator / self.denominator.clamp(min=1.0)
 
-    @staticmethod
-    def merge_metrics(outputs: list[LossOutput]) -> dict[str, float]:
-        """Token-weighted means of the metrics over all outputs; "ratio_max" is their max.
-
-        A merge over no tokens gives 0.0 for every metric. An empty list gives {}.
-        """
-        total_tokens = sum(out.num_tokens for out in outputs)
-        names = dict.fromkeys(name for out in outputs for name in out.metric_sums)
-        merged = {}
-        for name in names:
-            values = [out.metric_sums[name] for out in outputs if name in out.metric_sums]
-            if name in MAX_METRICS:
-                merged[name] = max(values)
-            else:
-                merged[name] = sum(values) / total_tokens if total_tokens else 0.0
-        return merged
 
 
-merge_metrics = LossOutput.merge_metrics
+@dataclass
+class MetricTotals:
+    """What loss outputs add up to before the means are taken: sums per SUM_METRICS, maxima
+    per MAX_METRICS, the token count and the loss numerator. Totals of several learner ranks
+    combine by adding `sums`, `num_tokens` and `numerator` and taking the max of `maxima`."""
+
+    sums: list[float]
+    maxima: list[float]
+    num_tokens: float
+    numerator: float
+
+
+def metric_totals(outputs: list[LossOutput]) -> MetricTotals:
+    """The totals of `outputs` (one rank's micro-batches of a step)."""
+    return MetricTotals(
+        sums=[sum(o.metric_sums.get(name, 0.0) for o in outputs) for name in SUM_METRICS],
+        maxima=[max((o.metric_sums.get(name, 0.0) for o in outputs), default=0.0) for name in MAX_METRICS],
+        num_tokens=float(sum(o.num_tokens for o in outputs)),
+        numerator=float(sum(float(o.numerator) for o in outputs)),
+    )
+
+
+def metric_means(totals: MetricTotals) -> dict[str, float]:
+    """Token-weighted means of the SUM_METRICS and the MAX_METRICS maxima; over no tokens,
+    every mean is 0.0."""
+    tokens = totals.num_tokens
+    merged = {name: value / tokens if tokens else 0.0 for name, value in zip(SUM_METRICS, totals.sums)}
+    merged.update(zip(MAX_METRICS, totals.maxima))
+    return merged
+
+
+def merge_metrics(outputs: list[LossOutput]) -> dict[str, float]:
+    """The metrics of several outputs as one: what a single learner rank reports."""
+    return metric_means(metric_totals(outputs))
 
 
 def _check_policy_args(
@@ -266,7 +286,7 @@ def policy_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     dual_clip: float = 0.0,
-    tis_cap: float = 0.0,
+    tis_cap: float = 2.0,
     ref_logp: Tensor | None = None,
     kl_coef: float = 0.0,
     kl_kind: str = "k3",

@@ -2,21 +2,18 @@
 
 Learner rank 0 is rank 0 of a small group whose other members are the vLLM workers. The group
 is built from a `TCPStore` and a backend process group directly (gloo on CPU, NCCL on GPU),
-so it touches neither side's default group. Each bucket of the plan in `cluster.weight_sync`
-is packed into one flat tensor and broadcast; every wait has a timeout.
+so it touches neither side's default group. Each bucket of the plan in `cluster.wire.weights`
+is packed into one flat tensor and broadcast; every wait has a timeout. The manifest comes
+from `learner.weights.manifest_of`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import torch
 
-from cluster.weight_sync import TensorMeta, broadcast_flat, open_group, plan_buckets
-
-
-def manifest_of(named: Iterable[tuple[str, torch.Tensor]]) -> list[TensorMeta]:
-    return [TensorMeta(name, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for name, t in named]
+from cluster.wire.weights import TensorMeta, broadcast_flat, open_group, plan_buckets
 
 
 class WeightSender:

@@ -1,26 +1,24 @@
-"""The stream of weights out of the learner: (hf_name, tensor) pairs, gathered bucket by bucket."""
+"""The stream of weights out of the learner: (hf_name, tensor) pairs, gathered bucket by bucket.
+
+The gather buckets are the broadcast buckets (`cluster.wire.weights.plan_buckets` over the
+manifest): under ZeRO-3 each bucket is gathered, sent and released before the next one, so
+memory stays near one bucket on every rank.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 
+from cluster.wire.weights import TensorMeta, plan_buckets
 
-def buckets(named_params: list[tuple[str, torch.nn.Parameter]], bucket_bytes: int, zero3: bool):
-    """Split parameters, in order, into lists of at most ~`bucket_bytes` (one oversize param alone)."""
-    bucket, size = [], 0
-    for name, param in named_params:
-        # Under ZeRO-3 the local tensor is a shard; ds_numel is the full parameter's size.
-        numel = param.ds_numel if zero3 else param.numel()
-        nbytes = numel * param.element_size()
-        if bucket and size + nbytes > bucket_bytes:
-            yield bucket
-            bucket, size = [], 0
-        bucket.append((name, param))
-        size += nbytes
-    if bucket:
-        yield bucket
+
+def manifest_of(named_params: Iterable[tuple[str, torch.Tensor]], *, zero3: bool) -> list[TensorMeta]:
+    """Name, dtype and full shape of each parameter, in order (under ZeRO-3 the local tensor is
+    a shard and `ds_shape` the full parameter's shape)."""
+    return [TensorMeta(name, str(p.dtype).removeprefix("torch."), tuple(p.ds_shape if zero3 else p.shape))
+            for name, p in named_params]
 
 
 def iter_gathered(module: torch.nn.Module, *, zero3: bool, is_source: bool,
@@ -38,8 +36,10 @@ def iter_gathered(module: torch.nn.Module, *, zero3: bool, is_source: bool,
         return
     import deepspeed
 
-    for bucket in buckets(named, bucket_bytes, zero3=True):
-        with deepspeed.zero.GatheredParameters([p for _, p in bucket], modifier_rank=None):
+    params = dict(named)
+    for bucket in plan_buckets(manifest_of(named, zero3=True), bucket_bytes):
+        gathered = [(meta.name, params[meta.name]) for meta in bucket]
+        with deepspeed.zero.GatheredParameters([p for _, p in gathered], modifier_rank=None):
             if is_source:
-                for name, param in bucket:
+                for name, param in gathered:
                     yield name, param.detach()

@@ -2,9 +2,10 @@
 
 import pytest
 
-from cluster.tiny_model import TinyModelSpec, build_tiny_model
+from cluster.inputs.tiny_model import build_tiny_model
+from spec_helpers import tiny_spec
 
-TINY_SPEC = TinyModelSpec(hidden_size=128, num_layers=2, num_kv_heads=1, seed=0)
+TINY_SPEC = tiny_spec()  # the recipe's [model.tiny] defaults: hidden 128, 2 layers, 1 KV head
 
 
 @pytest.fixture(scope="session")

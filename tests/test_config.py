@@ -1,4 +1,4 @@
-"""Tests for typed recipes (cluster.config, cluster.recipe_checks) and `aha check` on bad input."""
+"""Tests for typed recipes (cluster.recipe, cluster.recipe.checks) and `aha check` on bad input."""
 
 from __future__ import annotations
 
@@ -11,17 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import (
+from cluster.recipe import Recipe, RecipeError, load_recipe, recipe_from_dict, recipe_to_dict
+from cluster.recipe.schema import (
     AlgorithmConfig,
     ClusterConfig,
-    Recipe,
-    RecipeError,
-    SyntheticDataConfig,
     PretrainConfig,
+    SyntheticDataConfig,
     TinyModelConfig,
-    load_recipe,
-    recipe_from_dict,
-    recipe_to_dict,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Tests for cluster.data: loading, templates, sampling (the task generators: test_tasks.py)."""
+"""Tests for cluster.inputs.data: loading, templates, sampling (the task generators: test_tasks.py)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.data import (
+from cluster.inputs.data import (
     R1_ZERO_TEMPLATE,
-    TEMPLATE_NAMES,
     DataError,
     PromptRow,
     PromptSampler,
-    check_template,
     load_prompt_rows,
     render_prompt,
 )
+from cluster.recipe.checks import TEMPLATE_NAMES, check_template
 
 RECORDS = [
     {"prompt": "What is 2 + 3?", "solution": "5", "numbers": [2, 3], "target": 5},

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from cluster.eval_metrics import (
+from cluster.output.eval_metrics import (
     aggregate_eval,
     budget_curve,
     group_stats,
@@ -14,8 +14,9 @@ from cluster.eval_metrics import (
     reflection_rate,
     response_stats,
 )
+from cluster.recipe.schema import RunConfig
 
-WORDS = ("wait", "let me check", "verify", "recheck")
+WORDS = RunConfig().reflection_words  # the recipe's default list
 
 
 # -- pass@k ------------------------------------------------------------------------------

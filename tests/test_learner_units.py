@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.config import load_recipe
+from cluster.recipe import load_recipe
 from learner.batching import TrainSequence, collate, micro_batches, token_logprobs
 from learner.optim import deepspeed_config, lr_multiplier
-from learner.spec import learner_spec_from_recipe
+from cluster.specs import learner_spec
 
 
 def test_collate_aligns_masks_and_behaviour_logprobs_to_targets():
@@ -72,6 +72,6 @@ def test_deepspeed_config_leaves_accumulation_to_the_learner():
 def test_learner_spec_follows_the_recipe():
     recipe = load_recipe(Path(__file__).parent.parent / "deploy/recipes/arith-zero-cpu.toml",
                          ["--algorithm.kl_coef", "0.05", "--learner.zero_stage", "3", "--run.steps", "7"])
-    spec = learner_spec_from_recipe(recipe)
+    spec = learner_spec(recipe, recipe.model.path)
     assert (spec.model_path, spec.zero_stage, spec.kl_coef, spec.total_steps) == ("runs/demo/base-model", 3, 0.05, 7)
     assert (spec.clip_high, spec.max_new_tokens, spec.lr) == (recipe.algorithm.clip_high, 48, recipe.learner.lr)

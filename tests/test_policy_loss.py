@@ -12,7 +12,8 @@ import math
 import pytest
 import torch
 
-from learner.losses import LossOutput, merge_metrics, policy_loss
+from learner.losses import (MAX_METRICS, SUM_METRICS, MetricTotals, merge_metrics, metric_means, metric_totals,
+                            policy_loss)
 from losses_helpers import F64, LN2, MASK, close, t
 
 
@@ -293,9 +294,21 @@ def test_merge_metrics_is_token_weighted_and_ratio_max_is_a_max():
     assert merged["pg_loss"] == pytest.approx(-2.6 / 4)  # (-1.4 - 1.2) / 4
     assert merged["tis_weight_mean"] == pytest.approx(1.0)  # (3 + 1) / 4
     assert merged["ratio_max"] == pytest.approx(2.0)  # max(1.5, 2, 0), not a sum or a mean
-    assert LossOutput.merge_metrics([first, second]) == merged
-    assert merge_metrics([]) == {}
+    assert merge_metrics([first, second]) == merged
+    assert set(merge_metrics([])) == set(SUM_METRICS) | set(MAX_METRICS)
+    assert all(value == 0.0 for value in merge_metrics([]).values())
     assert merge_metrics([empty])["ratio_mean"] == 0.0
+
+
+def test_rank_totals_combine_into_the_whole_steps_metrics():
+    # What the learner does across ranks: add the totals (max for the maxima), then take means.
+    first, second = two_outputs()
+    a, b = metric_totals([first]), metric_totals([second])
+    combined = MetricTotals(sums=[x + y for x, y in zip(a.sums, b.sums)],
+                            maxima=[max(x, y) for x, y in zip(a.maxima, b.maxima)],
+                            num_tokens=a.num_tokens + b.num_tokens, numerator=a.numerator + b.numerator)
+    assert metric_means(combined) == pytest.approx(merge_metrics([first, second]))
+    assert combined.num_tokens == 4 and combined.numerator == pytest.approx(a.numerator + b.numerator)
 
 
 def test_loss_of_an_empty_batch_is_zero():

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from cluster.config import load_recipe
-from cluster.prepare import held_out_prompts, prepare_data, prepare_model
-from cluster.pretrain import (
+from cluster.recipe import load_recipe
+from cluster.inputs.prepare import held_out_prompts, prepare_data, prepare_model
+from cluster.inputs.pretrain import (
     RECORD,
     corpus_batch,
     hasty_solution,
@@ -130,7 +130,7 @@ def test_pretraining_lowers_the_loss_writes_a_model_and_is_cached(tmp_path, caps
 
 
 def test_a_directory_aha_did_not_write_is_never_replaced(tmp_path):
-    from cluster.config import RecipeError
+    from cluster.recipe import RecipeError
 
     recipe = make_recipe(tmp_path)
     prepare_data(recipe)

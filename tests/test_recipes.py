@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import load_recipe
-from cluster.placement import (
+from cluster.recipe import load_recipe
+from cluster.recipe.placement import (
     ClusterSpec,
     ClusterSpecError,
     NodeSpec,
@@ -276,12 +276,12 @@ def test_command_line(capsys):
 
 
 def test_the_engine_spec_follows_the_recipe():
-    from actors.rollout_worker import engine_spec_from_recipe
+    from cluster.specs import engine_spec
 
     r = recipe("arith-zero-cpu.toml", "--rollout.max_num_seqs", "32",
                "--rollout.weight_sync", "abort", "--run.seed", "5")
-    spec = engine_spec_from_recipe(r)
+    spec = engine_spec(r, r.model.path)
     assert (spec.model_path, spec.max_model_len, spec.kv_cache_gb, spec.enforce_eager) == \
         ("runs/demo/base-model", 128, 0.25, True)
     assert (spec.max_num_seqs, spec.weight_sync, spec.seed) == (32, "abort", 5)
-    assert engine_spec_from_recipe(recipe("arith-zero-cpu.toml")).max_num_seqs == 0
+    assert engine_spec(recipe("arith-zero-cpu.toml"), "m").max_num_seqs == 0

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.plots import heldout_before_after, heldout_summary, plot_run
-from cluster.run_log import RunLog, read_metrics, summary_line
+from cluster.output.plots import heldout_before_after, heldout_summary, plot_run
+from cluster.output.run_log import RunLog, read_metrics, summary_line
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -68,7 +68,7 @@ def test_metrics_survive_sigkill(tmp_path):
     # A child logs steps then kills itself with SIGKILL: every logged line must be on disk.
     code = (
         "import os, signal\n"
-        "from cluster.run_log import RunLog\n"
+        "from cluster.output.run_log import RunLog\n"
         f"log = RunLog({str(tmp_path)!r}, tensorboard=False)\n"
         "for s in range(5): log.log_step(s, {'x': s / 2})\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.run_log import read_metrics
+from cluster.output.run_log import read_metrics
 
 pytestmark = pytest.mark.stack
 RAY = str(Path(sys.executable).with_name("ray"))

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from cluster.learner_group import LearnerGroup
 from learner.batching import TrainSequence, collate, token_logprobs
 from learner.spec import LearnerSpec
+from spec_helpers import learner_spec
 
 pytestmark = pytest.mark.stack
 GROUPS, GROUP_SIZE = 4, 4
@@ -48,9 +49,9 @@ def groups():
 
 
 def spec_for(model_dir, **overrides) -> LearnerSpec:
-    settings = dict(model_path=str(model_dir), zero_stage=2, lr=1e-3, adam_eps=1e-3, grad_clip=0.0,
-                    micro_batch_size=3, tis_cap=2.0, loss_agg="token_mean", timeout_s=120.0)
-    return LearnerSpec(**{**settings, **overrides})
+    settings = dict(zero_stage=2, lr=1e-3, adam_eps=1e-3, grad_clip=0.0, micro_batch_size=3, tis_cap=2.0,
+                    loss_agg="token_mean", total_steps=1000, timeout_s=120.0)
+    return learner_spec(model_dir, **{**settings, **overrides})
 
 
 def reference_step(model_dir, groups, spec: LearnerSpec):
@@ -85,7 +86,7 @@ def relative_error(initial, updated, reference) -> float:
 def test_one_step_matches_plain_torch_adamw(tiny_model_dir, groups, zero_stage):
     spec = spec_for(tiny_model_dir, zero_stage=zero_stage)
     initial, reference, reference_norm = reference_step(tiny_model_dir, groups, spec)
-    learners = LearnerGroup(spec, 2, cpus_per_rank=1, timeout_s=300)
+    learners = LearnerGroup(spec, 2, cpus_per_rank=1, gpus_per_rank=0, timeout_s=300)
     try:
         assert learners.weights().keys() == initial.keys()
         tokens = learners.accumulate(groups, end_of_step=True)
@@ -104,7 +105,7 @@ def test_one_step_matches_plain_torch_adamw(tiny_model_dir, groups, zero_stage):
 def test_streaming_two_halves_equals_the_whole_step(tiny_model_dir, groups):
     spec = spec_for(tiny_model_dir, zero_stage=3, grad_clip=0.5)
     initial, reference, reference_norm = reference_step(tiny_model_dir, groups, spec)
-    learners = LearnerGroup(spec, 2, cpus_per_rank=1, timeout_s=300)
+    learners = LearnerGroup(spec, 2, cpus_per_rank=1, gpus_per_rank=0, timeout_s=300)
     try:
         learners.accumulate(groups[:2], end_of_step=False)
         learners.accumulate(groups[2:], end_of_step=True)
@@ -126,7 +127,7 @@ def test_checkpoint_round_trip_continues_exactly_and_exports_to_transformers(tin
     spec = spec_for(tiny_model_dir, zero_stage=2, warmup_steps=2, lr_schedule="cosine", total_steps=4)
     first, second = groups[:2], groups[2:]
     # Never stopped: two steps in a row.
-    learners = LearnerGroup(spec, 2, cpus_per_rank=1, timeout_s=300)
+    learners = LearnerGroup(spec, 2, cpus_per_rank=1, gpus_per_rank=0, timeout_s=300)
     try:
         _train_step(learners, first)
         saved = learners.save_checkpoint(str(tmp_path / "ckpt"))
@@ -137,7 +138,7 @@ def test_checkpoint_round_trip_continues_exactly_and_exports_to_transformers(tin
         learners.shutdown()
     assert saved.endswith("version-1")
     # Stopped after one step: a fresh group resumes from the checkpoint and takes the second.
-    resumed = LearnerGroup(spec, 2, cpus_per_rank=1, timeout_s=300)
+    resumed = LearnerGroup(spec, 2, cpus_per_rank=1, gpus_per_rank=0, timeout_s=300)
     try:
         assert resumed.load_checkpoint(str(tmp_path / "ckpt")) == 1
         after_resume = _train_step(resumed, second)
@@ -159,7 +160,7 @@ def test_checkpoint_round_trip_continues_exactly_and_exports_to_transformers(tin
 def test_weight_stream_yields_every_parameter_once_with_exact_values(tiny_model_dir, groups, tmp_path):
     # ZeRO-3 with a bucket smaller than one layer: many gathers, each parameter still once.
     spec = spec_for(tiny_model_dir, zero_stage=3)
-    learners = LearnerGroup(spec, 2, cpus_per_rank=1, timeout_s=300)
+    learners = LearnerGroup(spec, 2, cpus_per_rank=1, gpus_per_rank=0, timeout_s=300)
     try:
         _train_step(learners, groups)
         streams = ray.get([r.collect_weights.remote(64 << 10) for r in learners.ranks], timeout=300)
@@ -179,7 +180,7 @@ def test_weight_stream_yields_every_parameter_once_with_exact_values(tiny_model_
 def test_kl_to_reference_and_ppo_epochs_run_and_report(tiny_model_dir, groups):
     spec = spec_for(tiny_model_dir, zero_stage=3, kl_coef=0.1, kl_kind="k3", ppo_epochs=2, entropy_coef=0.01,
                     clip_low=0.01, clip_high=0.01)
-    learners = LearnerGroup(spec, 2, cpus_per_rank=1, timeout_s=300)
+    learners = LearnerGroup(spec, 2, cpus_per_rank=1, gpus_per_rank=0, timeout_s=300)
     try:
         step1 = _train_step(learners, groups)
         step2 = _train_step(learners, groups)
@@ -213,7 +214,7 @@ def test_two_ppo_epochs_match_plain_torch(tiny_model_dir, groups):
         optimizer.zero_grad()
     reference = {n: p.detach().clone() for n, p in model.named_parameters()}
 
-    learners = LearnerGroup(spec, 2, cpus_per_rank=1, timeout_s=300)
+    learners = LearnerGroup(spec, 2, cpus_per_rank=1, gpus_per_rank=0, timeout_s=300)
     try:
         metrics = _train_step(learners, groups)
         updated = learners.weights()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.run_log import read_metrics
+from cluster.output.run_log import read_metrics
 
 pytestmark = pytest.mark.stack
 AHA = str(Path(sys.executable).with_name("aha"))
@@ -65,11 +65,11 @@ checkpoint_every = 2
 """
 
 
-def _train(tmp_path, *overrides, timeout=600):
+def _train(tmp_path, *overrides, timeout=600, env=None):
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(RECIPE.format(out=tmp_path))
     done = subprocess.run([AHA, "train", str(recipe), *overrides], capture_output=True, text=True,
-                          timeout=timeout, cwd=tmp_path)
+                          timeout=timeout, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return tmp_path / "run", done
 
@@ -101,6 +101,8 @@ def test_a_few_on_policy_steps_leave_everything_behind(tmp_path):
     assert (run / "checkpoints" / "driver-state.json").is_file()
     assert json.loads((run / "checkpoints" / "driver-state.json").read_text())["step"] == 3
     assert sorted(p.name for p in (run / "plots").glob("*.png"))
+    assert list((run / "tb").glob("events.out.tfevents.*"))  # TensorBoard, as the README says
+    assert json.loads((run / "recipe.json").read_text())["rollout"]["group_size"] == 4
     assert "[aha] done" in done.stdout
 
 
@@ -119,11 +121,53 @@ def test_async_mode_never_trains_on_samples_staler_than_allowed(tmp_path):
         assert all(step - 1 - r["weight_version"] <= 1 for r in rows)
 
 
+# A reward that makes every group of an even-answer row flat (all four completions get 0.5) and
+# gives the others rewards that vary with the text: with dynamic sampling, exactly the
+# even-answer groups must be dropped and replaced by fresh prompts.
+HALF_FLAT_REWARD = """
+def score(completion, answer, **fields):
+    if int(answer) % 2 == 0:
+        return 0.5
+    return (sum(map(ord, completion)) % 7) / 7
+"""
+
+
+def test_dynamic_sampling_drops_flat_groups_and_refills_the_step(tmp_path):
+    import os
+
+    (tmp_path / "half_flat.py").write_text(HALF_FLAT_REWARD)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}  # the scorer's workers import the user's reward
+    run, done = _train(tmp_path, "--algorithm.dynamic_sampling", "true", "--reward.weights", "{'half_flat:score' = 1.0}",
+                       "--data.eval_path", "", "--data.synthetic.eval_rows", "0", "--rollout.sleep_between_steps", "true",
+                       "--run.log_every", "2", env=env)
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    answers = {row.index: int(row.fields["answer"]) for row in _train_rows(tmp_path)}
+    for step in (1, 2, 3):
+        rows = pq.read_table(run / "rollouts" / f"step-{step:06d}.parquet").to_pylist()
+        groups = {r["prompt_index"] for r in rows}
+        assert len(rows) == 16 and len(groups) == 4  # a full step: 4 distinct groups of 4
+        assert all(answers[index] % 2 == 1 for index in groups)  # no flat group was trained on
+        assert all(r["weight_version"] == step - 1 for r in rows)  # the refills too are on-policy
+    # The sampler's first draws hold even-answer rows, so groups were dropped and replaced.
+    assert sum(m["dropped_flat_groups"] for m in metrics) >= 1
+    assert all(m["dropped_stale_groups"] == 0 and m["zero_adv_group_fraction"] == 0.0 for m in metrics)
+    # run.log_every = 2: a step line for step 2 and the last step, none for step 1.
+    assert "[aha] step 2/3" in done.stdout and "[aha] step 3/3" in done.stdout
+    assert "[aha] step 1/3" not in done.stdout
+
+
+def _train_rows(tmp_path):
+    from cluster.inputs.data import load_prompt_rows
+
+    return load_prompt_rows(tmp_path / "data" / "train.parquet")
+
+
 def _sampler_order(tmp_path, steps: int) -> dict[int, list[int]]:
     """What an uninterrupted on-policy run consumes: the seeded sampler's batches, in order."""
-    from cluster.data import PromptSampler, load_prompt_rows
+    from cluster.inputs.data import PromptSampler
 
-    sampler = PromptSampler(load_prompt_rows(tmp_path / "data" / "train.parquet"), seed=0, shuffle=True)
+    sampler = PromptSampler(_train_rows(tmp_path), seed=0, shuffle=True)
     return {step: sorted(row.index for row in sampler.next_batch(4)) for step in range(1, steps + 1)}
 
 

@@ -9,10 +9,11 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.rollout_worker import EngineSpec, RolloutWorker
-from cluster.types import SamplingSpec
+from actors.rollout_worker import RolloutWorker
 from learner.learner import free_port
-from learner.weight_broadcast import WeightSender, manifest_of
+from learner.weight_broadcast import WeightSender
+from learner.weights import manifest_of
+from spec_helpers import engine_spec, sampling_spec
 
 pytestmark = pytest.mark.stack
 TIMEOUT_S = 300  # engine start is ~30 s on 2 cores; anything near this is a hang
@@ -30,8 +31,8 @@ def worker(tiny_model_dir):
 
 
 def _start_worker(model_dir, weight_sync="wait"):
-    spec = EngineSpec(model_path=str(model_dir), dtype="float32", max_model_len=512,
-                      kv_cache_gb=0.25, enforce_eager=True, seed=0, weight_sync=weight_sync)
+    spec = engine_spec(model_dir, dtype="float32", max_model_len=512, kv_cache_gb=0.25, enforce_eager=True,
+                       seed=0, weight_sync=weight_sync)
     actor = ray.remote(RolloutWorker).options(num_cpus=0.5).remote(spec)
     ray.get(actor.tokenize.remote("warm-up"), timeout=TIMEOUT_S)
     return actor
@@ -49,7 +50,7 @@ def prompt_ids(tiny_model_dir):
 
 
 def _sample(worker, prompt_ids, **settings):
-    spec = SamplingSpec(**{"group_size": 4, "max_new_tokens": 24, **settings})
+    spec = sampling_spec(**{"group_size": 4, "max_new_tokens": 24, **settings})
     return ray.get(worker.sample_group.remote(prompt_ids, spec), timeout=TIMEOUT_S)
 
 
@@ -102,7 +103,7 @@ def test_seeded_groups_reproduce_and_other_seeds_differ(worker, prompt_ids):
 
 def test_many_prompts_in_one_call_come_back_grouped_in_order(worker, prompt_ids):
     prompts = [prompt_ids, prompt_ids[:5], prompt_ids[:9]]
-    spec = SamplingSpec(group_size=3, max_new_tokens=8, seed=5)
+    spec = sampling_spec(group_size=3, max_new_tokens=8, seed=5)
     groups = ray.get(worker.sample_groups.remote(prompts, spec), timeout=TIMEOUT_S)
     assert [len(g) for g in groups] == [3, 3, 3]
     assert [g[0].prompt_ids for g in groups] == prompts
@@ -111,8 +112,8 @@ def test_many_prompts_in_one_call_come_back_grouped_in_order(worker, prompt_ids)
 
 def test_groups_stream_back_as_they_finish(worker, prompt_ids):
     # A short budget and a long one: the short group must arrive while the long one still runs.
-    short = SamplingSpec(group_size=2, max_new_tokens=4, seed=1)
-    long = SamplingSpec(group_size=2, max_new_tokens=400, seed=1)
+    short = sampling_spec(group_size=2, max_new_tokens=4, seed=1)
+    long = sampling_spec(group_size=2, max_new_tokens=400, seed=1)
     prompts = [prompt_ids * 6, prompt_ids[:3]]  # the long budget on a short prompt, and vice versa
     start, arrivals = time.monotonic(), []
     for ref in worker.stream_groups.options(num_returns="streaming").remote(prompts, [long, short]):
@@ -133,7 +134,7 @@ class WeightSource:
         self.sender = WeightSender("127.0.0.1", port, world_size, timeout_s=30, device=torch.device("cpu"))
 
     def manifest(self):
-        return manifest_of(self.model.named_parameters())
+        return manifest_of(self.model.named_parameters(), zero3=False)
 
     def send(self, bucket_bytes, die_after=None):
         def tensors():
@@ -197,7 +198,7 @@ def test_update_waits_for_or_requeues_in_flight_requests(weight_group, prompt_id
     source, (waiting, aborting) = weight_group
     manifest = ray.get(source.manifest.remote(), timeout=60)
     # Eight long completions per worker: several seconds of decoding on 2 cores.
-    long = SamplingSpec(group_size=8, max_new_tokens=500 - len(prompt_ids), seed=9)
+    long = sampling_spec(group_size=8, max_new_tokens=500 - len(prompt_ids), seed=9)
     in_flight = [w.sample_group.remote(prompt_ids, long) for w in (waiting, aborting)]
     time.sleep(0.5)
     ready, _ = ray.wait(in_flight, num_returns=2, timeout=0)

@@ -8,7 +8,8 @@ import time
 import pytest
 import ray
 
-from actors.reward_scorer import RewardScorer, ScorerSpec
+from actors.reward_scorer import RewardScorer
+from spec_helpers import scorer_spec
 from rewards import RewardSpecError
 
 pytestmark = pytest.mark.stack
@@ -49,7 +50,8 @@ def ray_cluster(hostile_path):
 
 
 def _scorer(**settings):
-    spec = ScorerSpec(**{"num_workers": 2, "timeout_s": 3.0, "failure_reward": -1.0, **settings})
+    spec = scorer_spec(**{"num_workers": 2, "timeout_s": 3.0, "failure_reward": -1.0, "start_timeout_s": 120.0,
+                          **settings})
     actor = ray.remote(RewardScorer).options(num_cpus=0.5).remote(spec)
     return actor
 
@@ -119,9 +121,9 @@ def _alive(pid: int) -> bool:
 
 def test_bad_reward_names_fail_at_start_up():
     with pytest.raises(RewardSpecError, match="no_such_module"):
-        RewardScorer(ScorerSpec(weights={"no_such_module:f": 1.0}))
+        RewardScorer(scorer_spec(weights={"no_such_module:f": 1.0}))
     with pytest.raises(RewardSpecError, match="nope"):
-        RewardScorer(ScorerSpec(weights={"nope": 1.0}))
+        RewardScorer(scorer_spec(weights={"nope": 1.0}))
 
 
 @pytest.mark.parametrize("reward, bad, failure", [("hang", "hang here", "timeout"), ("die", "die now", "worker died")])

@@ -7,13 +7,11 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM
 
-from actors.rollout_worker import EngineSpec
 from cluster.learner_group import LearnerGroup
 from cluster.rollout_pool import RolloutPool, link_weights, push_weights
-from cluster.types import SamplingSpec
 from learner.batching import TrainSequence
 from learner.losses import group_advantages
-from learner.spec import LearnerSpec
+from spec_helpers import engine_spec, learner_spec, sampling_spec
 
 pytestmark = pytest.mark.stack
 TIMEOUT_S = 300
@@ -22,11 +20,11 @@ TIMEOUT_S = 300
 @pytest.fixture(scope="module")
 def system(tiny_model_dir):
     ray.init(num_cpus=4, include_dashboard=False)
-    engine = EngineSpec(model_path=str(tiny_model_dir), dtype="float32", max_model_len=256, kv_cache_gb=0.2,
-                        enforce_eager=True, seed=0)
-    pool = RolloutPool(engine, 2, cpus_per_worker=1, timeout_s=TIMEOUT_S)
-    learner = LearnerSpec(model_path=str(tiny_model_dir), zero_stage=3, lr=1e-3, micro_batch_size=4, timeout_s=120)
-    learners = LearnerGroup(learner, 2, cpus_per_rank=1, timeout_s=TIMEOUT_S)
+    engine = engine_spec(tiny_model_dir, dtype="float32", max_model_len=256, kv_cache_gb=0.2, enforce_eager=True,
+                         seed=0)
+    pool = RolloutPool(engine, 2, cpus_per_worker=1, gpus_per_worker=0, timeout_s=TIMEOUT_S)
+    learner = learner_spec(tiny_model_dir, zero_stage=3, lr=1e-3, micro_batch_size=4, timeout_s=120)
+    learners = LearnerGroup(learner, 2, cpus_per_rank=1, gpus_per_rank=0, timeout_s=TIMEOUT_S)
     link_weights(learners, pool, TIMEOUT_S)
     yield pool, learners
     learners.shutdown()
@@ -37,7 +35,7 @@ def system(tiny_model_dir):
 def test_stream_spreads_prompts_and_returns_every_group_once(system):
     pool, _ = system
     prompts = [[3, 20 + i, 30 + i, 40] for i in range(6)]
-    groups = dict(pool.stream(prompts, SamplingSpec(group_size=2, max_new_tokens=8, seed=0)))
+    groups = dict(pool.stream(prompts, sampling_spec(group_size=2, max_new_tokens=8, seed=0)))
     assert sorted(groups) == list(range(6))
     assert all(group[0].prompt_ids == prompts[i] for i, group in groups.items())
 
@@ -45,7 +43,7 @@ def test_stream_spreads_prompts_and_returns_every_group_once(system):
 def test_trained_weights_reach_every_engine(system, tmp_path):
     pool, learners = system
     prompts = [[3, 20 + i, 30 + i, 40] for i in range(4)]
-    groups = dict(pool.stream(prompts, SamplingSpec(group_size=4, max_new_tokens=16, seed=1)))
+    groups = dict(pool.stream(prompts, sampling_spec(group_size=4, max_new_tokens=16, seed=1)))
     # Reward: length parity, just to get non-zero group-relative advantages.
     rewards = torch.tensor([[float(len(s.completion_ids) % 2) for s in groups[i]] for i in range(4)])
     rewards[:, 0] = 1 - rewards[:, 1]  # every group has both rewards
@@ -60,7 +58,7 @@ def test_trained_weights_reach_every_engine(system, tmp_path):
     exported = AutoModelForCausalLM.from_pretrained(learners.export_hf(str(tmp_path / "hf")), dtype=torch.float32)
     prompt = prompts[0]
     reference = exported.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
-    greedy = dict(pool.stream([prompt, prompt], SamplingSpec(group_size=1, max_new_tokens=12, temperature=0.0)))
+    greedy = dict(pool.stream([prompt, prompt], sampling_spec(group_size=1, max_new_tokens=12, temperature=0.0)))
     for group in greedy.values():  # one group from each worker
         sample = group[0]
         assert sample.weight_version == 1

@@ -1,4 +1,4 @@
-"""Tests for cluster.tasks: the arithmetic and countdown generators, write_parquet, write_task."""
+"""Tests for cluster.inputs.tasks: the arithmetic and countdown generators, write_parquet, write_task."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from fractions import Fraction
 
 import pytest
 
-from cluster.data import load_prompt_rows
-from cluster.tasks import (
+from cluster.inputs.data import load_prompt_rows
+from cluster.inputs.tasks import (
     TASKS,
     arithmetic_rows,
     chain_sum_rows,

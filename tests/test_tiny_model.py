@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cluster.tiny_model import R1_TAGS, TinyModelSpec, build_tiny_model, ensure_tiny_model
+from cluster.inputs.tiny_model import R1_TAGS, build_tiny_model, ensure_tiny_model
+from spec_helpers import tiny_spec
 
 
 @pytest.fixture(scope="module")
@@ -69,22 +70,22 @@ def test_transformers_generates_from_the_tiny_model(model, tokenizer):
 
 
 def test_same_seed_builds_identical_weights_and_another_seed_differs(tmp_path):
-    spec = TinyModelSpec(hidden_size=64, num_layers=1, seed=7)
+    spec = tiny_spec(hidden_size=64, num_layers=1, seed=7)
     a = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "a", spec))
     b = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "b", spec))
-    c = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "c", TinyModelSpec(hidden_size=64, num_layers=1, seed=8)))
+    c = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "c", tiny_spec(hidden_size=64, num_layers=1, seed=8)))
     for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
         assert torch.equal(pa, pb), name
     assert not torch.equal(a.model.embed_tokens.weight, c.model.embed_tokens.weight)
 
 
 def test_ensure_reuses_a_matching_model_and_rebuilds_a_changed_one(tmp_path):
-    spec = TinyModelSpec(hidden_size=64, num_layers=1)
+    spec = tiny_spec(hidden_size=64, num_layers=1)
     path = ensure_tiny_model(tmp_path / "m", spec)
     stamp = (path / "model.safetensors").stat().st_mtime_ns
     assert ensure_tiny_model(tmp_path / "m", spec) == path
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
-    ensure_tiny_model(tmp_path / "m", TinyModelSpec(hidden_size=128, num_layers=1))
+    ensure_tiny_model(tmp_path / "m", tiny_spec(hidden_size=128, num_layers=1))
     assert json.loads((path / "config.json").read_text())["hidden_size"] == 128
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no staging directory left behind
 
@@ -92,7 +93,7 @@ def test_ensure_reuses_a_matching_model_and_rebuilds_a_changed_one(tmp_path):
 @pytest.mark.parametrize("bad", [dict(hidden_size=100), dict(hidden_size=0), dict(hidden_size=192, num_kv_heads=2)])
 def test_bad_shapes_are_refused_and_leave_nothing(tmp_path, bad):
     with pytest.raises(ValueError):
-        build_tiny_model(tmp_path / "bad", TinyModelSpec(**bad))
+        build_tiny_model(tmp_path / "bad", tiny_spec(**bad))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -10,8 +10,10 @@ Bundles are assigned first-fit decreasing, GPU bundles first (they are the scarc
 resource; CPU-only scorers fill the gaps). GPUs are tracked per device, so fractional bundles
 (two roles sharing one GPU) are checked the way Ray assigns them: a fraction never spans devices.
 
-Pure Python, no Ray import: the real placement groups are created by the rollout pool and the
-learner group; this is the plan they should find room for.
+Pure Python, no Ray import. A run does not use this plan yet: today only the rollout pool
+creates a placement group (PACK, one bundle per worker) and the learner ranks and scorers are
+plain actors that Ray places; this checks that the recipe's bundles could fit the described
+cluster at all.
 """
 
 from __future__ import annotations
@@ -339,14 +341,14 @@ def describe(placement: Placement) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m cluster.placement RECIPE.toml CLUSTER.toml`: print the plan or the one-line error."""
+    """`python -m cluster.recipe.placement RECIPE.toml CLUSTER.toml`: print the plan or the one-line error."""
     import sys
 
-    from cluster.config import RecipeError, load_recipe
+    from cluster.recipe import RecipeError, load_recipe
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m cluster.placement RECIPE.toml CLUSTER.toml", file=sys.stderr)
+        print("usage: python -m cluster.recipe.placement RECIPE.toml CLUSTER.toml", file=sys.stderr)
         return 2
     try:
         print(describe(plan_placement(load_recipe(args[0]), cluster_spec_from_toml(args[1]))))

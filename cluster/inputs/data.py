@@ -5,8 +5,9 @@ columns that reward functions receive as keyword fields (`answer`, `numbers`, `t
 Every problem with a user's file is a one-line `DataError` naming the file, the column and,
 where it applies, the row, so a bad dataset fails at start-up rather than mid-run.
 
-Only the standard library and pyarrow are imported here: the driver and the config checks load
-this module without torch, ray or transformers (DESIGN.md 3).
+Only the standard library and pyarrow are imported here: the driver loads this module without
+torch, ray or transformers. The template names and their check are the recipe's
+(`cluster.recipe.checks`), so a bad template is refused when the recipe loads.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from cluster.recipe.checks import PROMPT_PLACEHOLDER, check_template
+
 PARQUET_SUFFIXES = (".parquet", ".pq")
 JSONL_SUFFIXES = (".jsonl", ".json")
 FILE_FORMATS = ("auto", "parquet", "jsonl")
 
-TEMPLATE_NAMES = ("r1_zero", "chat", "raw")
-PROMPT_PLACEHOLDER = "{prompt}"
 
 # Plain-text template of DeepSeek-R1-Zero: no chat markup, so it works with base models.
 # It ends inside the think block so the first generated token is already reasoning.
@@ -167,20 +168,6 @@ def load_prompt_rows(
         )
         for index, prompt in enumerate(prompts)
     ]
-
-
-def check_template(template: str) -> None:
-    """Raise ValueError unless `template` is a known name or has `{prompt}` exactly once."""
-    if not isinstance(template, str):
-        raise ValueError(f"prompt template must be a string, got {type(template).__name__}")
-    if template in TEMPLATE_NAMES:
-        return
-    count = template.count(PROMPT_PLACEHOLDER)
-    if count != 1:
-        raise ValueError(
-            f"prompt template {template!r} is not one of {', '.join(TEMPLATE_NAMES)} and "
-            f"contains {PROMPT_PLACEHOLDER} {count} times (a custom template needs it once)"
-        )
 
 
 def render_prompt(

@@ -16,16 +16,20 @@ FinishReason = Literal["stop", "length", "abort"]
 
 @dataclass(frozen=True)
 class SamplingSpec:
-    """How to sample one group: the recipe's rollout settings, in engine-neutral form."""
+    """How to sample one group: the recipe's rollout settings, in engine-neutral form.
+
+    Built from the recipe by `cluster.specs.sampling_spec` (no defaults here); evaluation and
+    benchmarks vary it with `dataclasses.replace`.
+    """
 
     group_size: int
     max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    stop: tuple[str, ...] = ()
-    seed: int | None = None  # a fixed seed makes the group reproducible
-    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
+    temperature: float
+    top_p: float
+    top_k: int  # -1: no top-k
+    stop: tuple[str, ...]
+    seed: int | None  # a fixed seed makes the group reproducible; None: fresh per request
+    ignore_eos: bool  # generate exactly max_new_tokens (benchmarks)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Nothing here touches a model, a file or a clock; the loop gathers texts, lengths, answers and
 correctness flags and these functions turn them into the numbers written to `metrics.jsonl`.
-Key names returned here are the ones `cluster.plots.plot_run` and `cluster.run_log.summary_line` read.
+Key names returned here are the ones `cluster.output.plots.plot_run` and `cluster.output.run_log.summary_line` read.
 
 Inference-time scaling metrics (for a prompt with n samples, c of them correct):
 
@@ -20,9 +20,6 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
-
-DEFAULT_REFLECTION_WORDS = ("wait", "let me check", "verify", "recheck")
-
 
 # ---------------------------------------------------------------------------------------
 # Training-time signals: reflection words, response lengths, reward groups.
@@ -43,8 +40,9 @@ def _reflection_pattern(words: tuple[str, ...]) -> re.Pattern | None:
     return re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)", re.IGNORECASE)
 
 
-def reflection_rate(texts: Sequence[str], words: Sequence[str] = DEFAULT_REFLECTION_WORDS) -> float:
-    """Share of `texts` containing at least one reflection word or phrase.
+def reflection_rate(texts: Sequence[str], words: Sequence[str]) -> float:
+    """Share of `texts` containing at least one reflection word or phrase (the recipe's
+    `run.reflection_words`).
 
     Matching is case-insensitive and on whole words: "Wait," and "WAIT" count, "waiting",
     "awaited" and "verifying" do not, and neither does "waits" — inflected forms are not

@@ -12,7 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from cluster.recipe_checks import RecipeError
+from cluster.recipe.checks import RecipeError
 
 TASK_OPTIONS = {
     "arithmetic": ("min_digits", "max_digits", "ops"),
@@ -31,24 +31,16 @@ def prepare_model(recipe, *, pretrain: bool = True) -> Path | str:
     """
     if recipe.model.tiny is None:
         return recipe.model.path
-    from cluster.tiny_model import TinyModelSpec, ensure_tiny_model
+    from cluster.inputs.tiny_model import ensure_tiny_model, tiny_model_spec
 
-    tiny = recipe.model.tiny
-    spec = TinyModelSpec(
-        hidden_size=tiny.hidden_size,
-        num_layers=tiny.num_layers,
-        num_kv_heads=tiny.num_kv_heads,
-        intermediate_size=tiny.intermediate_size,
-        max_position_embeddings=max(2048, recipe.rollout.max_model_len),
-        seed=tiny.seed,
-    )
+    spec = tiny_model_spec(recipe.model.tiny, recipe.rollout.max_model_len)
     try:
         if recipe.model.pretrain is None:
             return ensure_tiny_model(recipe.model.path, spec)
         init_dir = ensure_tiny_model(f"{recipe.model.path}.init", spec)
         if not pretrain:
             return init_dir
-        from cluster.pretrain import ensure_pretrained
+        from cluster.inputs.pretrain import ensure_pretrained
 
         return ensure_pretrained(recipe, init_dir, held_out_prompts(recipe))
     except FileExistsError as err:
@@ -59,11 +51,9 @@ def held_out_prompts(recipe) -> frozenset[str]:
     """The prompts of the recipe's held-out file (empty without one)."""
     if not recipe.data.eval_path or not Path(recipe.data.eval_path).is_file():
         return frozenset()
-    from cluster.data import load_prompt_rows
+    from cluster.inputs.prompts import load_rows
 
-    data = recipe.data
-    rows = load_prompt_rows(data.eval_path, prompt_column=data.prompt_column, columns=data.columns or None,
-                            file_format=data.file_format)
+    rows = load_rows(recipe, recipe.data.eval_path)
     return frozenset(row.prompt for row in rows)
 
 
@@ -72,7 +62,7 @@ def prepare_data(recipe) -> list[Path]:
     synthetic = recipe.data.synthetic
     if synthetic is None:
         return []
-    from cluster.tasks import task_rows, write_parquet
+    from cluster.inputs.tasks import task_rows, write_parquet
 
     options = {name: getattr(synthetic, name) for name in TASK_OPTIONS[synthetic.task]}
     written, held_out = [], frozenset()

@@ -36,16 +36,32 @@ CHAT_TEMPLATE = (
 )
 
 
+# A tiny model's position table covers at least this many tokens, so one model serves
+# recipes with different rollout.max_model_len.
+MIN_POSITIONS = 2048
+
+
 @dataclass(frozen=True)
 class TinyModelSpec:
-    """Shape of the tiny model; `hidden_size` must be a multiple of the head size (64)."""
+    """Shape of the tiny model; `hidden_size` must be a multiple of the head size (64).
 
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_kv_heads: int = 1
-    intermediate_size: int = 0  # 0: four times the hidden size
-    max_position_embeddings: int = 2048
-    seed: int = 0
+    Built from a recipe's `[model.tiny]` by `tiny_model_spec`: no defaults of its own.
+    """
+
+    hidden_size: int
+    num_layers: int
+    num_kv_heads: int
+    intermediate_size: int  # 0: four times the hidden size
+    max_position_embeddings: int
+    seed: int
+
+
+def tiny_model_spec(tiny, max_model_len: int) -> TinyModelSpec:
+    """The spec of a `[model.tiny]` table (`cluster.recipe.schema.TinyModelConfig`, duck-typed)
+    for a run whose sequences reach `max_model_len` tokens."""
+    return TinyModelSpec(hidden_size=tiny.hidden_size, num_layers=tiny.num_layers, num_kv_heads=tiny.num_kv_heads,
+                         intermediate_size=tiny.intermediate_size,
+                         max_position_embeddings=max(MIN_POSITIONS, max_model_len), seed=tiny.seed)
 
 
 def _byte_alphabet() -> list[str]:
@@ -119,7 +135,7 @@ def _qwen2_config(spec: TinyModelSpec, tokenizer):
     )
 
 
-def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec = TinyModelSpec()) -> Path:
+def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec) -> Path:
     """Write a random-initialised Qwen2 model and its tokenizer to `out_dir`; return the path.
 
     The directory is written to a temporary sibling and renamed into place, so a crash never

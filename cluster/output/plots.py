@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cluster.run_log import REWARD_COMPONENT_PREFIX, atomic_write, read_metrics
+from cluster.output.run_log import REWARD_COMPONENT_PREFIX, atomic_write, read_metrics
 
 # figure file -> (title, y label, predicate choosing the metric keys drawn as lines)
 _FIGURES = {

@@ -1,4 +1,4 @@
-"""The run's output directory: metrics, rollouts and TensorBoard events (plots: cluster/plots.py).
+"""The run's output directory: metrics, rollouts and TensorBoard events (plots: cluster/output/plots.py).
 
 Layout (DESIGN.md section 4):
 

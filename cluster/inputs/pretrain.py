@@ -30,9 +30,9 @@ import shutil
 import time
 from pathlib import Path
 
-from cluster.data import render_prompt
-from cluster.tasks import task_rows
-from cluster.tiny_model import SPEC_MARKER, write_directory_atomic
+from cluster.inputs.data import render_prompt
+from cluster.inputs.tasks import task_rows
+from cluster.inputs.tiny_model import SPEC_MARKER, write_directory_atomic
 
 RECORD = "aha_pretrain.json"
 THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "</think>", "<answer>", "</answer>"

@@ -1,13 +1,12 @@
 """Checks on a typed recipe that its types alone cannot express: ranges and combinations.
 
-Each check names the dotted key at fault. The recipe is passed in duck-typed (this module
-does not import `cluster.config`, which imports it), and nothing heavy is imported.
+Each check names the dotted key at fault. The recipe is passed in duck-typed (the schema
+module needs nothing from here but the error type), and nothing heavy is imported.
 """
 
 from __future__ import annotations
 
 import math
-
 import re
 
 # A user reward is "package.module:function"; a built-in one is a plain name.
@@ -20,6 +19,24 @@ def key_text(name: str) -> str:
     holding a newline or spaces still gives a one-line message."""
     plain = name.isprintable() and not any(char.isspace() for char in name)
     return name if plain else repr(name)
+
+
+TEMPLATE_NAMES = ("r1_zero", "chat", "raw")
+PROMPT_PLACEHOLDER = "{prompt}"
+
+
+def check_template(template: str) -> None:
+    """Raise ValueError unless `template` is a known name or has `{prompt}` exactly once."""
+    if not isinstance(template, str):
+        raise ValueError(f"prompt template must be a string, got {type(template).__name__}")
+    if template in TEMPLATE_NAMES:
+        return
+    count = template.count(PROMPT_PLACEHOLDER)
+    if count != 1:
+        raise ValueError(
+            f"prompt template {template!r} is not one of {', '.join(TEMPLATE_NAMES)} and "
+            f"contains {PROMPT_PLACEHOLDER} {count} times (a custom template needs it once)"
+        )
 
 
 class RecipeError(ValueError):
@@ -53,8 +70,6 @@ def check_recipe(recipe, *, local_cpus: int) -> None:
 
 
 def _check_model_and_data(recipe) -> None:
-    from cluster.data import check_template  # pyarrow: only when validating, not at import
-
     model, data = recipe.model, recipe.data
     _require(bool(model.path), "model.path", "is required (a hub id or a local model directory)")
     _require(model.tiny is None or model.tiny.hidden_size % 64 == 0 and model.tiny.hidden_size > 0,
@@ -126,6 +141,8 @@ def _check_algorithm(recipe) -> None:
     _require(algo.tis_cap == 0 or algo.tis_cap >= 1, "algorithm.tis_cap", "must be 0 (off) or >= 1")
     _require(algo.ppo_epochs >= 1, "algorithm.ppo_epochs", "must be >= 1")
     _require(algo.max_staleness >= 0, "algorithm.max_staleness", "must be >= 0")
+    _require(not (recipe.rollout.sleep_between_steps and algo.max_staleness > 0), "rollout.sleep_between_steps",
+             "needs algorithm.max_staleness = 0 (in async mode the engines generate while the learner steps)")
 
 
 def _check_learner(learner) -> None:
@@ -135,6 +152,7 @@ def _check_learner(learner) -> None:
     _require(learner.weight_decay >= 0, "learner.weight_decay", "must be >= 0")
     _require(len(learner.adam_betas) == 2 and all(0 <= b < 1 for b in learner.adam_betas),
              "learner.adam_betas", "must be two numbers in [0, 1)")
+    _require(learner.adam_eps > 0, "learner.adam_eps", "must be > 0")
     _require(learner.warmup_steps >= 0, "learner.warmup_steps", "must be >= 0")
     _require(learner.grad_clip >= 0, "learner.grad_clip", "must be >= 0 (0: off)")
     _require(learner.micro_batch_size >= 1, "learner.micro_batch_size", "must be >= 1")

@@ -1,0 +1,3 @@
+"""What a run reads: prompt datasets and templates (`data`), the built-in synthetic tasks
+(`tasks`), the tiny test/demo model (`tiny_model`), its pre-training (`pretrain`), and
+`prepare`, which makes a recipe's local inputs exist before any actor starts."""
