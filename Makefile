@@ -34,10 +34,10 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The demo's RL run starts afresh each time; its cached base model and data are reused.
+# The demo's RL run starts afresh each time (--overwrite replaces only the earlier run's
+# outputs); its cached base model and data are reused.
 demo: $(STAMP)
-	rm -rf runs/demo/rl
-	$(BIN)/aha train $(DEMO_RECIPE)
+	$(BIN)/aha train $(DEMO_RECIPE) --overwrite
 
 clean:
 	rm -rf $(VENV) runs/demo

@@ -3,12 +3,14 @@
 A plain class; the driver launches it as a Ray actor. Reward functions run in child
 processes, not threads, because math-verify times out with `signal.alarm`, which works only
 in a process's main thread — and because a process can be killed when a call hangs. A call
-that hangs past its limit, crashes, or takes its worker down gives the configured failure
-reward with the reason recorded; the worker is replaced and the scorer keeps serving.
+that hangs past its limit, raises, returns NaN/inf or a non-number, or takes its worker down
+gives the configured failure reward with the reason recorded (`Score.failures`); a worker that
+died or hung is replaced and the scorer keeps serving.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import time
 from dataclasses import dataclass, field
@@ -61,9 +63,12 @@ def _worker_main(conn: Connection, names: list[str]) -> None:
             return
         for name, completion in calls:
             try:
-                conn.send(("ok", float(functions[name](completion, **fields))))
+                value = float(functions[name](completion, **fields))
             except Exception as err:  # a reward bug is a failed score, not a dead worker
                 conn.send(("error", f"{type(err).__name__}: {err}"[:500]))
+                continue
+            # A NaN would pass through the group's advantages into the loss and stop the run.
+            conn.send(("ok", value) if math.isfinite(value) else ("error", f"returned {value}, not a finite number"))
 
 
 class _Worker:

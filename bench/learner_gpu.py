@@ -160,7 +160,7 @@ def check_extras(spec, sequences, directory: str) -> list[float]:
     saved = learner.collect_weights()
     learner.accumulate(sequences[:spec.micro_batch_size], end_of_step=True)
     learner.step()
-    check(learner.load_checkpoint(f"{directory}/checkpoints") == 2, f"{what}: wrong weight version after load")
+    check(learner.load_checkpoint(f"{directory}/checkpoints", "version-2") == 2, f"{what}: wrong weight version after load")
     loaded = learner.collect_weights()
     check(all(torch.equal(saved[n], loaded[n]) for n in saved), f"{what}: loaded weights differ from saved")
     exported = AutoModelForCausalLM.from_pretrained(learner.export_hf(f"{directory}/export"),

@@ -2,20 +2,26 @@
 
 Every subcommand that takes a recipe accepts `--section.key value` overrides after it. Bad
 input (recipe, overrides, data files) ends in one line on stderr and exit code 2, never a
-traceback. Heavy imports happen inside the subcommands, so `aha --help` and recipe checks
-are quick.
+traceback; a run that fails for a reason the user can act on (`RunFailed`: a non-finite loss,
+say) ends in one line and exit code 1. Heavy imports happen inside the subcommands, so
+`aha --help` and recipe checks are quick.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from pathlib import Path
 
 from cluster.recipe import Recipe, RecipeError, load_recipe, recipe_to_dict
+from cluster.recipe.checks import check_tiny_model
 from cluster.recipe.schema import TASK_NAMES, RolloutConfig, TinyModelConfig
+from cluster.wire.errors import RunFailed, original_failure
 
 EXIT_BAD_INPUT = 2
+EXIT_RUN_FAILED = 1
 
 
 def _recipe(args: argparse.Namespace, overrides: list[str]) -> Recipe:
@@ -23,8 +29,14 @@ def _recipe(args: argparse.Namespace, overrides: list[str]) -> Recipe:
 
 
 def cmd_check(args: argparse.Namespace, overrides: list[str]) -> int:
-    """Validate a recipe with its overrides and print it fully resolved, as JSON."""
+    """Validate a recipe with its overrides, and what it points at (rewards, data files, model,
+    memory: cluster/preflight.py), then print it fully resolved, as JSON. Writes nothing."""
+    from cluster.preflight import check_before_start, check_existing, print_warnings
+
     recipe = _recipe(args, overrides)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON, whatever a user module prints
+        warnings = check_before_start(recipe) + check_existing(recipe)
+    print_warnings(warnings)
     print(json.dumps(recipe_to_dict(recipe), indent=2))
     return 0
 
@@ -33,7 +45,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     """Run the GRPO loop of a recipe (locally, or on the Ray cluster at cluster.address)."""
     from cluster.loop import train
 
-    train(_recipe(args, overrides), resume=args.resume)
+    if args.resume and args.overwrite:
+        raise RecipeError("", "--resume continues a run and --overwrite replaces it: pass one of them")
+    train(_recipe(args, overrides), resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -41,6 +55,8 @@ def cmd_smoke(args: argparse.Namespace, overrides: list[str]) -> int:
     """Sample a few groups through a vLLM rollout worker in a Ray actor: a stack check, no training."""
     from cluster.smoke import run_smoke
 
+    if args.prompts < 1:
+        raise RecipeError("--prompts", f"must be >= 1, got {args.prompts}")
     run_smoke(_recipe(args, overrides), num_prompts=args.prompts)
     return 0
 
@@ -53,7 +69,13 @@ def cmd_tiny_model(args: argparse.Namespace, overrides: list[str]) -> int:
     try:
         tiny = TinyModelConfig(hidden_size=args.hidden_size, num_layers=args.num_layers,
                                num_kv_heads=args.num_kv_heads, seed=args.seed)
-        path = build_tiny_model(args.out, tiny_model_spec(tiny, RolloutConfig().max_model_len))
+        _check_tiny_options(tiny)
+        out = Path(args.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+            raise FileExistsError(f"'{out}' exists and is not empty; pass --overwrite to replace a model aha "
+                                  "wrote there, or choose another directory")
+        path = build_tiny_model(out, tiny_model_spec(tiny, RolloutConfig().max_model_len),
+                                replace_pretrained=args.overwrite)
     except (ValueError, FileExistsError) as err:
         raise RecipeError("", str(err)) from None
     print(path)
@@ -61,16 +83,24 @@ def cmd_tiny_model(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_data(args: argparse.Namespace, overrides: list[str]) -> int:
-    """Write a built-in synthetic task (arithmetic, chain_sum, countdown) as a Parquet file."""
+    """Write a built-in synthetic task (arithmetic, chain_sum, countdown) as Parquet or JSONL (by suffix)."""
     _no_overrides(overrides)
     from cluster.inputs.tasks import write_task
 
     try:
-        path = write_task(args.task, args.out, args.rows, seed=args.seed)
-    except ValueError as err:
+        path = write_task(args.task, args.out, args.rows, seed=args.seed, overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as err:
         raise RecipeError("", str(err)) from None
     print(path)
     return 0
+
+
+def _check_tiny_options(tiny: TinyModelConfig) -> None:
+    """The recipe's own rule for [model.tiny], the error naming the option: --num-layers."""
+    try:
+        check_tiny_model(tiny)
+    except RecipeError as err:
+        raise RecipeError("--" + err.key.rsplit(".", 1)[-1].replace("_", "-"), err.problem) from None
 
 
 def _no_overrides(overrides: list[str]) -> None:
@@ -88,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="run the GRPO loop of a recipe")
     train.add_argument("recipe", help="recipe TOML file")
-    train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start afresh in an output directory whose earlier run has checkpoints (deletes them)")
     train.set_defaults(run=cmd_train)
 
     check = sub.add_parser("check", help="validate a recipe and print it resolved")
@@ -101,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.set_defaults(run=cmd_smoke)
 
     tiny = sub.add_parser("tiny-model", help="build a random-initialised tiny Qwen2 model")
-    tiny.add_argument("out", help="directory to write")
+    tiny.add_argument("out", help="directory to write (new or empty)")
+    tiny.add_argument("--overwrite", action="store_true", help="replace a model directory aha wrote there")
     defaults = TinyModelConfig()  # the recipe's [model.tiny] defaults
     tiny.add_argument("--hidden-size", type=int, default=defaults.hidden_size)
     tiny.add_argument("--num-layers", type=int, default=defaults.num_layers)
@@ -111,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="write a synthetic task's prompts as Parquet")
     data.add_argument("task", choices=TASK_NAMES)
-    data.add_argument("out", help="Parquet file to write")
+    data.add_argument("out", help="file to write: .parquet/.pq or .jsonl/.json")
+    data.add_argument("--overwrite", action="store_true", help="replace an existing file")
     data.add_argument("--rows", type=int, default=1000)
     data.add_argument("--seed", type=int, default=0)
     data.set_defaults(run=cmd_data)
@@ -120,14 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from cluster.inputs.data import DataError
+    from cluster.output.checkpoints import CheckpointError
+    from cluster.output.run_dir import RunDirError
 
     parser = build_parser()
     args, overrides = parser.parse_known_args(argv)
     try:
         return args.run(args, overrides)
-    except (RecipeError, DataError) as err:
+    except (RecipeError, DataError, RunDirError, CheckpointError) as err:
         print(f"aha: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunFailed as err:  # also a Ray actor's error that wraps one (Ray makes it an instance of both)
+        print(f"aha: error: {original_failure(err)}", file=sys.stderr)
+        return EXIT_RUN_FAILED
     except KeyboardInterrupt:
         print("aha: interrupted", file=sys.stderr)
         return 130

@@ -52,5 +52,24 @@ def get_all(ray, refs: list, timeout_s: float, what: str) -> list:
                                f"{timeout_s:g} s (cluster.timeout_s)")
         ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
         for ref in ready:
-            ray.get(ref)  # raises the remote error, if any
+            try:
+                ray.get(ref)  # raises the remote error, if any
+            except Exception:
+                _collect_peers(ray, pending)
+                raise
     return ray.get(list(refs))
+
+
+def _collect_peers(ray, refs: list, grace_s: float = 5.0) -> None:
+    """Fetch, and drop, the results of the failed call's peers that end within `grace_s`.
+
+    Peers of a collective usually fail alike and at once (a RunFailed is decided on every
+    rank); an error never fetched is printed by Ray, traceback and all, as "unhandled" when
+    its reference goes away — after the one line the user was given.
+    """
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=grace_s) if refs else ([], [])
+    for ref in done:
+        try:
+            ray.get(ref)
+        except Exception:
+            pass  # the error being raised already says what went wrong

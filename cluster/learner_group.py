@@ -67,8 +67,20 @@ class LearnerGroup:
     def save_checkpoint(self, directory: str) -> str:
         return self._all([r.save_checkpoint.remote(directory) for r in self.ranks], "checkpoint save")[0]
 
-    def load_checkpoint(self, directory: str) -> int:
-        return self._all([r.load_checkpoint.remote(directory) for r in self.ranks], "checkpoint load")[0]
+    def load_checkpoint(self, directory: str, tag: str) -> int:
+        """Restore checkpoint `tag` on every rank; returns its weight version. A checkpoint that
+        cannot be loaded (a damaged shard, optimizer or RNG file) is a one-line CheckpointError."""
+        from ray.exceptions import RayTaskError
+
+        from cluster.output.checkpoints import CheckpointError
+
+        try:
+            return self._all([r.load_checkpoint.remote(directory, tag) for r in self.ranks], "checkpoint load")[0]
+        except RayTaskError as err:
+            cause = getattr(err, "cause", None) or err
+            reason = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
+            raise CheckpointError(f"--resume: checkpoint '{directory}/{tag}' cannot be loaded ({reason}); remove "
+                                  "that checkpoint folder to resume from the one before") from None
 
     def export_hf(self, directory: str) -> str:
         return self._all([r.export_hf.remote(directory) for r in self.ranks], "Hugging Face export")[0]

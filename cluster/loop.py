@@ -11,7 +11,6 @@ a group made by weights more than `s` versions old is dropped and counted.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter, deque
 from contextlib import contextmanager
@@ -24,11 +23,16 @@ from cluster.evaluation import correctness_reward, evaluate
 from cluster.inputs.data import PromptSampler
 from cluster.inputs.prompts import encode_prompts, load_rows
 from cluster.learner_group import train_sequences
-from cluster.output.eval_metrics import group_stats, reflection_rate, response_stats
-from cluster.recipe import Recipe, RecipeError, recipe_to_dict
+from cluster.output.eval_metrics import (group_stats, reflection_rate, response_stats, reward_failure_shares,
+                                         reward_failure_warnings)
+from cluster.output.checkpoints import prune_checkpoints, write_driver_state
+from cluster.output.run_dir import RECIPE_FILE
+from cluster.recipe import Recipe, recipe_to_dict
+from cluster.resume import check_same_data, find_resume_point, train_data_sha256
 from cluster.rollout_pool import GroupStream, push_weights
 from cluster.specs import sampling_spec
 from cluster.system import start_system
+from cluster.wire.errors import RunFailed
 from cluster.wire.samples import Group
 from learner.losses import group_advantages
 
@@ -42,45 +46,54 @@ class Batch:
     sampler_before: dict = field(default_factory=dict)
 
 
-def train(recipe: Recipe, *, resume: bool = False) -> Path:
-    """Run `recipe` to `run.steps`; returns the output directory. Resumes from the last
-    checkpoint with the same data order and weight version when `resume` is set."""
+def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Run `recipe` to `run.steps`; returns the output directory. With `resume`, continue the
+    run there from its newest complete checkpoint (same data order and weight version); with
+    `overwrite`, start afresh even where an earlier run left checkpoints."""
+    from cluster.output.run_dir import claim_output_dir
+    from cluster.preflight import check_before_start
+
+    warnings = check_before_start(recipe)  # before the directory is claimed: a mistake leaves nothing
+    with claim_output_dir(recipe.output_dir, resume=resume, overwrite=overwrite) as run_dir:
+        return _train(recipe, run_dir, resume, warnings)
+
+
+def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
+    """The loop itself, in the claimed (locked) output directory `run_dir`."""
     from tqdm import tqdm
-    from transformers import AutoTokenizer
 
     from cluster.inputs.prepare import prepare_data, prepare_model
+    from cluster.preflight import check_prepared, load_tokenizer, print_warnings
     from cluster.output.plots import heldout_summary, plot_run
     from cluster.output.run_log import METRICS_FILE, RunLog, read_metrics, summary_line
 
-    out = recipe.output_dir
-    if not resume and (out / METRICS_FILE).is_file() and (out / METRICS_FILE).stat().st_size:
-        raise RecipeError("run.output_dir", f"'{out}' already holds a run; pass --resume to continue it, "
-                          "or choose another run.output_dir")
+    out = run_dir.path
+    resume_at = find_resume_point(run_dir, recipe) if resume else None
     prepare_data(recipe)  # first: the held-out prompts are kept out of the training data
+    if resume_at is not None:
+        check_same_data(resume_at, recipe)
     model_path = str(prepare_model(recipe))
-    tokenizer = AutoTokenizer.from_pretrained(recipe.model.tokenizer or model_path)
+    tokenizer = load_tokenizer(recipe, model_path)
+    print_warnings(warnings + check_prepared(recipe, model_path, tokenizer))  # the last checks before Ray
     rows = load_rows(recipe, recipe.data.train_path)
     algo, rollout, run = recipe.algorithm, recipe.rollout, recipe.run
     sampler = PromptSampler(rows, seed=run.seed, shuffle=recipe.data.shuffle)
     sampling = sampling_spec(recipe, seed=None)
-    state = _load_driver_state(out) if resume else None
+    data_sha256 = train_data_sha256(recipe)
     log = RunLog(out)
     system = start_system(recipe, model_path, tokenizer)
     pool, scorers, learners = system.pool, system.scorers, system.learners
     version, first_step = 0, 1
-    if state is not None:
-        version = learners.load_checkpoint(str(out / "checkpoints"))
-        if version != state["weight_version"]:
-            raise RuntimeError(f"--resume: learner checkpoint is at version {version} but the driver state "
-                               f"at {state['weight_version']}; the last save was interrupted")
-        sampler.load_state_dict(state["sampler"])
-        first_step = state["step"] + 1
-        log.truncate_after(state["step"])
+    if resume_at is not None:
+        version = learners.load_checkpoint(str(run_dir.checkpoints), resume_at.checkpoint.tag)
+        sampler.load_state_dict(resume_at.state["sampler"])
+        first_step = resume_at.step + 1
+        log.truncate_after(resume_at.step)
         push_weights(learners, pool, version, recipe.cluster.timeout_s)
     else:
-        (out / "recipe.json").write_text(json.dumps(recipe_to_dict(recipe), indent=2))
+        (out / RECIPE_FILE).write_text(json.dumps(recipe_to_dict(recipe), indent=2))
     eval_rows = load_rows(recipe, recipe.data.eval_path) if recipe.data.eval_path else []
-    if eval_rows and state is None:
+    if eval_rows and resume_at is None:
         before = evaluate(system, recipe, eval_rows)
         log.log_step(0, before)
         print(f"[aha] held-out accuracy before RL: {before['eval/accuracy']:.3f} "
@@ -137,6 +150,8 @@ def train(recipe: Recipe, *, resume: bool = False) -> Path:
             timings["step"] = time.perf_counter() - started
 
             metrics = _step_metrics(recipe, intake, learner_metrics, timings)
+            for warning in reward_failure_warnings(step, [f for g in intake.accepted for f in g.failures]):
+                bar.write(warning)
             if eval_rows and (step == run.steps or (recipe.eval.every and step % recipe.eval.every == 0)):
                 metrics.update(evaluate(system, recipe, eval_rows))
                 print(f"[aha] held-out accuracy after step {step}: {metrics['eval/accuracy']:.3f}", flush=True)
@@ -150,8 +165,11 @@ def train(recipe: Recipe, *, resume: bool = False) -> Path:
                           f"{metrics['time/step']:.1f}s")
             if step == run.steps or (run.checkpoint_every and step % run.checkpoint_every == 0):
                 sampler_state = pending[0].sampler_before if pending else sampler.state_dict()
-                learners.save_checkpoint(str(out / "checkpoints"))
-                _save_driver_state(out, {"step": step, "sampler": sampler_state, "weight_version": version})
+                saved = learners.save_checkpoint(str(run_dir.checkpoints))
+                # Written last: only now is the checkpoint complete (cluster/output/checkpoints.py).
+                write_driver_state(saved, {"step": step, "sampler": sampler_state, "weight_version": version,
+                                           "train_data_sha256": data_sha256})
+                prune_checkpoints(run_dir.checkpoints, run.keep_checkpoints)
     finally:
         bar.close()
         plot_run(out)
@@ -215,8 +233,9 @@ class StepIntake:
     def drop(self, reason: str, step: int) -> None:
         self.dropped[reason] += 1
         if sum(self.dropped.values()) > self.max_dropped:
-            raise RuntimeError(f"step {step}: dropped {sum(self.dropped.values())} groups "
-                               f"({dict(self.dropped)}); the step cannot be filled")
+            raise RunFailed(f"step {step}: dropped {sum(self.dropped.values())} groups ({dict(self.dropped)}); "
+                            "the step cannot be filled: every group was stale or its rewards were all equal "
+                            "(a task the policy always solves or always fails, or a reward that always fails)")
 
 
 @contextmanager
@@ -249,7 +268,8 @@ def _scored_group(row, samples, scores, estimator: str) -> Group:
     rewards = [s.total for s in scores]
     advantages = group_advantages(torch.tensor([rewards], dtype=torch.float64), estimator=estimator)[0]
     return Group(prompt_index=row.index, prompt_text=row.prompt, fields=row.fields, samples=samples,
-                 rewards=rewards, advantages=advantages.tolist(), components=[s.components for s in scores])
+                 rewards=rewards, advantages=advantages.tolist(), components=[s.components for s in scores],
+                 failures=[s.failures for s in scores])
 
 
 def _step_metrics(recipe: Recipe, intake: StepIntake, learner: dict, timings: dict) -> dict:
@@ -266,6 +286,7 @@ def _step_metrics(recipe: Recipe, intake: StepIntake, learner: dict, timings: di
         "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
         "dropped_stale_groups": intake.dropped["stale"], "dropped_flat_groups": intake.dropped["flat"],
         **{f"reward/{name}": sum(c[name] for c in components) / len(components) for name in components[0]},
+        **reward_failure_shares(list(components[0]), [f for g in groups for f in g.failures]),
         **{f"learner/{k}": v for k, v in learner.items()},
         **{f"time/{k}": v for k, v in timings.items()},
     }
@@ -280,22 +301,9 @@ def _step_metrics(recipe: Recipe, intake: StepIntake, learner: dict, timings: di
 def _rollout_rows(step: int, groups: list[Group]) -> list[dict]:
     return [
         {"step": step, "prompt_index": g.prompt_index, "prompt": g.prompt_text, "completion": s.text,
-         "reward": r, **{f"reward/{k}": v for k, v in c.items()}, "advantage": a,
-         "weight_version": s.weight_version, "finish_reason": s.finish_reason, "num_tokens": len(s.completion_ids)}
-        for g in groups for s, r, a, c in zip(g.samples, g.rewards, g.advantages, g.components)
+         "reward": r, **{f"reward/{k}": v for k, v in c.items()}, **{f"reward_failure/{k}": f.get(k, "") for k in c},
+         "advantage": a, "weight_version": s.weight_version, "finish_reason": s.finish_reason,
+         "num_tokens": len(s.completion_ids)}
+        for g in groups for s, r, a, c, f in zip(g.samples, g.rewards, g.advantages, g.components, g.failures,
+                                                 strict=True)
     ]
-
-
-def _save_driver_state(out: Path, state: dict) -> None:
-    """Written after the learner's checkpoint, atomically: the pair is complete or the old one stands."""
-    path = out / "checkpoints" / "driver-state.json"
-    staging = path.with_suffix(".tmp")
-    staging.write_text(json.dumps(state))
-    os.replace(staging, path)
-
-
-def _load_driver_state(out: Path) -> dict:
-    path = out / "checkpoints" / "driver-state.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint under '{out / 'checkpoints'}'")
-    return json.loads(path.read_text())

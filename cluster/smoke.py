@@ -38,23 +38,24 @@ def transformers_logprob_gap(model_path: str, samples: list[Sample]) -> float:
 
 def run_smoke(recipe: Recipe, num_prompts: int = 4) -> dict:
     """Sample `num_prompts` groups through a RolloutWorker actor; return the figures it measured."""
-    from transformers import AutoTokenizer
-
     from actors.rollout_worker import RolloutWorker
     from cluster.inputs.data import PromptSampler
     from cluster.inputs.prepare import prepare_data, prepare_model
     from cluster.inputs.prompts import encode_prompts, load_rows
     from cluster.launch import connect_ray, get_with_timeout
+    from cluster.preflight import check_before_start, check_prepared, load_tokenizer, print_warnings
     from cluster.specs import engine_spec, sampling_spec
 
     started = time.perf_counter()
+    print_warnings(check_before_start(recipe))
     prepare_data(recipe)
     model_path = str(prepare_model(recipe, pretrain=False))  # the stack check needs no trained model
     _log(f"model at {model_path}, data at {recipe.data.train_path}")
 
     rows = load_rows(recipe, recipe.data.train_path)
     batch = PromptSampler(rows, seed=recipe.run.seed, shuffle=recipe.data.shuffle).next_batch(num_prompts)
-    tokenizer = AutoTokenizer.from_pretrained(recipe.model.tokenizer or model_path)
+    tokenizer = load_tokenizer(recipe, model_path)
+    print_warnings(check_prepared(recipe, model_path, tokenizer))
     prompt_ids = encode_prompts(recipe, tokenizer, batch)
 
     ray = connect_ray(recipe.cluster)

@@ -56,6 +56,7 @@ def learner_spec(recipe: Recipe, model_path: str) -> LearnerSpec:
         micro_batch_size=learner.micro_batch_size,
         gradient_checkpointing=learner.gradient_checkpointing,
         cpu_threads=learner.cpu_threads,
+        on_nonfinite=learner.on_nonfinite,
         loss_agg=algo.loss_agg,
         clip_low=algo.clip_low,
         clip_high=algo.clip_high,

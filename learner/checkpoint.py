@@ -1,9 +1,9 @@
 """Learner checkpoints: DeepSpeed state plus what resuming needs, and a Hugging Face export.
 
 A checkpoint directory holds one folder per tag (`version-<N>`), written by DeepSpeed
-(model, optimizer and scheduler state, every rank's shard), each rank's RNG state, and the
-`latest` pointer that DeepSpeed writes last — so a crash mid-save never moves `latest` onto a
-half-written tag.
+(model, optimizer and scheduler state, every rank's shard), then each rank's RNG state. The
+driver marks a tag complete afterwards (`cluster/output/checkpoints.py`) and resumes from the
+newest complete tag by name, never through DeepSpeed's `latest` pointer.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ def save_checkpoint(learner, directory: str) -> str:
     return str(Path(directory) / tag)
 
 
-def load_checkpoint(learner, directory: str) -> int:
-    """Restore the latest checkpoint under `directory`; returns its weight version."""
-    path, client_state = learner.engine.load_checkpoint(directory, load_optimizer_states=True,
+def load_checkpoint(learner, directory: str, tag: str) -> int:
+    """Restore the checkpoint `tag` under `directory`; returns its weight version."""
+    path, client_state = learner.engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True,
                                                         load_lr_scheduler_states=True)
     if path is None:
-        raise FileNotFoundError(f"no learner checkpoint under '{directory}'")
+        raise FileNotFoundError(f"no learner checkpoint '{tag}' under '{directory}'")
     learner.weight_version = int(client_state["weight_version"])
-    rng = torch.load(Path(path).parent / f"rng_rank{learner.rank}.pt", weights_only=False)
+    rng = torch.load(Path(directory) / tag / f"rng_rank{learner.rank}.pt", weights_only=False)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])

@@ -14,15 +14,18 @@ the whole-step loss.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from datetime import timedelta
 
 import torch
 
+from cluster.wire.errors import RunFailed
 from cluster.wire.weights import TensorMeta
 from learner.batching import MicroBatch, TrainSequence, micro_batches, token_logprobs
 from learner.losses import LossOutput, MetricTotals, entropy_from_logits, metric_means, metric_totals, policy_loss
+from learner.nonfinite import agreed_flags, any_nonfinite, local_gradients, local_weights, skip_update
 from learner.optim import deepspeed_config, lr_multiplier
 from learner.spec import LearnerSpec
 
@@ -194,18 +197,21 @@ class Learner:
         # Collectives run on the rank's device: NCCL has no CPU tensors, gloo takes CPU ones.
         denominator = torch.stack([o.denominator.float().to(self.device) for o in self._outputs]).sum().reshape(1)
         dist.all_reduce(denominator)  # the whole step's normaliser, over every rank
-        metrics = self._optimizer_step(denominator.item())
-        for _ in range(self.spec.ppo_epochs - 1):
+        metrics = self._optimizer_step(denominator.item(), epoch=1)
+        skipped = metrics["skipped_updates"]
+        for epoch in range(2, self.spec.ppo_epochs + 1):
             self._outputs = []
             for index, batch in enumerate(self._kept):
                 output, _ = self._forward_backward(batch, boundary=index == len(self._kept) - 1)
                 self._outputs.append(output)
-            metrics = self._optimizer_step(denominator.item())
+            metrics = self._optimizer_step(denominator.item(), epoch=epoch)
+            skipped += metrics["skipped_updates"]
         self._kept = []
+        # A skipped step still counts as a version: the driver's step and version stay one.
         self.weight_version += 1
-        return {**metrics, "weight_version": self.weight_version}
+        return {**metrics, "skipped_updates": skipped, "weight_version": self.weight_version}
 
-    def _optimizer_step(self, denominator: float) -> dict:
+    def _optimizer_step(self, denominator: float, epoch: int) -> dict:
         from deepspeed.utils import safe_update_full_grad_vectorized
 
         # DeepSpeed averaged the gradients over ranks; undo that and divide by the total.
@@ -214,14 +220,40 @@ class Learner:
         safe_update_full_grad_vectorized(params, lambda grad, _param: grad * scale)
         metrics = self._reduced_metrics()
         lr = self.scheduler.get_last_lr()[0]
+        metrics.update(lr=lr, loss=metrics["loss_numerator"] / denominator if denominator > 0 else 0.0)
+        self._outputs = []
+        # Before the optimizer sees them: a NaN loss or gradient would spread into every weight.
+        gradients = local_gradients(self.engine, params, self.spec.zero_stage)
+        bad_loss, bad_gradients = agreed_flags(not math.isfinite(metrics["loss"]),
+                                               any_nonfinite(gradients, self.device))
+        if bad_loss or bad_gradients:
+            self._refuse_or_skip("loss" if bad_loss else "gradients", metrics["loss"], epoch, lr)
+            skip_update(self.engine, gradients)
+            return {**metrics, "grad_norm": float("nan"), "skipped_updates": 1}
         # Without ZeRO, DeepSpeed keeps no norm; the gradients are whole (all-reduced) here.
         norm_before = _grad_norm(params) if self.spec.zero_stage == 0 else None
         self.engine.step()
         grad_norm = norm_before if norm_before is not None else self.engine.get_global_grad_norm()
-        self._outputs = []
-        metrics.update(lr=lr, grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
-                       loss=metrics["loss_numerator"] / denominator if denominator > 0 else 0.0)
-        return metrics
+        # Finite gradients times a huge learning rate still overflow: such weights can only stop the run.
+        if agreed_flags(any_nonfinite(local_weights(params), self.device))[0]:
+            raise RunFailed(f"{self._step_name(epoch)}: the weights are not finite after the optimizer step "
+                            f"(learner.lr = {lr:g}); stopped before they were saved or sent to the rollout "
+                            "workers; lower learner.lr")
+        return {**metrics, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                "skipped_updates": 0}
+
+    def _refuse_or_skip(self, quantity: str, loss: float, epoch: int, lr: float) -> None:
+        """Stop the run with one line naming the step and what to do, unless the recipe skips such steps."""
+        if self.spec.on_nonfinite == "skip":
+            return
+        found = f"the loss is {loss}" if quantity == "loss" else "some gradients are NaN or inf"
+        raise RunFailed(f"{self._step_name(epoch)}: {found}; the update was not applied and nothing of it is "
+                        f"saved; lower learner.lr (now {lr:g}), look for NaN/inf in the rewards, or set "
+                        'learner.on_nonfinite = "skip" to skip such steps')
+
+    def _step_name(self, epoch: int) -> str:
+        step = f"step {self.weight_version + 1}"
+        return f"{step} (PPO epoch {epoch} of {self.spec.ppo_epochs})" if self.spec.ppo_epochs > 1 else step
 
     def _reduced_metrics(self) -> dict:
         """The step's loss metrics over every rank's micro-batches (`learner.losses.metric_means`
@@ -278,14 +310,20 @@ class Learner:
         return self._sender.send(tensors, self.weight_manifest(), bucket_bytes)
 
     def save_checkpoint(self, directory: str) -> str:
+        """Save the training state; collective. Non-finite weights are refused on every rank
+        alike: a NaN checkpoint would poison every run resumed or exported from it."""
         from learner.checkpoint import save_checkpoint
 
+        params = list(self.engine.module.parameters())
+        if agreed_flags(any_nonfinite(local_weights(params), self.device))[0]:
+            raise RunFailed(f"version {self.weight_version}: the weights are not finite; no checkpoint was "
+                            f"written to '{directory}'; lower learner.lr")
         return save_checkpoint(self, directory)
 
-    def load_checkpoint(self, directory: str) -> int:
+    def load_checkpoint(self, directory: str, tag: str) -> int:
         from learner.checkpoint import load_checkpoint
 
-        return load_checkpoint(self, directory)
+        return load_checkpoint(self, directory, tag)
 
     def export_hf(self, directory: str) -> str | None:
         from learner.checkpoint import export_hf

@@ -28,6 +28,7 @@ class LearnerSpec:
     micro_batch_size: int
     gradient_checkpointing: bool
     cpu_threads: int  # torch threads on CPU; 0: leave as the process has it
+    on_nonfinite: str  # "stop" | "skip": a step whose loss or gradients are not finite
     # the GRPO-family loss (learner/losses.py)
     loss_agg: str
     clip_low: float

@@ -65,7 +65,7 @@ def resolve_reward(name: str) -> RewardFn:
     module_name, function_name = match.groups()
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # any import-time failure of user code is a spec problem
+    except (Exception, SystemExit) as exc:  # any import-time failure of user code (sys.exit too)
         raise RewardSpecError(
             f"reward {name!r}: cannot import module {module_name!r}: "
             f"{type(exc).__name__}: {_one_line(exc)}"
@@ -94,6 +94,23 @@ def resolve_rewards(weights: Mapping[str, float]) -> dict[str, RewardFn]:
                 f"reward {name!r}: weight must be a finite number, got {weight!r:.80}")
         resolved[name] = resolve_reward(name)
     return resolved
+
+
+def required_fields(function: RewardFn) -> list[str]:
+    """The row fields `function(completion, **fields)` needs, read from its signature.
+
+    A named parameter after the completion is a row field. It is needed when it has no default,
+    or when a positional-or-keyword one defaults to None: that is how the built-ins take a field
+    that must be there (`answer=None`), so that a row without it scores `failure_reward` with a
+    reason rather than a TypeError. Keyword-only parameters with a default are options
+    (`timeout_s`), never fields.
+    """
+    params = list(inspect.signature(function).parameters.values())[1:]
+    return [
+        p.name for p in params
+        if (p.kind is p.POSITIONAL_OR_KEYWORD and (p.default is p.empty or p.default is None))
+        or (p.kind is p.KEYWORD_ONLY and p.default is p.empty)
+    ]
 
 
 def _check_signature(name: str, function: RewardFn) -> None:

@@ -199,6 +199,23 @@ def test_remote_cluster_skips_the_local_cpu_budget(tmp_path):
     assert r.learner.num_ranks == 64 and r.cluster.address == "ray://head:10001"
 
 
+def test_limits_accept_their_edges(tmp_path):
+    r = load_recipe(write_recipe(tmp_path), [
+        "--run.seed", str(2**32 - 1), "--rollout.group_size", "16384", "--eval.k", "16384",
+        "--rollout.temperature", "2.0", "--run.steps", "3", "--algorithm.max_staleness", "2",
+        "--rollout.max_new_tokens", "64", "--reward.overlong_buffer_tokens", "63", "--reward.overlong_penalty", "0",
+        # On CPU vLLM's token budget grows to max_model_len (chunked prefill off), and so may max_num_seqs.
+        "--cluster.device", "cpu", "--rollout.max_model_len", "4096", "--rollout.max_num_seqs", "4096"])
+    assert (r.run.seed, r.rollout.group_size, r.algorithm.max_staleness) == (2**32 - 1, 16384, 2)
+    assert recipe_error(write_recipe(tmp_path), ["--rollout.max_model_len", "4096", "--rollout.max_num_seqs",
+                                                 "4096"]).key == "rollout.max_num_seqs"  # "auto": maybe a GPU
+
+
+def test_vllm_max_n_follows_its_environment_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLLM_MAX_N_SEQUENCES", "20000")
+    assert load_recipe(write_recipe(tmp_path), ["--rollout.group_size", "20000"]).rollout.group_size == 20000
+
+
 def test_cpu_budget_fits_exactly(tmp_path):
     r = load_recipe(write_recipe(tmp_path), ["--cluster.num_cpus", "3"])  # 1 + 1 + 1 CPUs
     assert r.cluster.num_cpus == 3
@@ -288,6 +305,22 @@ BAD = [
     ("learner-threads", "learner.cpu_threads = -1", [], "learner.cpu_threads"),
     ("max-num-seqs", "rollout.max_num_seqs = -2", [], "rollout.max_num_seqs"),
     ("unknown-task", 'data.synthetic.task = "sudoku"\ndata.synthetic.eval_rows = 0', [], "data.synthetic.task"),
+    # Values that passed here and failed later, in vLLM or the loop (issue 11, section 3).
+    ("seed-negative", "run.seed = -1", [], "run.seed"),
+    ("seed-over-32-bits", "", ["--run.seed", str(2**32)], "run.seed"),
+    ("tiny-seed-negative", "model.tiny.seed = -1", [], "model.tiny.seed"),
+    ("group-over-vllm-n", "rollout.group_size = 16385", [], "rollout.group_size"),
+    ("eval-k-over-vllm-n", "eval.k = [4, 20000]", [], "eval.k"),
+    ("temperature-over-vllm", "rollout.temperature = 2.5", [], "rollout.temperature"),
+    ("eval-temperature-over-vllm", "eval.temperature = 3.0", [], "eval.temperature"),
+    ("empty-stop-string", 'rollout.stop = ["</answer>", ""]', [], "rollout.stop"),
+    ("max-num-seqs-over-batch", "rollout.max_num_seqs = 4096", [], "rollout.max_num_seqs"),
+    ("overlong-buffer-all", "rollout.max_new_tokens = 64\nreward.overlong_buffer_tokens = 64", [],
+     "reward.overlong_buffer_tokens"),
+    ("overlong-penalty-negative", "reward.overlong_penalty = -0.5", [], "reward.overlong_penalty"),
+    ("staleness-unbounded", "algorithm.max_staleness = 1000000000", [], "algorithm.max_staleness"),
+    ("staleness-beyond-steps", "algorithm.max_staleness = 4\nrun.steps = 4", [], "algorithm.max_staleness"),
+    ("tiny-kv-heads", "model.tiny.num_kv_heads = 3", [], "model.tiny.num_kv_heads"),
 ]
 BAD_IDS = [case[0] for case in BAD]
 

@@ -159,7 +159,7 @@ BAD_FILES = [
         "d.jsonl",
         jsonl_of([{"prompt": "a"}, {"prompt": "b"}, {"prompt": None}]),
         {},
-        "column 'prompt' row 2 is null",
+        "column 'prompt' row 2 (line 3) is null",  # JSON Lines: the line too
     ),
     (
         "d.parquet",
@@ -171,7 +171,7 @@ BAD_FILES = [
         "d.jsonl",
         jsonl_of([{"prompt": "a"}, {"prompt": " \t\n"}]),
         {},
-        "column 'prompt' row 1 is empty or whitespace only",
+        "column 'prompt' row 1 (line 2) is empty or whitespace only",
     ),
 ]
 

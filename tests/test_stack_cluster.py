@@ -146,4 +146,4 @@ def test_a_job_submitted_to_a_token_protected_cluster_trains(tmp_path, ray_head)
     metrics = read_metrics(tmp_path / "run")
     assert [m["step"] for m in metrics] == [1, 2]
     assert metrics[-1]["learner/weight_version"] == 2
-    assert (tmp_path / "run" / "checkpoints" / "driver-state.json").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "version-2" / "driver-state.json").is_file()  # complete

@@ -6,6 +6,7 @@ scale of the gradient, so the tests also compare the gradient norm and use an ep
 is not negligible next to the gradients: a wrong normaliser cannot hide.
 """
 
+import math
 import random
 
 import pytest
@@ -14,6 +15,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from cluster.learner_group import LearnerGroup
+from cluster.output.checkpoints import CheckpointError
+from cluster.wire.errors import RunFailed, original_failure
 from learner.batching import TrainSequence, collate, token_logprobs
 from learner.spec import LearnerSpec
 from spec_helpers import learner_spec
@@ -140,9 +143,15 @@ def test_checkpoint_round_trip_continues_exactly_and_exports_to_transformers(tin
     # Stopped after one step: a fresh group resumes from the checkpoint and takes the second.
     resumed = LearnerGroup(spec, 2, cpus_per_rank=1, gpus_per_rank=0, timeout_s=300)
     try:
-        assert resumed.load_checkpoint(str(tmp_path / "ckpt")) == 1
+        assert resumed.load_checkpoint(str(tmp_path / "ckpt"), "version-1") == 1
         after_resume = _train_step(resumed, second)
         actual = resumed.weights()
+        # A damaged optimizer state is one line naming the checkpoint, not a remote traceback.
+        for optimizer_state in (tmp_path / "ckpt" / "version-1").glob("*optim_states.pt"):
+            optimizer_state.write_bytes(b"garbage")
+        with pytest.raises(CheckpointError) as damaged:
+            resumed.load_checkpoint(str(tmp_path / "ckpt"), "version-1")
+        assert "\n" not in str(damaged.value) and "version-1' cannot be loaded" in str(damaged.value)
     finally:
         resumed.shutdown()
     assert after_resume["weight_version"] == uninterrupted["weight_version"] == 2
@@ -223,3 +232,92 @@ def test_two_ppo_epochs_match_plain_torch(tiny_model_dir, groups):
     assert metrics["weight_version"] == 1
     assert metrics["clip_frac_low"] + metrics["clip_frac_high"] > 0  # epoch 2 did clip
     assert relative_error(initial, updated, reference) <= 1e-3
+
+
+# ---------------------------------------------------------------------------------------
+# Non-finite losses, gradients and weights: found before the optimizer, never checkpointed.
+
+
+def _poisoned(groups, advantage=float("nan")):
+    """`groups` with one completion's advantage replaced (what a NaN reward used to cause)."""
+    import dataclasses
+
+    first = [dataclasses.replace(groups[0][0], advantage=advantage), *groups[0][1:]]
+    return [first, *groups[1:]]
+
+
+def _nonfinite_gradients_seen(learners) -> list[tuple[int, bool]]:
+    """On every rank, before the step: how many gradient tensors it checks, and whether any is
+    NaN/inf — so the check is known to look at the ZeRO partitions that really hold them."""
+    def probe(self):
+        from learner.nonfinite import any_nonfinite, local_gradients
+
+        params = [p for p in self.engine.module.parameters() if p.requires_grad]
+        gradients = local_gradients(self.engine, params, self.spec.zero_stage)
+        return len(gradients), bool(any_nonfinite(gradients, self.device))
+
+    return ray.get([rank.__ray_call__.remote(probe) for rank in learners.ranks], timeout=300)
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
+def test_a_nonfinite_step_is_skipped_and_the_next_step_is_a_clean_first_step(tiny_model_dir, groups, zero_stage):
+    spec = spec_for(tiny_model_dir, zero_stage=zero_stage, on_nonfinite="skip")
+    initial, reference, _ = reference_step(tiny_model_dir, groups, spec)
+    learners = LearnerGroup(spec, 2, cpus_per_rank=1, gpus_per_rank=0, timeout_s=300)
+    try:
+        learners.accumulate(_poisoned(groups), end_of_step=True)
+        poisoned_seen = _nonfinite_gradients_seen(learners)
+        skipped = learners.step()
+        after_skip = learners.weights()
+        learners.accumulate(groups, end_of_step=True)
+        clean_seen = _nonfinite_gradients_seen(learners)
+        clean = learners.step()
+        updated = learners.weights()
+    finally:
+        learners.shutdown()
+    assert all(count > 0 and bad for count, bad in poisoned_seen), poisoned_seen
+    assert all(count > 0 and not bad for count, bad in clean_seen), clean_seen
+    assert skipped["skipped_updates"] == 1 and skipped["weight_version"] == 1
+    assert math.isnan(skipped["loss"]) and math.isnan(skipped["grad_norm"])
+    assert all(torch.equal(after_skip[name], initial[name]) for name in initial)  # weights untouched
+    # Gradients dropped and Adam's moments and step count as before: the next step is exactly
+    # plain torch's first step from the initial weights.
+    assert clean["skipped_updates"] == 0 and clean["weight_version"] == 2
+    assert relative_error(initial, updated, reference) <= 1e-3
+
+
+def test_a_nonfinite_loss_stops_the_step_with_one_line_before_the_optimizer(tiny_model_dir, groups):
+    spec = spec_for(tiny_model_dir, zero_stage=3)  # on_nonfinite = "stop", the recipe's default
+    learners = LearnerGroup(spec, 2, cpus_per_rank=1, gpus_per_rank=0, timeout_s=300)
+    try:
+        initial = learners.weights()
+        learners.accumulate(_poisoned(groups, float("inf")), end_of_step=True)
+        with pytest.raises(RunFailed) as raised:  # the driver's copy of the rank's error is one too
+            learners.step()
+        after = learners.weights()
+    finally:
+        learners.shutdown()
+    line = str(original_failure(raised.value))
+    assert line.startswith("step 1: the loss is ") and "the update was not applied" in line, line
+    assert "learner.lr" in line and 'learner.on_nonfinite = "skip"' in line and "\n" not in line
+    assert all(torch.equal(after[name], initial[name]) for name in initial)
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])  # whole weights on every rank; ZeRO-3's shards
+def test_weights_that_overflow_stop_the_run_and_are_never_checkpointed(tiny_model_dir, groups, tmp_path, zero_stage):
+    # Finite gradients, but AdamW's first step moves every weight by about lr: 1e308 is inf in fp32.
+    spec = spec_for(tiny_model_dir, zero_stage=zero_stage, lr=1e308)
+    learners = LearnerGroup(spec, 2, cpus_per_rank=1, gpus_per_rank=0, timeout_s=300)
+    try:
+        learners.accumulate(groups, end_of_step=True)
+        with pytest.raises(RunFailed) as stopped:
+            learners.step()
+        with pytest.raises(RunFailed) as refused:  # what the loop would save next: refused
+            learners.save_checkpoint(str(tmp_path / "ckpt"))
+    finally:
+        learners.shutdown()
+    assert str(original_failure(stopped.value)) == (
+        "step 1: the weights are not finite after the optimizer step (learner.lr = 1e+308); stopped before "
+        "they were saved or sent to the rollout workers; lower learner.lr")
+    assert "the weights are not finite; no checkpoint was written" in str(original_failure(refused.value))
+    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").rglob("*"))

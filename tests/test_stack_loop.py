@@ -75,7 +75,27 @@ def _train(tmp_path, *overrides, timeout=600, env=None):
 
 
 def test_a_few_on_policy_steps_leave_everything_behind(tmp_path):
-    run, done = _train(tmp_path)
+    # Start where a run was killed before its first checkpoint: a fresh start replaces its
+    # outputs (it has no checkpoint to lose) and leaves the user's own file alone.
+    stuck = tmp_path / "run"
+    (stuck / "rollouts").mkdir(parents=True)
+    (stuck / ".aha-run").write_text("{}")
+    (stuck / "metrics.jsonl").write_text('{"step": 1, "reward_mean": 0.5}\n{"step": 2, "rew')
+    (stuck / "rollouts" / "step-000001.parquet").write_bytes(b"old")
+    (stuck / "notes.txt").write_text("mine")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.format(out=tmp_path))
+    first = subprocess.Popen([AHA, "train", str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=tmp_path)
+    _wait_for(lambda: "pid" in _read(stuck / ".aha-lock"), first)
+    # A second run into the same directory meanwhile is refused in one line naming the holder.
+    second = subprocess.run([AHA, "train", str(recipe)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    assert f"is in use by another aha run (pid {first.pid} on " in second.stderr
+    stdout, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stdout[-2000:] + stderr[-4000:]
+    run, done = stuck, subprocess.CompletedProcess(first.args, 0, stdout, stderr)
+    assert (run / "notes.txt").read_text() == "mine"
     before, *metrics = read_metrics(run)
     assert before["step"] == 0 and [m["step"] for m in metrics] == [1, 2, 3]
     for key in ("eval/accuracy", "eval/pass@2", "eval/maj@2", "eval/acc@budget=4"):
@@ -98,8 +118,9 @@ def test_a_few_on_policy_steps_leave_everything_behind(tmp_path):
     assert {r["weight_version"] for r in table} == {1}  # on-policy: made by the weights of step 1
     assert all(isinstance(r["completion"], str) for r in table)
     assert _consumed(run) == _sampler_order(tmp_path, 3)
-    assert (run / "checkpoints" / "driver-state.json").is_file()
-    assert json.loads((run / "checkpoints" / "driver-state.json").read_text())["step"] == 3
+    # checkpoint_every = 2 and the end: versions 2 and 3, each complete (its driver state last).
+    assert sorted(p.name for p in (run / "checkpoints").glob("version-*")) == ["version-2", "version-3"]
+    assert json.loads((run / "checkpoints" / "version-3" / "driver-state.json").read_text())["step"] == 3
     assert sorted(p.name for p in (run / "plots").glob("*.png"))
     assert list((run / "tb").glob("events.out.tfevents.*"))  # TensorBoard, as the README says
     assert json.loads((run / "recipe.json").read_text())["rollout"]["group_size"] == 4
@@ -157,6 +178,23 @@ def test_dynamic_sampling_drops_flat_groups_and_refills_the_step(tmp_path):
     assert "[aha] step 1/3" not in done.stdout
 
 
+def _read(path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _wait_for(condition, process, timeout=300):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
 def _train_rows(tmp_path):
     from cluster.inputs.data import load_prompt_rows
 
@@ -182,6 +220,7 @@ def _consumed(run) -> dict[int, list[int]]:
 
 def test_sigkill_and_resume_consume_the_same_prompts_as_an_uninterrupted_run(tmp_path):
     import os
+    import shutil
     import signal
     import time
 
@@ -193,7 +232,7 @@ def test_sigkill_and_resume_consume_the_same_prompts_as_an_uninterrupted_run(tmp
     # Kill the whole process tree (driver, Ray, engines) right after step 1's checkpoint.
     process = subprocess.Popen([AHA, "train", str(recipe), "--run.checkpoint_every", "1"], cwd=interrupted_dir,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    state = run / "checkpoints" / "driver-state.json"
+    state = run / "checkpoints" / "version-1" / "driver-state.json"
     deadline = time.monotonic() + 600
     while not state.is_file() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -202,18 +241,38 @@ def test_sigkill_and_resume_consume_the_same_prompts_as_an_uninterrupted_run(tmp
     process.wait(timeout=60)
     time.sleep(3)  # let Ray's orphaned daemons notice their driver is gone
     assert json.loads(state.read_text())["step"] == 1
+    # As if it had been killed one checkpoint later, between the learner's save and the driver
+    # state: an incomplete version-2, and DeepSpeed's `latest` pointing at it.
+    shutil.copytree(run / "checkpoints" / "version-1", run / "checkpoints" / "version-2",
+                    ignore=shutil.ignore_patterns("driver-state.json"))
+    (run / "checkpoints" / "latest").write_text("version-2")
 
-    resumed, done = _train(interrupted_dir, "--run.checkpoint_every", "1", "--resume")
+    # Mistakes on resume are one line each, before anything starts, and change nothing.
+    def refused(*overrides) -> str:
+        done = subprocess.run([AHA, "train", str(recipe), "--resume", *overrides], capture_output=True, text=True,
+                              timeout=120, cwd=interrupted_dir)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-3000:]
+        return done.stderr
+    assert "in rollout.group_size, run.seed;" in refused("--rollout.group_size", "2", "--run.seed", "4")
+    saved_state = state.read_text()
+    state.write_text(saved_state[:15])  # a torn driver state
+    assert f"'{state}' is damaged" in refused("--run.checkpoint_every", "1")
+    state.write_text(saved_state)
+
+    resumed, done = _train(interrupted_dir, "--run.checkpoint_every", "1", "--run.keep_checkpoints", "2",
+                           "--resume")
+    assert "resuming from version-1 (step 1); dropped the incomplete version-2" in done.stdout
     assert [m["step"] for m in read_metrics(resumed)] == [0, 1, 2, 3]
     # The uninterrupted run consumes exactly the sampler's order (asserted in the on-policy
     # test); the killed-and-resumed run must too.
     assert _consumed(resumed) == _sampler_order(interrupted_dir, 3)
-    assert json.loads(state.read_text())["weight_version"] == 3
+    assert sorted(p.name for p in (run / "checkpoints").glob("version-*")) == ["version-2", "version-3"]
+    assert json.loads((run / "checkpoints" / "version-3" / "driver-state.json").read_text())["weight_version"] == 3
 
 
-def test_a_fresh_run_refuses_an_output_directory_that_holds_a_run(tmp_path):
-    # Starting over would append a second run's steps to the first one's metrics; nothing is
-    # touched and the user is told to resume or pick another directory.
+def test_a_fresh_run_refuses_an_output_directory_it_did_not_make(tmp_path):
+    # Writing there would mix a run's files with the user's: nothing is touched, and the user
+    # is told to pick another directory.
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "reward_mean": 0.5}\n')
     recipe = tmp_path / "recipe.toml"
@@ -221,7 +280,60 @@ def test_a_fresh_run_refuses_an_output_directory_that_holds_a_run(tmp_path):
     done = subprocess.run([AHA, "train", str(recipe)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"aha: error: run.output_dir: '{tmp_path / 'run'}' already holds a run; pass --resume to continue it, "
-        "or choose another run.output_dir"]
+        f"aha: error: run.output_dir: '{tmp_path / 'run'}' is not empty and was not made by aha; aha writes only "
+        "into a directory it made or an empty one: choose another run.output_dir"]
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1, "reward_mean": 0.5}\n'
     assert not (tmp_path / "model").exists() and not (tmp_path / "data").exists()
+
+
+# A user reward that returns NaN for about three completions in four (by a checksum of the
+# text, so which ones is up to the sampled text): the run goes on, and every failure is seen.
+NAN_REWARD = """
+def score(completion, **fields):
+    return float("nan") if sum(map(ord, completion)) % 4 else 1.0
+"""
+
+
+def test_a_reward_returning_nan_is_a_counted_explained_failure_not_a_crash(tmp_path):
+    import os
+
+    (tmp_path / "nan_reward.py").write_text(NAN_REWARD)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}  # the scorer's workers import the user's reward
+    name = "nan_reward:score"
+    run, done = _train(tmp_path, "--reward.weights", f"{{'{name}' = 1.0, format = 0.5}}", "--reward.failure_reward",
+                       "-1.0", "--data.eval_path", "", "--data.synthetic.eval_rows", "0", env=env)
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    warned = []
+    for m in metrics:
+        rows = pq.read_table(run / "rollouts" / f"step-{m['step']:06d}.parquet").to_pylist()
+        failed = [r for r in rows if r[f"reward_failure/{name}"]]
+        assert all(r[f"reward_failure/{name}"] == "returned nan, not a finite number" for r in failed)
+        assert all(r[f"reward/{name}"] == -1.0 for r in failed)  # reward.failure_reward, not NaN
+        assert all(r[f"reward/{name}"] == 1.0 for r in rows if r not in failed)
+        assert {r["reward_failure/format"] for r in rows} == {""}
+        assert m[f"reward_failures/{name}"] == len(failed) / 16 and m["reward_failures/format"] == 0.0
+        line = f"[aha] warning: step {m['step']}: reward '{name}' failed for {len(failed)} of 16 completions: " \
+               "returned nan, not a finite number"
+        assert (line in done.stdout) == (len(failed) > 8), (len(failed), done.stdout[-2000:])
+        warned.append(len(failed) > 8)
+        assert m["reward_mean"] is not None and m["learner/skipped_updates"] == 0
+    assert any(warned)  # at three failures in four expected, a step without "most" is the rare one
+    assert 0 < sum(m[f"reward_failures/{name}"] for m in metrics) < 3  # some failed, not all
+
+
+def test_weights_that_overflow_end_the_run_in_one_line_and_leave_no_checkpoint(tmp_path):
+    # The issue's case: `--learner.lr 1e308` used to save a NaN checkpoint and exit 0.
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.format(out=tmp_path))
+    done = subprocess.run([AHA, "train", str(recipe), "--learner.lr", "1e308", "--run.checkpoint_every", "1",
+                           "--data.eval_path", "", "--data.synthetic.eval_rows", "0"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-4000:]
+    assert [line for line in done.stderr.splitlines() if line.startswith("aha: ")] == [
+        "aha: error: step 1: the weights are not finite after the optimizer step (learner.lr = 1e+308); "
+        "stopped before they were saved or sent to the rollout workers; lower learner.lr"]
+    # No traceback: neither the driver's nor Ray's report of the other rank's error as "unhandled".
+    assert "Traceback" not in done.stderr and "Unhandled error" not in done.stderr, done.stderr[-4000:]
+    assert not list((tmp_path / "run" / "checkpoints").rglob("*.pt"))  # no state of any rank was saved
+    assert read_metrics(tmp_path / "run") == []  # the step that overflowed was not logged either

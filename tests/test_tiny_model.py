@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cluster.inputs.tiny_model import R1_TAGS, build_tiny_model, ensure_tiny_model
+from cluster.inputs.tiny_model import PRETRAIN_RECORD, R1_TAGS, build_tiny_model, ensure_tiny_model
 from spec_helpers import tiny_spec
 
 
@@ -97,14 +97,32 @@ def test_bad_shapes_are_refused_and_leave_nothing(tmp_path, bad):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_cli_refuses_to_replace_a_directory_it_did_not_write(tmp_path):
+def _aha_tiny_model(*args):
     import subprocess
     import sys
 
+    return subprocess.run([str(Path(sys.executable).with_name("aha")), "tiny-model", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_cli_refuses_to_replace_a_directory_it_did_not_write(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    done = subprocess.run([str(Path(sys.executable).with_name("aha")), "tiny-model", str(tmp_path / "mine")],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    for extra in ([], ["--overwrite"]):  # not even when asked: aha replaces only what it wrote
+        done = _aha_tiny_model(tmp_path / "mine", *extra)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     assert "was not written by aha; refusing to replace it" in done.stderr
-    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_a_model_aha_wrote_is_replaced_only_with_overwrite_and_never_by_a_recipes_random_one(tmp_path):
+    model = build_tiny_model(tmp_path / "m", tiny_spec(hidden_size=64, num_layers=1))
+    (model / PRETRAIN_RECORD).write_text("{}")  # as if pre-trained: the valuable kind
+    weights = (model / "model.safetensors").read_bytes()
+    done = _aha_tiny_model(model)
+    assert done.returncode == 2 and "pass --overwrite" in done.stderr and done.stderr.count("\n") == 1
+    with pytest.raises(FileExistsError, match="pre-trained"):  # what a [model.tiny] recipe would do
+        ensure_tiny_model(model, tiny_spec(hidden_size=128, num_layers=1))
+    assert (model / "model.safetensors").read_bytes() == weights
+    assert _aha_tiny_model(model, "--overwrite").returncode == 0
+    assert not (model / PRETRAIN_RECORD).exists()

@@ -12,8 +12,11 @@ torch, ray or transformers. The template names and their check are the recipe's
 
 from __future__ import annotations
 
+import itertools
+import json
 import random
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -43,18 +46,24 @@ R1_ZERO_TEMPLATE = (
 class DataError(ValueError):
     """A dataset file that cannot be used; the message is one line naming file, column, row."""
 
+    def __init__(self, message: str):
+        # One line even when a path or a value holds a line break.
+        super().__init__(" ".join(str(message).splitlines()))
+
 
 @dataclass(frozen=True)
 class PromptRow:
     """One dataset row: the raw prompt text and the fields handed to reward functions.
 
     `index` is the row's position in the file; `fields` maps the reward-side field name to a
-    plain Python value (a list column comes back as a `list`).
+    plain Python value (a list column comes back as a `list`); `source` is the file it came
+    from, so that an error about the row names the right file (train or held-out).
     """
 
     index: int
     prompt: str
     fields: dict[str, object]
+    source: str = field(default="", compare=False)
 
 
 def _one_line(text: object) -> str:
@@ -91,12 +100,98 @@ def _read_table(path: Path, file_format: str) -> pa.Table:
         raise DataError(f"data file '{path}': not a regular file")
     fmt = _resolve_format(path, file_format)
     try:
-        return pa_json.read_json(path) if fmt == "jsonl" else pq.read_table(path)
+        table = pa_json.read_json(path) if fmt == "jsonl" else pq.read_table(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
         # pyarrow calls a blank JSON file invalid; for the user it is an empty dataset.
         if fmt == "jsonl" and not path.read_bytes().strip():
             raise DataError(f"data file '{path}': the dataset has no rows") from exc
-        raise DataError(f"data file '{path}': cannot read it as {fmt}: {_one_line(exc)}") from exc
+        # pyarrow's "in row N" counts within the block it was parsing, not the file: say where.
+        where = _jsonl_problem(path) if fmt == "jsonl" else None
+        reason = where or re.sub(r" in row \d+$", "", _one_line(exc))
+        raise DataError(f"data file '{path}': cannot read it as {fmt}: {reason}") from exc
+    try:
+        table.validate(full=True)  # neither reader checks UTF-8; to_pylist would raise mid-way
+    except pa.ArrowException as exc:
+        where = _jsonl_problem(path) if fmt == "jsonl" else _bad_text(table)
+        raise DataError(f"data file '{path}': {where or _one_line(exc)}") from exc
+    return table
+
+
+def _json_kind(value: object) -> str | None:
+    """A JSON value's kind as pyarrow's column inference sees it (int and float are both numbers)."""
+    if value is None:
+        return None
+    kinds = ((bool, "boolean"), ((int, float), "number"), (str, "string"), (list, "array"), (dict, "object"))
+    return next(name for types, name in kinds if isinstance(value, types))
+
+
+def _jsonl_problem(path: Path) -> str | None:
+    """The first line of a JSON Lines file that pyarrow cannot take, found line by line (only
+    once pyarrow has failed): not UTF-8, not JSON, not an object, or a column changing kind."""
+    first_kind: dict[str, tuple[str, int]] = {}
+    try:
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+                except UnicodeDecodeError as err:
+                    return f"line {number} is not valid UTF-8 (byte {err.start + 1} of the line)"
+                except json.JSONDecodeError as err:
+                    return f"line {number} is not valid JSON ({err.msg} at column {err.colno})"
+                except (ValueError, RecursionError) as err:
+                    return f"line {number} is not valid JSON ({_one_line(err) or 'nested too deeply'})"
+                if not isinstance(record, dict):
+                    return f"line {number} is a JSON {_json_kind(record) or 'null'}, not an object"
+                for column, value in record.items():
+                    kind = _json_kind(value)
+                    if kind is None:
+                        continue  # a null fits a column of any kind
+                    seen_kind, seen_line = first_kind.setdefault(column, (kind, number))
+                    if seen_kind != kind:
+                        return (f"line {number}: column '{column}' holds a {kind}, but line {seen_line} "
+                                f"has a {seen_kind} there")
+    except OSError:
+        return None
+    return None
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object, refusing a key given twice (as pyarrow does; json.loads keeps the last)."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"key {key!r} appears twice")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _bad_text(table: pa.Table) -> str | None:
+    """The first column and row whose text is not valid UTF-8 (a Parquet file written by a tool
+    that does not check); a slow scan, run only once validation has failed."""
+    for name in table.column_names:
+        for index, value in enumerate(table.column(name)):
+            try:
+                value.as_py()
+            except UnicodeDecodeError:
+                return f"column '{name}' row {index} is not valid UTF-8 text"
+    return None
+
+
+def row_label(path: str | Path, index: int, file_format: str = "auto") -> str:
+    """How errors name a row: its index (`PromptRow.index`), and in a JSON Lines file also the
+    line an editor shows (blank lines are not rows, so the two differ)."""
+    path = Path(path)
+    try:
+        if _resolve_format(path, file_format) != "jsonl":
+            return f"row {index}"
+        with path.open("rb") as handle:
+            lines = (number for number, raw in enumerate(handle, start=1) if raw.strip())
+            line = next(itertools.islice(lines, index, None), None)
+    except (DataError, OSError):
+        return f"row {index}"
+    return f"row {index} (line {line})" if line else f"row {index}"
 
 
 def _require_column(table: pa.Table, path: Path, column: str, label: str) -> pa.ChunkedArray:
@@ -117,7 +212,7 @@ def _column_label(field: str, column: str) -> str:
     return f"column '{column}' (reward field '{field}')"
 
 
-def _check_prompts(values: list[object], path: Path, column: str) -> list[str]:
+def _check_prompts(values: list[object], path: Path, column: str, file_format: str) -> list[str]:
     """Every prompt must be a non-blank string; name the first row that is not."""
     for index, value in enumerate(values):
         if value is None:
@@ -128,7 +223,7 @@ def _check_prompts(values: list[object], path: Path, column: str) -> list[str]:
             problem = "is empty or whitespace only"
         else:
             continue
-        raise DataError(f"data file '{path}': column '{column}' row {index} {problem}")
+        raise DataError(f"data file '{path}': column '{column}' {row_label(path, index, file_format)} {problem}")
     return values  # type: ignore[return-value]  # all checked to be str above
 
 
@@ -152,7 +247,7 @@ def load_prompt_rows(
         raise DataError(f"data file '{path}': the dataset has no rows")
     prompt_label = f"prompt column '{prompt_column}'"
     prompt_values = _require_column(table, path, prompt_column, prompt_label).to_pylist()
-    prompts = _check_prompts(prompt_values, path, prompt_column)
+    prompts = _check_prompts(prompt_values, path, prompt_column, file_format)
 
     if columns is None:
         columns = {name: name for name in table.column_names if name != prompt_column}
@@ -165,6 +260,7 @@ def load_prompt_rows(
             index=index,
             prompt=prompt,
             fields={field: values[index] for field, values in field_values.items()},
+            source=str(path),
         )
         for index, prompt in enumerate(prompts)
     ]

@@ -58,29 +58,64 @@ def held_out_prompts(recipe) -> frozenset[str]:
 
 
 def prepare_data(recipe) -> list[Path]:
-    """Write the synthetic eval (first) and train Parquet files when the recipe has `[data.synthetic]`."""
+    """Write the synthetic eval (first) and train files when the recipe has `[data.synthetic]`.
+
+    A file at a data path is replaced only when aha wrote it (its sidecar records the file's
+    hash): a dataset of the user's own at that path is a RecipeError, never overwritten.
+    """
     synthetic = recipe.data.synthetic
     if synthetic is None:
         return []
-    from cluster.inputs.tasks import task_rows, write_parquet
+    from cluster.inputs.tasks import task_rows, write_rows
 
     options = {name: getattr(synthetic, name) for name in TASK_OPTIONS[synthetic.task]}
     written, held_out = [], frozenset()
-    splits = [(recipe.data.eval_path, synthetic.eval_rows, synthetic.seed + EVAL_SEED_OFFSET, True)] \
+    splits = [("data.eval_path", synthetic.eval_rows, synthetic.seed + EVAL_SEED_OFFSET, True)] \
         if synthetic.eval_rows else []
-    splits.append((recipe.data.train_path, synthetic.train_rows, synthetic.seed, False))
-    for path, count, seed, is_eval in splits:
+    splits.append(("data.train_path", synthetic.train_rows, synthetic.seed, False))
+    for key, count, seed, is_eval in splits:
+        path = Path(getattr(recipe.data, key.split(".")[1]))
         settings = {"task": synthetic.task, "rows": count, "seed": seed, "held_out": is_eval, **options}
         if not is_eval:
             settings["excluded_prompts_sha256"] = hashlib.sha256("\n".join(sorted(held_out)).encode()).hexdigest()
-        sidecar = Path(f"{path}.settings.json")
-        if Path(path).is_file() and sidecar.is_file() and json.loads(sidecar.read_text()) == settings:
-            rows = None
+        if _synthetic_record(path, key).get("settings") == settings:
+            rows = None  # the same settings wrote this very file: reuse it
         else:
             rows = task_rows(synthetic.task, count, seed=seed, exclude=held_out, unique=is_eval, **options)
-            write_parquet(rows, path)
-            sidecar.write_text(json.dumps(settings, indent=2) + "\n")
+            write_rows(rows, path, recipe.data.file_format)
+            record = {"settings": settings, "sha256": _sha256(path)}
+            Path(f"{path}{SIDECAR_SUFFIX}").write_text(json.dumps(record, indent=2) + "\n")
         if is_eval:
             held_out = held_out_prompts(recipe) if rows is None else frozenset(r["prompt"] for r in rows)
-        written.append(Path(path))
+        written.append(path)
     return written
+
+
+SIDECAR_SUFFIX = ".settings.json"  # beside each generated file: its settings and hash
+
+
+def _synthetic_record(path: Path, key: str) -> dict:
+    """The sidecar of a file aha generated at `path` ({} when there is no file yet); RecipeError
+    when a file is there that aha did not write, or that was changed since."""
+    if not path.exists():
+        return {}
+    sidecar = Path(f"{path}{SIDECAR_SUFFIX}")
+    try:
+        record = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and "task" in record and "sha256" not in record:
+        return {}  # a sidecar of aha before hashes: its file is aha's, regenerate it
+    if not isinstance(record, dict) or not path.is_file() or record.get("sha256") != _sha256(path):
+        raise RecipeError(key, f"'{path}' exists and was not written by aha's [data.synthetic] (or was changed "
+                          "since); aha will not overwrite it: point the path elsewhere, or drop [data.synthetic] "
+                          "to train on that file")
+    return record
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

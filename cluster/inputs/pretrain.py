@@ -32,9 +32,9 @@ from pathlib import Path
 
 from cluster.inputs.data import render_prompt
 from cluster.inputs.tasks import task_rows
-from cluster.inputs.tiny_model import SPEC_MARKER, write_directory_atomic
+from cluster.inputs.tiny_model import PRETRAIN_RECORD, SPEC_MARKER, write_directory_atomic
 
-RECORD = "aha_pretrain.json"
+RECORD = PRETRAIN_RECORD
 THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "</think>", "<answer>", "</answer>"
 
 
@@ -112,6 +112,8 @@ def ensure_pretrained(recipe, init_dir: str | os.PathLike, exclude: frozenset[st
     if record.is_file() and json.loads(record.read_text()).get("settings") == settings:
         print(f"[aha] reusing the pre-trained base model at {out}", flush=True)
         return out
+    if record.is_file():  # this recipe's own cache, made with other settings
+        print(f"[aha] the pre-training settings changed: replacing the pre-trained model at {out}", flush=True)
     return pretrain(recipe, init_dir, exclude, settings)
 
 
@@ -179,4 +181,5 @@ def _save_atomic(model, tokenizer, init_dir, out: Path, record: dict) -> Path:
                 shutil.copy2(Path(init_dir) / name, staging / name)
         (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
-    return write_directory_atomic(out, fill)
+    # Only a directory aha pre-trained or built is replaced (write_directory_atomic checks).
+    return write_directory_atomic(out, fill, replace_pretrained=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cluster.inputs.data import DataError, PromptRow, load_prompt_rows, render_prompt
+from cluster.inputs.data import DataError, PromptRow, load_prompt_rows, render_prompt, row_label
 
 
 def load_rows(recipe, path: str) -> list[PromptRow]:
@@ -13,14 +13,17 @@ def load_rows(recipe, path: str) -> list[PromptRow]:
 
 
 def encode_prompts(recipe, tokenizer, rows: list[PromptRow]) -> list[list[int]]:
-    """Template and tokenize prompts; a prompt over `data.max_prompt_tokens` is an error."""
+    """Template and tokenize prompts; a prompt over `data.max_prompt_tokens` is an error that
+    names the row's own file (train or held-out)."""
     data = recipe.data
-    encoded = []
-    for row in rows:
-        text = render_prompt(row.prompt, data.template, tokenizer=tokenizer, system_prompt=data.system_prompt)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    texts = [render_prompt(row.prompt, data.template, tokenizer=tokenizer, system_prompt=data.system_prompt)
+             for row in rows]
+    # One call for the batch: a fast tokenizer encodes a list in parallel, in Rust.
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    for row, ids in zip(rows, encoded):
         if len(ids) > data.max_prompt_tokens:
-            raise DataError(f"data file '{data.train_path}': row {row.index} is {len(ids)} tokens after the "
-                            f"template, over data.max_prompt_tokens={data.max_prompt_tokens}")
-        encoded.append(ids)
-    return encoded
+            source = row.source or data.train_path
+            raise DataError(f"data file '{source}': {row_label(source, row.index, data.file_format)} is "
+                            f"{len(ids)} tokens after the template, over data.max_prompt_tokens="
+                            f"{data.max_prompt_tokens}")
+    return [list(ids) for ids in encoded]

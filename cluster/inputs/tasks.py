@@ -1,4 +1,4 @@
-"""Built-in synthetic tasks: generate prompt rows and write them as Parquet datasets.
+"""Built-in synthetic tasks: generate prompt rows and write them as Parquet or JSONL datasets.
 
 These give a run something to train on with no download: `arithmetic` (exact integer answers,
 graded by the `arithmetic` reward), `chain_sum` (the sum of a few small numbers, which a tiny
@@ -10,6 +10,7 @@ recipe always trains on the same data. Only the standard library and pyarrow are
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import random
 import tempfile
@@ -18,6 +19,8 @@ from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from cluster.inputs.data import JSONL_SUFFIXES, PARQUET_SUFFIXES
 
 ARITHMETIC_OPS = "+-*"
 COUNTDOWN_OPS = "+-*/"
@@ -155,23 +158,46 @@ def countdown_rows(
 
 
 def write_parquet(rows: list[dict], path: str | Path) -> Path:
-    """Write `rows` (dicts with the same keys) to a Parquet file atomically; returns the path.
-
-    The table goes to a temporary file in the same directory, is flushed to disk, then
-    renamed over `path`, so a crash never leaves a half-written dataset behind.
-    """
+    """Write `rows` (dicts with the same keys) to a Parquet file atomically; returns the path."""
     if not rows:
         raise ValueError("write_parquet needs at least one row")
-    path = Path(path)
     try:
         table = pa.Table.from_pylist(rows)
     except (pa.ArrowException, TypeError) as exc:
         raise ValueError(f"cannot build a table for '{path}': {exc}") from exc
+    return _write_atomic(Path(path), lambda handle: pq.write_table(table, handle))
+
+
+def write_jsonl(rows: list[dict], path: str | Path) -> Path:
+    """Write `rows` as JSON Lines (one object per line, UTF-8) atomically; returns the path."""
+    if not rows:
+        raise ValueError("write_jsonl needs at least one row")
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    return _write_atomic(Path(path), lambda handle: handle.write(text))
+
+
+def write_rows(rows: list[dict], path: str | Path, file_format: str = "auto") -> Path:
+    """Write `rows` in the format `file_format` names, or for "auto" the one the suffix says
+    (.parquet/.pq or .jsonl/.json); any other suffix is a ValueError, never a mislabelled file."""
+    suffix = Path(path).suffix.lower()
+    if file_format == "auto":
+        file_format = "parquet" if suffix in PARQUET_SUFFIXES else "jsonl" if suffix in JSONL_SUFFIXES else ""
+    if file_format == "parquet":
+        return write_parquet(rows, path)
+    if file_format == "jsonl":
+        return write_jsonl(rows, path)
+    raise ValueError(f"'{path}': cannot tell the format from suffix {suffix or '(none)'!r} "
+                     f"(use one of {', '.join(PARQUET_SUFFIXES + JSONL_SUFFIXES)})")
+
+
+def _write_atomic(path: Path, write) -> Path:
+    """Call write(binary file) on a temporary beside `path`, fsync it, rename it over `path`:
+    a crash never leaves a half-written dataset behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as tmp_file:
-            pq.write_table(table, tmp_file)
+            write(tmp_file)
             tmp_file.flush()
             os.fsync(tmp_file.fileno())
         os.replace(tmp_name, path)
@@ -231,7 +257,10 @@ def task_rows(
 
 def write_task(
     task: str, path: str | Path, n: int, *, seed: int, exclude: frozenset[str] = frozenset(),
-    unique: bool = False, **options: object,
+    unique: bool = False, overwrite: bool = False, **options: object,
 ) -> Path:
-    """Generate `n` rows of a built-in task (see `task_rows`) and write them to `path` as Parquet."""
-    return write_parquet(task_rows(task, n, seed=seed, exclude=exclude, unique=unique, **options), path)
+    """Generate `n` rows of a built-in task (see `task_rows`) and write them to `path`, Parquet
+    or JSONL by its suffix. An existing file is replaced only with `overwrite` (FileExistsError)."""
+    if Path(path).exists() and not overwrite:
+        raise FileExistsError(f"'{path}' exists; pass --overwrite to replace it, or choose another file")
+    return write_rows(task_rows(task, n, seed=seed, exclude=exclude, unique=unique, **options), path)

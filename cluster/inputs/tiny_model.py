@@ -21,6 +21,7 @@ from pathlib import Path
 # Head size is fixed: vLLM's CPU attention kernel rejects 16 and 64 is safe (DESIGN.md 5).
 HEAD_DIM = 64
 SPEC_MARKER = "aha_tiny_spec.json"  # in every model directory aha writes
+PRETRAIN_RECORD = "aha_pretrain.json"  # in a model directory aha pre-trained (cluster/inputs/pretrain.py)
 
 PAD, UNK, BOS, EOS = "<|pad|>", "<|unk|>", "<|endoftext|>", "<|im_end|>"
 IM_START = "<|im_start|>"
@@ -135,11 +136,12 @@ def _qwen2_config(spec: TinyModelSpec, tokenizer):
     )
 
 
-def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec) -> Path:
+def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec, *, replace_pretrained: bool = False) -> Path:
     """Write a random-initialised Qwen2 model and its tokenizer to `out_dir`; return the path.
 
     The directory is written to a temporary sibling and renamed into place, so a crash never
-    leaves a half-written model that a later run would try to load.
+    leaves a half-written model that a later run would try to load. It replaces only a model
+    directory aha wrote, and a pre-trained one only with `replace_pretrained`.
     """
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
@@ -160,19 +162,23 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec) -> Path:
         ).save_pretrained(staging)
         (staging / SPEC_MARKER).write_text(json.dumps(spec.__dict__, indent=2) + "\n")
 
-    return write_directory_atomic(out, fill)
+    return write_directory_atomic(out, fill, replace_pretrained=replace_pretrained)
 
 
-def write_directory_atomic(out: str | os.PathLike, fill) -> Path:
+def write_directory_atomic(out: str | os.PathLike, fill, *, replace_pretrained: bool) -> Path:
     """Call `fill(staging)` on a fresh temporary sibling of `out`, then rename it over `out`.
 
     A crash never leaves a half-written model directory that a later run would try to load.
     An existing `out` is replaced only when it is empty or aha wrote it (it holds
-    SPEC_MARKER): a directory of the user's own is never deleted (FileExistsError).
+    SPEC_MARKER): a directory of the user's own is never deleted (FileExistsError), and a
+    pre-trained model (PRETRAIN_RECORD) only with `replace_pretrained`.
     """
     out = Path(out)
     if out.exists() and not (out / SPEC_MARKER).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"'{out}' exists and was not written by aha; refusing to replace it "
+                              "(point model.path at a new directory)")
+    if (out / PRETRAIN_RECORD).is_file() and not replace_pretrained:
+        raise FileExistsError(f"'{out}' holds a model aha pre-trained; refusing to replace it with a random one "
                               "(point model.path at a new directory)")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

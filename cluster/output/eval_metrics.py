@@ -105,6 +105,32 @@ def group_stats(rewards: Sequence[Sequence[float]]) -> dict[str, float]:
     }
 
 
+def reward_failure_shares(names: Sequence[str], failures: Sequence[Mapping[str, str]]) -> dict[str, float]:
+    """`reward_failures/<name>`: the share of one step's completions whose reward `name` failed.
+
+    failures: one mapping per completion, reward name -> why it failed (absent: it scored).
+    Every name gets a value, 0.0 included, so each component's curve is whole.
+    """
+    total = max(len(failures), 1)
+    return {f"reward_failures/{name}": sum(name in f for f in failures) / total for name in names}
+
+
+def reward_failure_warnings(step: int, failures: Sequence[Mapping[str, str]]) -> list[str]:
+    """One line per reward that failed for more than half of a step's completions, with its
+    most common reason: a reward that mostly fails makes the step's rewards meaningless."""
+    reasons: dict[str, list[str]] = {}
+    for failed in failures:
+        for name, why in failed.items():
+            reasons.setdefault(name, []).append(why)
+    lines = []
+    for name, whys in reasons.items():
+        if 2 * len(whys) > len(failures):
+            why = " ".join(Counter(whys).most_common(1)[0][0].split())[:200]  # one line, however long
+            lines.append(f"[aha] warning: step {step}: reward '{name}' failed for {len(whys)} of "
+                         f"{len(failures)} completions: {why}")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------
 # Inference-time scaling: pass@k, majority vote, token budget.
 

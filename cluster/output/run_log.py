@@ -41,6 +41,7 @@ ROLLOUT_COLUMNS = {
     "step": pa.int64(),
 }
 REWARD_COMPONENT_PREFIX = "reward/"  # rollout columns and metrics "reward/<name>"
+REWARD_FAILURE_PREFIX = "reward_failure/"  # rollout columns: why the component failed, "" if it did not
 
 
 class RunLog:
@@ -102,8 +103,9 @@ class RunLog:
         """Write one step's completions to rollouts/step-{step:06d}.parquet, atomically.
 
         Each row needs prompt, completion, reward, advantage and weight_version; "step" is
-        filled in. Reward components go in as "reward/<name>" keys (float64); any other key
-        becomes a column of its own, missing values null. A column whose values have
+        filled in. Reward components go in as "reward/<name>" keys (float64), why one failed as
+        "reward_failure/<name>" (string); any other key becomes a column of its own, missing
+        values null. A column whose values have
         incompatible types is a ValueError naming it.
         """
         path = self.output_dir / "rollouts" / f"step-{int(step):06d}.parquet"
@@ -174,6 +176,8 @@ def _column_type(name: str) -> pa.DataType | None:
         return ROLLOUT_COLUMNS[name]
     if name.startswith(REWARD_COMPONENT_PREFIX):
         return pa.float64()  # a component that is 0/1 in one step must not be int64 there
+    if name.startswith(REWARD_FAILURE_PREFIX):
+        return pa.string()  # a step with no reasons to give must not be typed null there
     return None
 
 

@@ -7,11 +7,41 @@ module needs nothing from here but the error type), and nothing heavy is importe
 from __future__ import annotations
 
 import math
+import os
 import re
 
 # A user reward is "package.module:function"; a built-in one is a plain name.
 _REWARD_NAME = re.compile(r"[A-Za-z_]\w*|[A-Za-z_][\w.]*:[A-Za-z_]\w*", re.ASCII)
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
+
+# A seed reaches numpy (vLLM seeds it with run.seed), whose seeds are 0..2**32-1: the
+# narrowest range of the generators a seed is given to.
+MAX_SEED = 2**32 - 1
+# vLLM 0.32 refuses SamplingParams(n=...) above VLLM_MAX_N_SEQUENCES (default 16384;
+# vllm/sampling_params.py `_verify_num_sequences`, vllm/envs.py), the same variable it reads.
+# A group is one request with n = group_size (eval: n = max(eval.k)). max_num_seqs does not
+# limit n: vLLM fans a request out into n child requests (vllm/v1/engine/async_llm.py) and
+# schedules them max_num_seqs at a time, so a group larger than max_num_seqs runs in waves.
+VLLM_MAX_N_DEFAULT = 16384
+# ... and temperatures outside [0, 2] (SamplingParams._verify_args).
+VLLM_MAX_TEMPERATURE = 2.0
+# vLLM 0.32 needs max_num_batched_tokens >= max_num_seqs (vllm/config/scheduler.py,
+# verify_max_model_len). The AsyncLLM engine's default budget is 2048 tokens
+# (SchedulerConfig.DEFAULT_MAX_NUM_BATCHED_TOKENS); with chunked prefill off, as aha runs it on
+# CPU, vLLM raises it to max_model_len (vllm/engine/arg_utils.py, _set_default_args).
+VLLM_DEFAULT_BATCHED_TOKENS = 2048
+# Async mode keeps 1 + max_staleness steps of prompts generating. Past this many versions the
+# samples are far off-policy (the clipped ratio and truncated importance sampling correct a
+# small drift, not that), and every level holds one more step of completions in memory.
+MAX_STALENESS = 16
+
+
+def vllm_max_n() -> int:
+    """The largest n vLLM accepts in one request, as vLLM itself reads it."""
+    try:
+        return int(os.environ.get("VLLM_MAX_N_SEQUENCES", VLLM_MAX_N_DEFAULT))
+    except ValueError:
+        return VLLM_MAX_N_DEFAULT
 
 
 def key_text(name: str) -> str:
@@ -43,6 +73,11 @@ class RecipeError(ValueError):
     """A bad recipe or override; `key` is the dotted path it concerns."""
 
     def __init__(self, key: str, problem: str):
+        # One line whatever the caller passes: a key typed with a newline (an override such as
+        # "--rollout.group\nsize") is quoted part by part, a problem's line breaks become spaces.
+        if not key.isprintable():
+            key = ".".join(key_text(part) for part in key.split("."))
+        problem = " ".join(str(problem).splitlines())
         super().__init__(f"{key}: {problem}" if key else problem)
         self.key = key
         self.problem = problem
@@ -57,7 +92,7 @@ def check_recipe(recipe, *, local_cpus: int) -> None:
     """Raise RecipeError for the first impossible value or combination in `recipe`."""
     _check_model_and_data(recipe)
     _check_rollout(recipe)
-    _check_reward(recipe.reward)
+    _check_reward(recipe)
     _check_algorithm(recipe)
     _check_learner(recipe.learner)
     _check_cluster(recipe, local_cpus)
@@ -72,9 +107,8 @@ def check_recipe(recipe, *, local_cpus: int) -> None:
 def _check_model_and_data(recipe) -> None:
     model, data = recipe.model, recipe.data
     _require(bool(model.path), "model.path", "is required (a hub id or a local model directory)")
-    _require(model.tiny is None or model.tiny.hidden_size % 64 == 0 and model.tiny.hidden_size > 0,
-             "model.tiny.hidden_size", "must be a positive multiple of 64 (the head size)")
-    _require(model.tiny is None or model.tiny.num_layers >= 1, "model.tiny.num_layers", "must be >= 1")
+    if model.tiny is not None:
+        check_tiny_model(model.tiny)
     _require(bool(data.train_path), "data.train_path", "is required (a Parquet or JSONL file)")
     _require(bool(data.prompt_column), "data.prompt_column", "must not be empty")
     try:
@@ -103,24 +137,54 @@ def _check_model_and_data(recipe) -> None:
         _require(0 < pretrain.worked_fraction <= 1, "model.pretrain.worked_fraction", "must be in (0, 1]")
 
 
+def check_tiny_model(tiny) -> None:
+    """The shape of a `[model.tiny]` (also what `aha tiny-model` is given): RecipeError naming
+    the model.tiny key."""
+    _require(tiny.hidden_size % 64 == 0 and tiny.hidden_size > 0,
+             "model.tiny.hidden_size", "must be a positive multiple of 64 (the head size)")
+    _require(tiny.num_layers >= 1, "model.tiny.num_layers", "must be >= 1")
+    heads = tiny.hidden_size // 64
+    _require(tiny.num_kv_heads >= 1 and heads % tiny.num_kv_heads == 0, "model.tiny.num_kv_heads",
+             f"must divide the {heads} attention heads (hidden_size / 64)")
+    _require(tiny.intermediate_size >= 0, "model.tiny.intermediate_size", "must be >= 0 (0: 4 x hidden_size)")
+    _check_seed(tiny.seed, "model.tiny.seed")
+
+
+def _check_seed(seed: int, key: str) -> None:
+    _require(0 <= seed <= MAX_SEED, key, f"must be in 0..{MAX_SEED} (2**32 - 1), got {seed}")
+
+
 def _check_rollout(recipe) -> None:
     rollout, estimator = recipe.rollout, recipe.algorithm.estimator
     for name in ("num_workers", "group_size", "prompts_per_step", "max_new_tokens", "tensor_parallel_size"):
         _require(getattr(rollout, name) >= 1, f"rollout.{name}", "must be >= 1")
     _require(rollout.group_size >= 2, "rollout.group_size",
              f"group size {rollout.group_size} gives no group baseline for estimator '{estimator}'; use >= 2")
-    _require(rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
+    _require(0 <= rollout.temperature <= VLLM_MAX_TEMPERATURE, "rollout.temperature",
+             f"must be in [0, {VLLM_MAX_TEMPERATURE:g}] (vLLM refuses other temperatures)")
+    _require(rollout.group_size <= vllm_max_n(), "rollout.group_size",
+             f"{rollout.group_size} is more samples per request than vLLM accepts ({vllm_max_n()}, "
+             "VLLM_MAX_N_SEQUENCES)")
+    _require(all(rollout.stop), "rollout.stop", "must not hold an empty string (vLLM refuses it)")
     _require(0 < rollout.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
     _require(rollout.top_k == -1 or rollout.top_k >= 1, "rollout.top_k", "must be -1 (off) or >= 1")
     _require(0 < rollout.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", "must be in (0, 1]")
     _require(rollout.kv_cache_gb >= 0, "rollout.kv_cache_gb", "must be >= 0")
     _require(rollout.max_num_seqs >= 0, "rollout.max_num_seqs", "must be >= 0 (0: vLLM's default)")
+    # On CPU aha turns chunked prefill off and vLLM's token budget grows to max_model_len;
+    # elsewhere ("auto" may be a GPU) it stays at the default.
+    budget = max(VLLM_DEFAULT_BATCHED_TOKENS, rollout.max_model_len) if recipe.cluster.device == "cpu" \
+        else VLLM_DEFAULT_BATCHED_TOKENS
+    _require(rollout.max_num_seqs <= budget, "rollout.max_num_seqs",
+             f"{rollout.max_num_seqs} is more than vLLM's batch of {budget} tokens allows (at most one token "
+             "per sequence and step)")
     needed = recipe.data.max_prompt_tokens + rollout.max_new_tokens
     _require(needed <= rollout.max_model_len, "rollout.max_model_len",
              f"{rollout.max_model_len} is shorter than data.max_prompt_tokens + rollout.max_new_tokens = {needed}")
 
 
-def _check_reward(reward) -> None:
+def _check_reward(recipe) -> None:
+    reward = recipe.reward
     _require(bool(reward.weights), "reward.weights", "needs at least one reward function")
     for name in reward.weights:
         _require(bool(_REWARD_NAME.fullmatch(name)), f"reward.weights.{key_text(name)}",
@@ -129,6 +193,12 @@ def _check_reward(reward) -> None:
     _require(reward.workers_per_scorer >= 1, "reward.workers_per_scorer", "must be >= 1")
     _require(reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
     _require(reward.overlong_buffer_tokens >= 0, "reward.overlong_buffer_tokens", "must be >= 0")
+    max_new = recipe.rollout.max_new_tokens
+    _require(reward.overlong_buffer_tokens < max_new, "reward.overlong_buffer_tokens",
+             f"{reward.overlong_buffer_tokens} must be below rollout.max_new_tokens = {max_new} (the penalty "
+             "ramps over the last buffer tokens before it; 0 turns it off)")
+    _require(reward.overlong_penalty >= 0, "reward.overlong_penalty",
+             "must be >= 0 (it is subtracted: a negative one would reward over-long answers)")
 
 
 def _check_algorithm(recipe) -> None:
@@ -141,6 +211,12 @@ def _check_algorithm(recipe) -> None:
     _require(algo.tis_cap == 0 or algo.tis_cap >= 1, "algorithm.tis_cap", "must be 0 (off) or >= 1")
     _require(algo.ppo_epochs >= 1, "algorithm.ppo_epochs", "must be >= 1")
     _require(algo.max_staleness >= 0, "algorithm.max_staleness", "must be >= 0")
+    _require(algo.max_staleness <= MAX_STALENESS, "algorithm.max_staleness",
+             f"must be <= {MAX_STALENESS}: samples more versions old are too far off-policy to correct, and "
+             "each version of staleness keeps one more step of completions in flight")
+    _require(algo.max_staleness == 0 or algo.max_staleness < recipe.run.steps, "algorithm.max_staleness",
+             f"{algo.max_staleness} needs run.steps > {algo.max_staleness}: async mode generates "
+             f"{1 + algo.max_staleness} steps of prompts at once, more than the run trains on")
     _require(not (recipe.rollout.sleep_between_steps and algo.max_staleness > 0), "rollout.sleep_between_steps",
              "needs algorithm.max_staleness = 0 (in async mode the engines generate while the learner steps)")
 
@@ -190,7 +266,12 @@ def _check_eval(recipe) -> None:
     _require(evaluation.every >= 0, "eval.every", "must be >= 0 (0: only before and after training)")
     _require(evaluation.num_prompts >= 1, "eval.num_prompts", "must be >= 1")
     _require(all(k >= 1 for k in evaluation.k), "eval.k", "every k must be >= 1")
+    _require(all(k <= vllm_max_n() for k in evaluation.k), "eval.k",
+             f"{max(evaluation.k, default=0)} is more samples per request than vLLM accepts ({vllm_max_n()}, "
+             "VLLM_MAX_N_SEQUENCES)")
     _require(evaluation.temperature > 0 or not evaluation.k, "eval.temperature", "must be > 0 to draw k samples")
+    _require(evaluation.temperature <= VLLM_MAX_TEMPERATURE, "eval.temperature",
+             f"must be <= {VLLM_MAX_TEMPERATURE:g} (vLLM refuses higher temperatures)")
     _require(all(b >= 1 for b in evaluation.budgets), "eval.budgets", "every budget must be >= 1")
     _require(not evaluation.correctness or evaluation.correctness in recipe.reward.weights, "eval.correctness",
              f"{evaluation.correctness!r} is not one of reward.weights")
@@ -199,5 +280,7 @@ def _check_eval(recipe) -> None:
 def _check_run(run) -> None:
     _require(bool(_RUN_NAME.fullmatch(run.name)), "run.name", "must be letters, digits, '.', '_' or '-'")
     _require(run.steps >= 1, "run.steps", "must be >= 1")
+    _check_seed(run.seed, "run.seed")
     _require(run.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0 (0: only at the end)")
+    _require(run.keep_checkpoints >= 1, "run.keep_checkpoints", "must be >= 1 (the newest is always kept)")
     _require(run.log_every >= 1, "run.log_every", "must be >= 1")

@@ -171,6 +171,9 @@ class LearnerConfig:
     # torch CPU threads per rank; 0: Ray's default, the rank's cluster.learner_cpus (at least 1).
     # More than the CPUs reserved lets a CPU learner use cores the rollout leaves idle.
     cpu_threads: int = 0
+    # A step whose loss or gradients are not finite: "stop" the run with one line, or "skip"
+    # its optimizer update (weights and optimizer state unchanged, counted in the metrics).
+    on_nonfinite: Literal["stop", "skip"] = "stop"
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,7 @@ class RunConfig:
     seed: int = 0
     steps: int = 100
     checkpoint_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 3  # the newest N complete checkpoints are kept (older ones deleted)
     log_every: int = 1  # steps between the terminal's step lines (metrics.jsonl has every step)
     reflection_words: tuple[str, ...] = ("wait", "let me check", "verify", "recheck")
 

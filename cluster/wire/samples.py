@@ -59,3 +59,5 @@ class Group:
     rewards: list[float] = field(default_factory=list)
     advantages: list[float] = field(default_factory=list)
     components: list[dict[str, float]] = field(default_factory=list)  # per sample: reward name -> value
+    # per sample: reward name -> why it failed (it got reward.failure_reward); absent if it succeeded
+    failures: list[dict[str, str]] = field(default_factory=list)

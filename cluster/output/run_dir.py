@@ -1,0 +1,132 @@
+"""A run's output directory is the run's alone.
+
+aha writes into a directory only if it made it or it is empty, and marks it as a run directory
+(`.aha-run`). Inside, it replaces only what a run writes (RUN_OUTPUTS) and leaves anything else
+where it is. While a run is going it holds an exclusive lock (`.aha-lock`, flock: the kernel
+drops it when the process dies, even by SIGKILL), so a second run into the same directory is
+refused in one line that names the holder. A finished or interrupted run can always be
+resumed from its last complete checkpoint, or started again: a fresh start replaces a run
+that has no checkpoint, and one with checkpoints only when asked to (`--overwrite`).
+
+Only the standard library: this runs before anything heavy is started.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from cluster.output.checkpoints import complete_checkpoints
+from cluster.output.run_log import METRICS_FILE, atomic_write
+
+RUN_MARKER = ".aha-run"
+LOCK_FILE = ".aha-lock"
+RECIPE_FILE = "recipe.json"
+# What a run writes into its directory: the only names a fresh start may replace.
+RUN_OUTPUTS = (METRICS_FILE, RECIPE_FILE, "rollouts", "checkpoints", "plots", "tb", "final")
+
+
+class RunDirError(ValueError):
+    """An output directory a run may not use as asked; one line, saying what to do instead."""
+
+
+class RunDirectory:
+    """A claimed output directory: locked until `release` (or the end of a `with` block)."""
+
+    def __init__(self, path: Path, lock_handle):
+        self.path, self._lock = path, lock_handle
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def release(self) -> None:
+        if self._lock is not None and not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def claim_output_dir(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> RunDirectory:
+    """Make `path` this run's directory, locked; RunDirError when it may not be.
+
+    Fresh (`resume=False`): the directory must not exist, be empty, or hold an earlier aha run;
+    that run's outputs are replaced if it has no complete checkpoint, or with `overwrite`.
+    Resume: the directory must hold an aha run with a complete checkpoint.
+    """
+    out = Path(path)
+    _check_usable(out, resume)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / LOCK_FILE, "a+", encoding="utf-8")
+    except OSError as err:
+        raise RunDirError(f"run.output_dir: cannot write to '{out}': {err.strerror or err}") from None
+    _lock(handle, out)
+    try:
+        if not (out / RUN_MARKER).is_file():
+            marker = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": "aha"}
+            atomic_write(out / RUN_MARKER, lambda tmp: Path(tmp).write_text(json.dumps(marker) + "\n"))
+        if resume:
+            if not complete_checkpoints(out / "checkpoints"):
+                raise RunDirError(f"--resume: '{out}' has no complete checkpoint to resume from; "
+                                  "start the run again without --resume")
+        else:
+            _clear_earlier_run(out, overwrite)
+    except BaseException:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+        raise
+    return RunDirectory(out, handle)
+
+
+def _check_usable(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"run.output_dir: '{out}' is a file, not a directory")
+    if not out.exists():
+        if resume:
+            raise RunDirError(f"--resume: '{out}' does not exist; there is no run to resume")
+        return
+    if not (out / RUN_MARKER).is_file() and any(out.iterdir()):
+        raise RunDirError(f"run.output_dir: '{out}' is not empty and was not made by aha; "
+                          "aha writes only into a directory it made or an empty one: choose another run.output_dir")
+
+
+def _lock(handle, out: Path) -> None:
+    """Take the directory's lock without waiting; the holder's pid and host go in the file."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunDirError(f"run.output_dir: '{out}' is in use by another aha run ({holder}); "
+                          "wait for it to finish or choose another run.output_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+
+
+def _clear_earlier_run(out: Path, overwrite: bool) -> None:
+    """Remove an earlier run's outputs before a fresh start; only RUN_OUTPUTS are touched."""
+    kept = complete_checkpoints(out / "checkpoints")
+    if kept and not overwrite:
+        raise RunDirError(f"run.output_dir: '{out}' holds a run with checkpoints (the last at weight version "
+                          f"{kept[-1].version}); pass --resume to continue it, --overwrite to start afresh "
+                          "(its outputs are deleted), or choose another run.output_dir")
+    earlier = [out / name for name in RUN_OUTPUTS if (out / name).exists()]
+    for path in earlier:
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    if earlier:
+        print(f"[aha] replacing the earlier run's outputs in {out} "
+              f"({'--overwrite' if kept else 'it left no checkpoint'})", flush=True)

@@ -1,0 +1,74 @@
+"""Where a resumed run picks up, checked before anything starts.
+
+`--resume` continues the saved run exactly, so it refuses, in one line, a recipe that changed
+what the run learns from or how (`cluster/recipe/resume.py` lists what may change), a training
+file whose content changed, and a checkpoint that is damaged. It resumes from the newest
+*complete* checkpoint (`cluster/output/checkpoints.py`), so an interrupted save costs at most
+the steps since the one before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.output.checkpoints import Checkpoint, complete_checkpoints, drop_newer_than, read_driver_state
+from cluster.output.run_dir import RECIPE_FILE, RunDirectory, RunDirError
+from cluster.recipe import Recipe, recipe_to_dict
+from cluster.recipe.resume import RESUMABLE, resume_conflicts
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    checkpoint: Checkpoint
+    state: dict  # step, sampler, weight_version, train_data_sha256
+
+    @property
+    def step(self) -> int:
+        return self.state["step"]
+
+
+def find_resume_point(run_dir: RunDirectory, recipe: Recipe) -> ResumePoint:
+    """The newest complete checkpoint of the run in `run_dir`, after checking that `recipe` may
+    continue it; RunDirError or CheckpointError (one line) otherwise."""
+    _check_same_recipe(run_dir.path / RECIPE_FILE, recipe)
+    checkpoint = complete_checkpoints(run_dir.checkpoints)[-1]  # claim_output_dir made sure there is one
+    state = read_driver_state(checkpoint, recipe.learner.num_ranks)
+    dropped = drop_newer_than(run_dir.checkpoints, checkpoint.version)  # an interrupted save's leftovers
+    if dropped:
+        print(f"[aha] resuming from {checkpoint.tag} (step {state['step']}); dropped the incomplete "
+              f"{', '.join(p.name for p in dropped)}", flush=True)
+    return ResumePoint(checkpoint, state)
+
+
+def _check_same_recipe(saved_path: Path, recipe: Recipe) -> None:
+    try:
+        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunDirError(f"--resume: the run's recipe '{saved_path}' cannot be read ({type(err).__name__}); "
+                          "the run cannot be checked against this recipe") from None
+    changed = resume_conflicts(saved, recipe_to_dict(recipe))
+    if changed:
+        shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+        raise RunDirError(f"--resume: the recipe differs from the run's ({saved_path}) in {shown}; a resumed run "
+                          f"may change only {', '.join(k.rstrip('.') for k in RESUMABLE[:4])}, eval, cluster and "
+                          "worker-count settings (start a new run to change the rest)")
+
+
+def train_data_sha256(recipe: Recipe) -> str:
+    """The training file's content hash: the data order a checkpoint continues is over these rows."""
+    digest = hashlib.sha256()
+    with open(recipe.data.train_path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_same_data(point: ResumePoint, recipe: Recipe) -> None:
+    """The training file must be the one the checkpoint's data order runs over."""
+    saved = point.state.get("train_data_sha256")
+    if saved is not None and saved != train_data_sha256(recipe):
+        raise RunDirError(f"--resume: data file '{recipe.data.train_path}' changed since {point.checkpoint.tag} "
+                          "was saved (its content hash differs); resume needs the same training data")
