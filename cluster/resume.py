@@ -53,8 +53,8 @@ def _check_same_recipe(saved_path: Path, recipe: Recipe) -> None:
     if changed:
         shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
         raise RunDirError(f"--resume: the recipe differs from the run's ({saved_path}) in {shown}; a resumed run "
-                          f"may change only {', '.join(k.rstrip('.') for k in RESUMABLE[:4])}, eval, cluster and "
-                          "worker-count settings (start a new run to change the rest)")
+                          f"may change only {', '.join(k.rstrip('.') for k in RESUMABLE[:4])}, its directory, eval, "
+                          "cluster and worker-count settings (start a new run to change the rest)")
 
 
 def train_data_sha256(recipe: Recipe) -> str:

@@ -224,3 +224,18 @@ def test_aha_data_writes_the_format_its_suffix_names_and_never_overwrites_unaske
     assert not (tmp_path / "a.csv").exists()
     assert aha_data(tmp_path / "a.parquet").returncode == 0
     assert pq.read_table(tmp_path / "a.parquet").num_rows == 4
+
+
+def test_resume_refuses_a_training_file_whose_content_changed(tmp_path):
+    from cluster.output.checkpoints import Checkpoint
+    from cluster.resume import ResumePoint, check_same_data, train_data_sha256
+
+    recipe = _synthetic_recipe(tmp_path)
+    prepare_data(recipe)
+    point = ResumePoint(Checkpoint(tmp_path / "version-1", 1),
+                        {"step": 1, "sampler": {}, "weight_version": 1, "train_data_sha256": train_data_sha256(recipe)})
+    check_same_data(point, recipe)  # the same file: fine
+    table = pq.read_table(tmp_path / "train.parquet")
+    pq.write_table(table.slice(1), tmp_path / "train.parquet")
+    with pytest.raises(RunDirError, match=r"changed since version-1 was saved \(its content hash differs\)"):
+        check_same_data(point, recipe)

@@ -176,10 +176,10 @@ def write_directory_atomic(out: str | os.PathLike, fill, *, replace_pretrained: 
     out = Path(out)
     if out.exists() and not (out / SPEC_MARKER).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"'{out}' exists and was not written by aha; refusing to replace it "
-                              "(point model.path at a new directory)")
+                              "(choose a new directory)")
     if (out / PRETRAIN_RECORD).is_file() and not replace_pretrained:
         raise FileExistsError(f"'{out}' holds a model aha pre-trained; refusing to replace it with a random one "
-                              "(point model.path at a new directory)")
+                              "(choose a new directory)")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

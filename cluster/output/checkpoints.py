@@ -81,9 +81,9 @@ def read_driver_state(checkpoint: Checkpoint, num_ranks: int) -> dict:
     for rank in range(num_ranks):
         rng = checkpoint.path / f"rng_rank{rank}.pt"
         if not rng.is_file() or rng.stat().st_size == 0:
-            raise CheckpointError(f"checkpoint file '{rng}' is missing or empty (the checkpoint was written by "
-                                  f"{num_ranks} learner ranks?); remove that checkpoint folder to resume from the "
-                                  "one before")
+            raise CheckpointError(f"checkpoint file '{rng}' is missing or empty (a save cut short, or a run with "
+                                  f"fewer than learner.num_ranks = {num_ranks} ranks); remove that checkpoint "
+                                  "folder to resume from the one before")
     return state
 
 

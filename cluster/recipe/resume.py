@@ -16,6 +16,7 @@ from cluster.recipe.schema import Recipe
 # Dotted keys (or whole sections, ending in ".") that may differ on --resume.
 RESUMABLE = (
     "run.steps", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every",
+    "run.name", "run.output_dir",  # where the run lives: a moved run directory resumes where it is
     "eval.",  # evaluation cadence and settings: measurement, not training
     "cluster.address", "cluster.num_cpus", "cluster.rollout_cpus", "cluster.rollout_gpus",
     "cluster.learner_cpus", "cluster.learner_gpus", "cluster.scorer_cpus", "cluster.timeout_s",
