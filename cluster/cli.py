@@ -51,6 +51,23 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Turn a run's checkpoint into a Hugging Face model directory."""
+    _no_overrides(overrides)
+    from cluster.export import export_checkpoint
+
+    print(export_checkpoint(args.run_dir, args.out, step=args.step, overwrite=args.overwrite))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Held-out evaluation of one or more models through rollout workers and scorers."""
+    from cluster.eval_job import run_eval
+
+    run_eval(_recipe(args, overrides), args.model or [], out=args.out, overwrite=args.overwrite)
+    return 0
+
+
 def cmd_smoke(args: argparse.Namespace, overrides: list[str]) -> int:
     """Sample a few groups through a vLLM rollout worker in a Ray actor: a stack check, no training."""
     from cluster.smoke import run_smoke
@@ -122,6 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="start afresh in an output directory whose earlier run has checkpoints (deletes them)")
     train.set_defaults(run=cmd_train)
+
+    export = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face model directory")
+    export.add_argument("run_dir", help="the run's output directory")
+    export.add_argument("out", help="the model directory to write (new or empty)")
+    export.add_argument("--step", type=int, default=None, help="the step of a kept checkpoint (default: the newest)")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+    export.set_defaults(run=cmd_export)
+
+    evaluate = sub.add_parser("eval", help="held-out accuracy, pass@k, maj@k and accuracy by token budget of "
+                              "one or more models, side by side")
+    evaluate.add_argument("recipe", help="recipe TOML file (data.eval_path, template, rewards, [eval])")
+    evaluate.add_argument("--model", action="append", metavar="PATH_OR_HUB_ID",
+                          help="a model to evaluate: hub id, local directory or a run's final/; repeat to compare "
+                               "(default: the recipe's model.path)")
+    evaluate.add_argument("--out", default=None,
+                          help="output directory: new, empty, or an earlier aha eval's (default: runs/<run.name>-eval)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation's results in --out")
+    evaluate.set_defaults(run=cmd_eval)
 
     check = sub.add_parser("check", help="validate a recipe and print it resolved")
     check.add_argument("recipe", help="recipe TOML file")

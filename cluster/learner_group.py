@@ -82,8 +82,10 @@ class LearnerGroup:
             raise CheckpointError(f"--resume: checkpoint '{directory}/{tag}' cannot be loaded ({reason}); remove "
                                   "that checkpoint folder to resume from the one before") from None
 
-    def export_hf(self, directory: str) -> str:
-        return self._all([r.export_hf.remote(directory) for r in self.ranks], "Hugging Face export")[0]
+    def export_hf(self, directory: str, tokenizer_source: str = "") -> str:
+        """The current weights as a Hugging Face model directory (rank 0 writes it); returns its path."""
+        return self._all([r.export_hf.remote(directory, tokenizer_source) for r in self.ranks],
+                         "Hugging Face export")[0]
 
     def shutdown(self) -> None:
         for rank in self.ranks:

@@ -26,7 +26,8 @@ from cluster.learner_group import train_sequences
 from cluster.output.eval_metrics import (group_stats, reflection_rate, response_stats, reward_failure_shares,
                                          reward_failure_warnings)
 from cluster.output.checkpoints import prune_checkpoints, write_driver_state
-from cluster.output.run_dir import RECIPE_FILE
+from cluster.export import save_model_files
+from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, RECIPE_FILE
 from cluster.recipe import Recipe, recipe_to_dict
 from cluster.resume import check_same_data, find_resume_point, train_data_sha256
 from cluster.rollout_pool import GroupStream, push_weights
@@ -92,9 +93,10 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
         push_weights(learners, pool, version, recipe.cluster.timeout_s)
     else:
         (out / RECIPE_FILE).write_text(json.dumps(recipe_to_dict(recipe), indent=2))
+        save_model_files(out / MODEL_FILES_DIR, model_path, tokenizer, trust_remote_code=recipe.model.trust_remote_code)
     eval_rows = load_rows(recipe, recipe.data.eval_path) if recipe.data.eval_path else []
     if eval_rows and resume_at is None:
-        before = evaluate(system, recipe, eval_rows)
+        before = evaluate(pool, scorers, tokenizer, recipe, eval_rows).metrics
         log.log_step(0, before)
         print(f"[aha] held-out accuracy before RL: {before['eval/accuracy']:.3f} "
               f"on {before['eval/num_prompts']:.0f} problems", flush=True)
@@ -153,7 +155,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
             for warning in reward_failure_warnings(step, [f for g in intake.accepted for f in g.failures]):
                 bar.write(warning)
             if eval_rows and (step == run.steps or (recipe.eval.every and step % recipe.eval.every == 0)):
-                metrics.update(evaluate(system, recipe, eval_rows))
+                metrics.update(evaluate(pool, scorers, tokenizer, recipe, eval_rows).metrics)
                 print(f"[aha] held-out accuracy after step {step}: {metrics['eval/accuracy']:.3f}", flush=True)
             log.log_step(step, metrics)
             log.write_rollouts(step, _rollout_rows(step, intake.accepted))
@@ -170,6 +172,8 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
                 write_driver_state(saved, {"step": step, "sampler": sampler_state, "weight_version": version,
                                            "train_data_sha256": data_sha256})
                 prune_checkpoints(run_dir.checkpoints, run.keep_checkpoints)
+        # The run's model as a Hugging Face directory: the next stage's model.path.
+        learners.export_hf(str(out / FINAL_DIR), str(out / MODEL_FILES_DIR))
     finally:
         bar.close()
         plot_run(out)
@@ -178,7 +182,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
     summary = heldout_summary(read_metrics(out))
     if summary:
         print(f"[aha] {summary}", flush=True)
-    print(f"[aha] done: metrics {out / METRICS_FILE}, plots {out / 'plots'}, "
+    print(f"[aha] done: model {out / FINAL_DIR}, metrics {out / METRICS_FILE}, plots {out / 'plots'}, "
           f"checkpoints {out / 'checkpoints'}", flush=True)
     return out
 

@@ -208,6 +208,15 @@ def _weights_expected(name: str) -> bool:
     return Path(name).is_dir() or bool(constants.HF_HUB_OFFLINE)
 
 
+def check_model(recipe: Recipe, name: str, key: str) -> Path | None:
+    """A model path as the engines will load it (`aha eval`'s --model): it exists here or on the
+    hub, and a local copy passes `check_model_dir`. Returns its directory (None: not cached)."""
+    directory = resolve_model(name, key)
+    if directory is not None:
+        check_model_dir(recipe, directory, key, weights=_weights_expected(name))
+    return directory
+
+
 def check_model_dir(recipe: Recipe, directory: Path, key: str, *, weights: bool) -> None:
     """config.json parses, the weights are whole, rollout.max_model_len fits the model and its
     KV cache."""

@@ -8,9 +8,6 @@ newest complete tag by name, never through DeepSpeed's `latest` pointer.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -46,31 +43,20 @@ def load_checkpoint(learner, directory: str, tag: str) -> int:
     return learner.weight_version
 
 
-def export_hf(learner, directory: str) -> str | None:
-    """Write a Hugging Face model directory (safetensors, config, tokenizer) from rank 0.
+def export_hf(learner, directory: str, tokenizer_source: str = "") -> str | None:
+    """Write a Hugging Face model directory of the learner's current weights from rank 0.
 
-    Collective under ZeRO-3 (the weights are gathered); rank 0 writes to a temporary sibling
-    and renames it into place, other ranks return None.
+    Collective under ZeRO-3 (the weights are gathered); other ranks return None. The tokenizer
+    and generation config come from `tokenizer_source` (the run's `model-files/`; default: the
+    base model).
     """
+    from learner.hf_export import write_hf_model
+
     weights = learner.collect_weights()
     if learner.rank != 0:
         return None
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        with torch.device("meta"):
-            shell = AutoModelForCausalLM.from_config(learner.hf_config)
-        shell.load_state_dict(weights, strict=False, assign=True)
-        shell.tie_weights()
-        shell.save_pretrained(staging, safe_serialization=True)
-        AutoTokenizer.from_pretrained(learner.spec.model_path).save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return str(target)
+    source = learner.spec.model_path
+    record = {"base_model": source, "weight_version": learner.weight_version}
+    files = tokenizer_source or source
+    return str(write_hf_model(weights, learner.hf_config, directory, tokenizer_source=files,
+                              generation_source=files, record=record))

@@ -325,7 +325,7 @@ class Learner:
 
         return load_checkpoint(self, directory, tag)
 
-    def export_hf(self, directory: str) -> str | None:
+    def export_hf(self, directory: str, tokenizer_source: str = "") -> str | None:
         from learner.checkpoint import export_hf
 
-        return export_hf(self, directory)
+        return export_hf(self, directory, tokenizer_source)

@@ -27,8 +27,15 @@ from cluster.output.run_log import METRICS_FILE, atomic_write
 RUN_MARKER = ".aha-run"
 LOCK_FILE = ".aha-lock"
 RECIPE_FILE = "recipe.json"
-# What a run writes into its directory: the only names a fresh start may replace.
-RUN_OUTPUTS = (METRICS_FILE, RECIPE_FILE, "rollouts", "checkpoints", "plots", "tb", "final")
+FINAL_DIR = "final"  # the trained model as a Hugging Face directory
+MODEL_FILES_DIR = "model-files"  # the base model's config and tokenizer, to export checkpoints with
+EVAL_FILE = "eval.json"
+# What `aha eval` writes: the metrics, the table, the side-by-side plot, one row per completion.
+EVAL_OUTPUTS = (EVAL_FILE, "eval.md", "eval.png", "completions.parquet")
+# What a run writes into its directory: the only names a fresh start may replace. An evaluation
+# written into a run's directory described that run's model, so a fresh start replaces it too.
+RUN_OUTPUTS = (METRICS_FILE, RECIPE_FILE, "rollouts", "checkpoints", "plots", "tb", FINAL_DIR, MODEL_FILES_DIR,
+               *EVAL_OUTPUTS)
 
 
 class RunDirError(ValueError):
@@ -57,21 +64,24 @@ class RunDirectory:
         self.release()
 
 
-def claim_output_dir(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> RunDirectory:
+def claim_output_dir(path: str | os.PathLike, *, resume: bool, overwrite: bool, outputs: tuple[str, ...] = RUN_OUTPUTS,
+                     key: str = "run.output_dir") -> RunDirectory:
     """Make `path` this run's directory, locked; RunDirError when it may not be.
 
     Fresh (`resume=False`): the directory must not exist, be empty, or hold an earlier aha run;
-    that run's outputs are replaced if it has no complete checkpoint, or with `overwrite`.
-    Resume: the directory must hold an aha run with a complete checkpoint.
+    that run's `outputs` are replaced if it has no complete checkpoint, or with `overwrite`.
+    Resume: the directory must hold an aha run with a complete checkpoint. `aha eval` claims
+    with `outputs=EVAL_OUTPUTS`: it replaces only those, and an earlier evaluation's only with
+    `overwrite`. `key` is the setting or option the errors name.
     """
     out = Path(path)
-    _check_usable(out, resume)
+    _check_usable(out, resume, key)
     try:
         out.mkdir(parents=True, exist_ok=True)
         handle = open(out / LOCK_FILE, "a+", encoding="utf-8")
     except OSError as err:
-        raise RunDirError(f"run.output_dir: cannot write to '{out}': {err.strerror or err}") from None
-    _lock(handle, out)
+        raise RunDirError(f"{key}: cannot write to '{out}': {err.strerror or err}") from None
+    _lock(handle, out, key)
     try:
         if not (out / RUN_MARKER).is_file():
             marker = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": "aha"}
@@ -81,7 +91,7 @@ def claim_output_dir(path: str | os.PathLike, *, resume: bool, overwrite: bool) 
                 raise RunDirError(f"--resume: '{out}' has no complete checkpoint to resume from; "
                                   "start the run again without --resume")
         else:
-            _clear_earlier_run(out, overwrite)
+            _clear_earlier_run(out, overwrite, outputs, key)
     except BaseException:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
@@ -89,19 +99,19 @@ def claim_output_dir(path: str | os.PathLike, *, resume: bool, overwrite: bool) 
     return RunDirectory(out, handle)
 
 
-def _check_usable(out: Path, resume: bool) -> None:
+def _check_usable(out: Path, resume: bool, key: str) -> None:
     if out.exists() and not out.is_dir():
-        raise RunDirError(f"run.output_dir: '{out}' is a file, not a directory")
+        raise RunDirError(f"{key}: '{out}' is a file, not a directory")
     if not out.exists():
         if resume:
             raise RunDirError(f"--resume: '{out}' does not exist; there is no run to resume")
         return
     if not (out / RUN_MARKER).is_file() and any(out.iterdir()):
-        raise RunDirError(f"run.output_dir: '{out}' is not empty and was not made by aha; "
-                          "aha writes only into a directory it made or an empty one: choose another run.output_dir")
+        raise RunDirError(f"{key}: '{out}' is not empty and was not made by aha; "
+                          f"aha writes only into a directory it made or an empty one: choose another {key}")
 
 
-def _lock(handle, out: Path) -> None:
+def _lock(handle, out: Path, key: str) -> None:
     """Take the directory's lock without waiting; the holder's pid and host go in the file."""
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -109,24 +119,28 @@ def _lock(handle, out: Path) -> None:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise RunDirError(f"run.output_dir: '{out}' is in use by another aha run ({holder}); "
-                          "wait for it to finish or choose another run.output_dir") from None
+        raise RunDirError(f"{key}: '{out}' is in use by another aha run ({holder}); "
+                          f"wait for it to finish or choose another {key}") from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     handle.flush()
 
 
-def _clear_earlier_run(out: Path, overwrite: bool) -> None:
-    """Remove an earlier run's outputs before a fresh start; only RUN_OUTPUTS are touched."""
-    kept = complete_checkpoints(out / "checkpoints")
+def _clear_earlier_run(out: Path, overwrite: bool, outputs: tuple[str, ...], key: str) -> None:
+    """Remove an earlier run's outputs before a fresh start; only `outputs` are touched."""
+    kept = complete_checkpoints(out / "checkpoints") if "checkpoints" in outputs else []
     if kept and not overwrite:
-        raise RunDirError(f"run.output_dir: '{out}' holds a run with checkpoints (the last at weight version "
+        raise RunDirError(f"{key}: '{out}' holds a run with checkpoints (the last at weight version "
                           f"{kept[-1].version}); pass --resume to continue it, --overwrite to start afresh "
-                          "(its outputs are deleted), or choose another run.output_dir")
-    earlier = [out / name for name in RUN_OUTPUTS if (out / name).exists()]
+                          f"(its outputs are deleted), or choose another {key}")
+    # An evaluation's results are what it spent its engine time on: replaced only when asked.
+    if "checkpoints" not in outputs and EVAL_FILE in outputs and (out / EVAL_FILE).is_file() and not overwrite:
+        raise RunDirError(f"{key}: '{out}' holds an earlier evaluation ({EVAL_FILE}); pass --overwrite to "
+                          f"replace it, or choose another {key}")
+    earlier = [out / name for name in outputs if (out / name).exists()]
     for path in earlier:
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     if earlier:
         print(f"[aha] replacing the earlier run's outputs in {out} "
-              f"({'--overwrite' if kept else 'it left no checkpoint'})", flush=True)
+              f"({'--overwrite' if kept or overwrite else 'it left no checkpoint'})", flush=True)

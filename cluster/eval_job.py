@@ -1,0 +1,169 @@
+"""`aha eval`: held-out evaluation of one or more models, side by side on the same problems.
+
+Each model (a hub id, a local directory, a run's `final/`; by default the recipe's model.path)
+is evaluated by `cluster.evaluation.evaluate` — the code the GRPO loop's periodic evaluation
+runs — with the recipe's template, rewards and `[eval]` settings, on the first
+`eval.num_prompts` rows of `data.eval_path`. The reward scorers are started once; each model
+gets a fresh rollout pool (the engines load a model at start), shut down before the next.
+Outputs (cluster/output/eval_report.py) are rewritten after each model, so a failure later on
+keeps the models already done.
+
+Every check that can fail on the user's input runs before the output directory is claimed and
+before Ray starts: a mistake is one line, exit code 2, and nothing written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from cluster.recipe import Recipe, RecipeError
+
+
+ENGINE_STOP_S = 60.0  # the most a model's engines are given to stop before their actors are killed
+
+
+@dataclass(frozen=True)
+class Target:
+    """One model to evaluate: its label (as the user gave it), the path the engines load, and
+    the recipe it is evaluated with (the same one, but for the model)."""
+
+    label: str
+    path: str
+    recipe: Recipe
+
+
+def default_output_dir(recipe: Recipe) -> Path:
+    """Beside the run's own directory: runs/<run.name>-eval, or <run.output_dir>-eval."""
+    run_dir = recipe.output_dir
+    return run_dir.with_name(run_dir.name + "-eval")
+
+
+def run_eval(recipe: Recipe, models: list[str], *, out: str | None = None, overwrite: bool = False) -> Path:
+    """Evaluate `models` (empty: the recipe's model) and write the outputs; returns the directory."""
+    from cluster.output.run_dir import EVAL_OUTPUTS, claim_output_dir
+    from cluster.preflight import print_warnings
+
+    targets, rows, tokenizers, warnings = _prepare_and_check(recipe, _targets(recipe, models))
+    print_warnings(warnings)
+    out_dir = Path(out) if out else default_output_dir(recipe)
+    with claim_output_dir(out_dir, resume=False, overwrite=overwrite, outputs=EVAL_OUTPUTS, key="--out") as claimed:
+        _evaluate_all(recipe, targets, tokenizers, rows, claimed.path)
+    return out_dir
+
+
+def _targets(recipe: Recipe, models: list[str]) -> list[Target]:
+    """The models to evaluate. A --model is evaluated with its own tokenizer: model.tokenizer,
+    [model.tiny] and [model.pretrain] describe the recipe's model, not it."""
+    if not recipe.data.eval_path:
+        raise RecipeError("data.eval_path", "aha eval needs a held-out data set: set data.eval_path in the recipe "
+                          "or pass --data.eval_path FILE")
+    if not models:
+        return [Target(label=recipe.model.path, path=recipe.model.path, recipe=recipe)]
+    twice = next((m for i, m in enumerate(models) if m in models[:i]), None)
+    if twice is not None:
+        raise RecipeError("--model", f"'{twice}' is given twice")
+    return [Target(label=m, path=m, recipe=replace(recipe, model=replace(recipe.model, path=m, tokenizer="",
+                                                                          tiny=None, pretrain=None)))
+            for m in models]
+
+
+def _prepare_and_check(recipe: Recipe, targets: list[Target]):
+    """Check what the recipe and each model point at, make the recipe's own inputs exist
+    (synthetic data, a tiny model), and encode the prompts with every model's tokenizer (a
+    prompt too long for one of them fails here, not after its engine started). Returns the
+    targets (the recipe's own model at its prepared path), the held-out rows, the tokenizers by
+    label, and warning lines."""
+    from cluster.inputs.prepare import prepare_data, prepare_model
+    from cluster.inputs.prompts import encode_prompts, load_rows
+    from cluster.preflight import (check_kv_memory, check_model, check_reward_fields, load_tokenizer,
+                                   resolve_rewards, tag_warning)
+
+    rewards = resolve_rewards(recipe)
+    for target in targets:
+        if target.recipe.model.tiny is None:
+            check_model(target.recipe, target.path, "--model" if target.recipe is not recipe else "model.path")
+    check_kv_memory(recipe)
+    prepare_data(recipe)
+    if any(target.recipe is recipe for target in targets):
+        prepared = str(prepare_model(recipe))  # a [model.tiny] is built, as `aha train` would
+        targets = [replace(t, path=prepared) if t.recipe is recipe else t for t in targets]
+    rows = load_rows(recipe, recipe.data.eval_path)[: recipe.eval.num_prompts]
+    check_reward_fields(recipe, rewards, rows, recipe.data.eval_path)
+    tokenizers, warnings = {}, []
+    for target in targets:
+        tokenizer = load_tokenizer(target.recipe, target.path)
+        encode_prompts(target.recipe, tokenizer, rows)
+        tokenizers[target.label] = tokenizer
+        warning = tag_warning(target.recipe, tokenizer)
+        if warning and warning not in warnings:
+            warnings.append(warning)
+    return targets, rows, tokenizers, warnings
+
+
+def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows, out: Path) -> None:
+    """Start the scorers once and, per model, a rollout pool; write the outputs after each."""
+    from cluster.evaluation import evaluate
+    from cluster.launch import connect_ray
+    from cluster.output.eval_report import eval_table, write_eval_outputs
+    from cluster.rollout_pool import RolloutPool
+    from cluster.scorer_pool import ScorerPool
+    from cluster.specs import engine_spec, scorer_spec
+
+    connect_ray(recipe.cluster)
+    cluster = recipe.cluster
+    scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers, cpus_per_scorer=cluster.scorer_cpus,
+                         timeout_s=cluster.timeout_s)
+    results, records = [], []
+    try:
+        for number, target in enumerate(targets, 1):
+            print(f"[aha] eval {number}/{len(targets)}: {target.label} on {len(rows)} held-out problems", flush=True)
+            pool = RolloutPool(engine_spec(target.recipe, target.path), recipe.rollout.num_workers,
+                               cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus,
+                               timeout_s=cluster.timeout_s)
+            try:
+                done = evaluate(pool, scorers, tokenizers[target.label], target.recipe, rows)
+            finally:
+                _close(pool, cluster.timeout_s)
+            results.append({"model": target.label, "path": target.path, "metrics": done.metrics})
+            records += [{"model": target.label, **record} for record in done.records]
+            write_eval_outputs(out, _settings(recipe, len(rows)), results, records)
+            print(f"[aha] {target.label}: {_summary(done.metrics)}", flush=True)
+    finally:
+        scorers.shutdown()
+    print(eval_table(results), flush=True)
+    print(f"[aha] done: {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'}, {out / 'completions.parquet'}",
+          flush=True)
+
+
+def _close(pool, timeout_s: float) -> None:
+    """Stop each engine, its own processes with it, before its actor is killed: the next
+    model's engines need that memory. A stop that fails or hangs is reported, not waited out."""
+    import ray
+
+    from cluster.launch import get_all
+
+    try:
+        get_all(ray, [worker.shutdown.remote() for worker in pool.workers], min(timeout_s, ENGINE_STOP_S),
+                "rollout engine shutdown")
+    except Exception as err:  # the actors are killed below all the same
+        print(f"[aha] stopping the rollout engines: {type(err).__name__}: {err}", flush=True)
+    pool.shutdown()
+
+
+def _settings(recipe: Recipe, num_prompts: int) -> dict:
+    """What the numbers mean: the data, how many problems, and the [eval] settings used."""
+    from cluster.evaluation import correctness_reward
+
+    settings = recipe.eval
+    return {"eval_path": recipe.data.eval_path, "num_prompts": num_prompts, "template": recipe.data.template,
+            "correctness": correctness_reward(recipe), "k": list(settings.k), "temperature": settings.temperature,
+            "budgets": list(settings.budgets), "max_new_tokens": recipe.rollout.max_new_tokens,
+            "reward_weights": dict(recipe.reward.weights)}
+
+
+def _summary(metrics: dict) -> str:
+    shown = [f"{key.removeprefix('eval/')} {value:.3f}" for key, value in metrics.items()
+             if key != "eval/num_prompts" and isinstance(value, (int, float))]
+    return ", ".join(shown)
+
