@@ -64,15 +64,16 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
     from tqdm import tqdm
 
     from cluster.inputs.prepare import prepare_data, prepare_model
-    from cluster.preflight import check_prepared, load_tokenizer, print_warnings
     from cluster.output.plots import heldout_summary, plot_run
     from cluster.output.run_log import METRICS_FILE, RunLog, read_metrics, summary_line
+    from cluster.preflight import check_prepared, load_tokenizer, print_warnings
 
     out = run_dir.path
     resume_at = find_resume_point(run_dir, recipe) if resume else None
     prepare_data(recipe)  # first: the held-out prompts are kept out of the training data
+    data_sha256 = train_data_sha256(recipe)  # recorded with each checkpoint; resume needs the same file
     if resume_at is not None:
-        check_same_data(resume_at, recipe)
+        check_same_data(resume_at, recipe, data_sha256)
     model_path = str(prepare_model(recipe))
     tokenizer = load_tokenizer(recipe, model_path)
     print_warnings(warnings + check_prepared(recipe, model_path, tokenizer))  # the last checks before Ray
@@ -80,7 +81,6 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
     algo, rollout, run = recipe.algorithm, recipe.rollout, recipe.run
     sampler = PromptSampler(rows, seed=run.seed, shuffle=recipe.data.shuffle)
     sampling = sampling_spec(recipe, seed=None)
-    data_sha256 = train_data_sha256(recipe)
     log = RunLog(out)
     system = start_system(recipe, model_path, tokenizer)
     pool, scorers, learners = system.pool, system.scorers, system.learners

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from cluster.inputs.data import DataError, PromptRow, row_label
+from cluster.inputs.data import DataError, PromptRow, one_line, row_label
 from cluster.inputs.model_files import check_weights, kv_bytes_per_token, model_max_len, read_config
 from cluster.inputs.prompts import encode_prompts, load_rows
 from cluster.recipe import Recipe, RecipeError
@@ -182,7 +182,7 @@ def resolve_model(name: str, key: str) -> Path | None:
         raise RecipeError(key, f"{where}, nor a model on the hub (a private one needs HF_TOKEN)") from None
     except Exception as err:  # no network: DNS, refused connection, timeout, proxy
         raise RecipeError(key, f"{where}, and the hub cannot be reached ({type(err).__name__}: "
-                          f"{_one_line(err)})") from None
+                          f"{one_line(err)[:200]})") from None
     return None
 
 
@@ -268,7 +268,7 @@ def _load_tokenizer_from(recipe: Recipe, source: str, key: str):
         ids = tokenizer("The answer is 42.", add_special_tokens=False)["input_ids"]
     except Exception as err:  # transformers raises many kinds for a missing or broken tokenizer
         raise RecipeError(key, f"no tokenizer loads from '{source}' ({type(err).__name__}: "
-                          f"{_one_line(err)})") from None
+                          f"{one_line(err)[:200]})") from None
     # transformers 5 builds an empty tokenizer from a directory with no tokenizer files at all.
     if not ids:
         raise RecipeError(key, f"the tokenizer in '{source}' has no vocabulary (no tokenizer files there?)")
@@ -366,7 +366,3 @@ def memory_bytes() -> tuple[int | None, int | None]:
         if limit < total:
             total, available = limit, min(available, limit - usage)
     return total, available
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:200]

@@ -9,11 +9,11 @@ the steps since the one before.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.inputs.prepare import file_sha256
 from cluster.output.checkpoints import Checkpoint, complete_checkpoints, drop_newer_than, read_driver_state
 from cluster.output.run_dir import RECIPE_FILE, RunDirectory, RunDirError
 from cluster.recipe import Recipe, recipe_to_dict
@@ -59,16 +59,13 @@ def _check_same_recipe(saved_path: Path, recipe: Recipe) -> None:
 
 def train_data_sha256(recipe: Recipe) -> str:
     """The training file's content hash: the data order a checkpoint continues is over these rows."""
-    digest = hashlib.sha256()
-    with open(recipe.data.train_path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(recipe.data.train_path)
 
 
-def check_same_data(point: ResumePoint, recipe: Recipe) -> None:
-    """The training file must be the one the checkpoint's data order runs over."""
+def check_same_data(point: ResumePoint, recipe: Recipe, data_sha256: str) -> None:
+    """The training file (whose hash is `data_sha256`) must be the one the checkpoint's data
+    order runs over."""
     saved = point.state.get("train_data_sha256")
-    if saved is not None and saved != train_data_sha256(recipe):
+    if saved is not None and saved != data_sha256:
         raise RunDirError(f"--resume: data file '{recipe.data.train_path}' changed since {point.checkpoint.tag} "
                           "was saved (its content hash differs); resume needs the same training data")

@@ -66,7 +66,7 @@ class PromptRow:
     source: str = field(default="", compare=False)
 
 
-def _one_line(text: object) -> str:
+def one_line(text: object) -> str:
     """Collapse an exception message onto one line so errors stay grep- and log-friendly."""
     return " ".join(str(text).split())
 
@@ -107,13 +107,13 @@ def _read_table(path: Path, file_format: str) -> pa.Table:
             raise DataError(f"data file '{path}': the dataset has no rows") from exc
         # pyarrow's "in row N" counts within the block it was parsing, not the file: say where.
         where = _jsonl_problem(path) if fmt == "jsonl" else None
-        reason = where or re.sub(r" in row \d+$", "", _one_line(exc))
+        reason = where or re.sub(r" in row \d+$", "", one_line(exc))
         raise DataError(f"data file '{path}': cannot read it as {fmt}: {reason}") from exc
     try:
         table.validate(full=True)  # neither reader checks UTF-8; to_pylist would raise mid-way
     except pa.ArrowException as exc:
         where = _jsonl_problem(path) if fmt == "jsonl" else _bad_text(table)
-        raise DataError(f"data file '{path}': {where or _one_line(exc)}") from exc
+        raise DataError(f"data file '{path}': {where or one_line(exc)}") from exc
     return table
 
 
@@ -141,7 +141,7 @@ def _jsonl_problem(path: Path) -> str | None:
                 except json.JSONDecodeError as err:
                     return f"line {number} is not valid JSON ({err.msg} at column {err.colno})"
                 except (ValueError, RecursionError) as err:
-                    return f"line {number} is not valid JSON ({_one_line(err) or 'nested too deeply'})"
+                    return f"line {number} is not valid JSON ({one_line(err) or 'nested too deeply'})"
                 if not isinstance(record, dict):
                     return f"line {number} is a JSON {_json_kind(record) or 'null'}, not an object"
                 for column, value in record.items():

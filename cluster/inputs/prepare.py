@@ -83,7 +83,7 @@ def prepare_data(recipe) -> list[Path]:
         else:
             rows = task_rows(synthetic.task, count, seed=seed, exclude=held_out, unique=is_eval, **options)
             write_rows(rows, path, recipe.data.file_format)
-            record = {"settings": settings, "sha256": _sha256(path)}
+            record = {"settings": settings, "sha256": file_sha256(path)}
             Path(f"{path}{SIDECAR_SUFFIX}").write_text(json.dumps(record, indent=2) + "\n")
         if is_eval:
             held_out = held_out_prompts(recipe) if rows is None else frozenset(r["prompt"] for r in rows)
@@ -106,14 +106,15 @@ def _synthetic_record(path: Path, key: str) -> dict:
         record = None
     if isinstance(record, dict) and "task" in record and "sha256" not in record:
         return {}  # a sidecar of aha before hashes: its file is aha's, regenerate it
-    if not isinstance(record, dict) or not path.is_file() or record.get("sha256") != _sha256(path):
+    if not isinstance(record, dict) or not path.is_file() or record.get("sha256") != file_sha256(path):
         raise RecipeError(key, f"'{path}' exists and was not written by aha's [data.synthetic] (or was changed "
                           "since); aha will not overwrite it: point the path elsewhere, or drop [data.synthetic] "
                           "to train on that file")
     return record
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """The file's content hash, read in blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
