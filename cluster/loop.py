@@ -52,8 +52,9 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> P
     run there from its newest complete checkpoint (same data order and weight version); with
     `overwrite`, start afresh even where an earlier run left checkpoints."""
     from cluster.output.run_dir import claim_output_dir
-    from cluster.preflight import check_before_start
+    from cluster.preflight import check_before_start, require_prompt_file
 
+    require_prompt_file(recipe)
     warnings = check_before_start(recipe)  # before the directory is claimed: a mistake leaves nothing
     with claim_output_dir(recipe.output_dir, resume=resume, overwrite=overwrite) as run_dir:
         return _train(recipe, run_dir, resume, warnings)

@@ -31,6 +31,13 @@ ENCODE_CHUNK = 1024  # prompts tokenized at once by check_prepared: bounded memo
 HUB_TIMEOUT_S = 10.0
 
 
+def require_prompt_file(recipe: Recipe) -> None:
+    """`aha train` and `aha generate` sample prompts: data.train_path is theirs to need (an SFT-only
+    recipe has none)."""
+    if not recipe.data.train_path:
+        raise RecipeError("data.train_path", "is required (a Parquet or JSONL prompt file)")
+
+
 def check_before_start(recipe: Recipe) -> list[str]:
     """Everything that can be checked before inputs are prepared or Ray starts; warning lines."""
     rewards = resolve_rewards(recipe)
@@ -73,7 +80,7 @@ def check_existing(recipe: Recipe) -> list[str]:
     """`check_prepared` for `aha check`, run only when the model and data are already there as
     `train` would use them (nothing is built or written here); warning lines."""
     model_path = _existing_model(recipe)
-    data = [recipe.data.train_path] + ([recipe.data.eval_path] if recipe.data.eval_path else [])
+    data = [p for p in (recipe.data.train_path, recipe.data.eval_path) if p]
     if model_path is None or not all(Path(path).is_file() for path in data):
         return []
     tokenizer_dir = _local_model_dir(recipe.model.tokenizer or model_path)
@@ -132,7 +139,7 @@ def _rows_in_use(recipe: Recipe) -> list[tuple[str, list[PromptRow]]]:
     """The train rows, and the held-out rows the evaluation reads (its first eval.num_prompts:
     a row it never reads can never fail). Loading them is the check that the files are there,
     readable, valid UTF-8, with the columns the recipe names (DataError otherwise)."""
-    found = [(recipe.data.train_path, load_rows(recipe, recipe.data.train_path))]
+    found = [(recipe.data.train_path, load_rows(recipe, recipe.data.train_path))] if recipe.data.train_path else []
     if recipe.data.eval_path:
         found.append((recipe.data.eval_path, load_rows(recipe, recipe.data.eval_path)[: recipe.eval.num_prompts]))
     return found

@@ -98,6 +98,8 @@ def check_recipe(recipe, *, local_cpus: int) -> None:
     _check_cluster(recipe, local_cpus)
     _check_run(recipe.run)
     _check_eval(recipe)
+    _check_generate(recipe.generate)
+    _check_sft(recipe)
     # Groups are split evenly over the learner ranks (ZeRO-3 needs equal work per rank).
     _require(recipe.rollout.prompts_per_step % recipe.learner.num_ranks == 0, "rollout.prompts_per_step",
              f"{recipe.rollout.prompts_per_step} groups per step cannot be split evenly over "
@@ -109,7 +111,10 @@ def _check_model_and_data(recipe) -> None:
     _require(bool(model.path), "model.path", "is required (a hub id or a local model directory)")
     if model.tiny is not None:
         check_tiny_model(model.tiny)
-    _require(bool(data.train_path), "data.train_path", "is required (a Parquet or JSONL file)")
+    # An SFT-only recipe reads traces (sft.train_path) and needs no prompt file; `aha train` and
+    # `aha generate` check data.train_path again before they start (cluster/preflight.py).
+    _require(bool(data.train_path) or bool(recipe.sft.train_path), "data.train_path",
+             "is required (a Parquet or JSONL file)")
     _require(bool(data.prompt_column), "data.prompt_column", "must not be empty")
     try:
         check_template(data.template)
@@ -233,6 +238,7 @@ def _check_learner(learner) -> None:
     _require(learner.grad_clip >= 0, "learner.grad_clip", "must be >= 0 (0: off)")
     _require(learner.micro_batch_size >= 1, "learner.micro_batch_size", "must be >= 1")
     _require(0 <= learner.cpu_threads <= 1024, "learner.cpu_threads", "must be in 0..1024 (0: Ray's default)")
+    _require(learner.pack_length >= 0, "learner.pack_length", "must be >= 0 (0: the longest sequence's length)")
 
 
 def _check_cluster(recipe, local_cpus: int) -> None:
@@ -275,6 +281,27 @@ def _check_eval(recipe) -> None:
     _require(all(b >= 1 for b in evaluation.budgets), "eval.budgets", "every budget must be >= 1")
     _require(not evaluation.correctness or evaluation.correctness in recipe.reward.weights, "eval.correctness",
              f"{evaluation.correctness!r} is not one of reward.weights")
+
+
+def _check_generate(generate) -> None:
+    _require(generate.samples_per_prompt >= 1, "generate.samples_per_prompt", "must be >= 1")
+    _require(generate.samples_per_prompt <= vllm_max_n(), "generate.samples_per_prompt",
+             f"{generate.samples_per_prompt} is more samples per request than vLLM accepts ({vllm_max_n()}, "
+             "VLLM_MAX_N_SEQUENCES)")
+    _require(generate.num_prompts >= 0, "generate.num_prompts", "must be >= 0 (0: every row)")
+    _require(generate.max_per_prompt >= 0, "generate.max_per_prompt", "must be >= 0 (0: no cap)")
+    _require(generate.chunk_prompts >= 1, "generate.chunk_prompts", "must be >= 1")
+
+
+def _check_sft(recipe) -> None:
+    sft = recipe.sft
+    for column in ("prompt_column", "completion_column", "messages_column"):
+        _require(bool(getattr(sft, column)), f"sft.{column}", "must not be empty")
+    _require(sft.epochs >= 1, "sft.epochs", "must be >= 1")
+    _require(sft.batch_size >= 1, "sft.batch_size", "must be >= 1")
+    _require(sft.max_length >= 2, "sft.max_length", "must be >= 2 (a prompt token and EOS)")
+    _require(sft.eval_every >= 0, "sft.eval_every", "must be >= 0 (0: only before and after training)")
+    _require(sft.eval_rows >= 1, "sft.eval_rows", "must be >= 1")
 
 
 def _check_run(run) -> None:

@@ -174,6 +174,12 @@ class LearnerConfig:
     # A step whose loss or gradients are not finite: "stop" the run with one line, or "skip"
     # its optimizer update (weights and optimizer state unchanged, counted in the metrics).
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    # Padding-free micro-batches: sequences are packed into rows (each attends only to itself,
+    # positions restart per sequence) instead of one padded row each. GRPO and SFT alike.
+    packing: bool = True
+    # Packed rows are this many tokens wide; 0: as wide as the longest sequence of the call.
+    # A micro-batch holds micro_batch_size rows.
+    pack_length: int = 0
 
 
 @dataclass(frozen=True)
@@ -218,6 +224,49 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class GenerateConfig:
+    """Rejection sampling (`aha generate`): sample completions of data.train_path's prompts on
+    the rollout workers, verify them with the reward scorers, keep the verified ones as traces.
+
+    A completion is verified when the correctness reward (`eval.correctness`, by default the
+    first of reward.weights) gives it 1.0. rollout.temperature, top_p, max_new_tokens apply.
+    """
+
+    samples_per_prompt: int = 8  # K completions sampled per prompt
+    num_prompts: int = 0  # the first N rows of data.train_path; 0: every row
+    keep: Literal["all_correct", "shortest_correct"] = "all_correct"
+    max_per_prompt: int = 0  # keep at most this many verified traces per prompt; 0: no cap
+    dedupe: bool = True  # drop exact duplicate completions of the same prompt
+    chunk_prompts: int = 64  # prompts per written part: a killed run loses at most the unwritten part
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Supervised fine-tuning (`aha sft`) on a trace data set (Parquet or JSONL).
+
+    Rows hold `prompt` + `completion` (the prompt is rendered with data.template, as in RL and
+    eval; the completion is what the model writes after it) or `messages` (chat turns, rendered
+    with the tokenizer's chat template when data.template = "chat"). The loss is the token NLL of
+    the completion / assistant tokens only, with the tokenizer's EOS appended to each.
+    """
+
+    train_path: str = ""
+    eval_path: str = ""  # held-out traces for the held-out loss; empty: none
+    file_format: Literal["auto", "parquet", "jsonl"] = "auto"
+    shape: Literal["auto", "prompt_completion", "messages"] = "auto"  # auto: by the columns present
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    messages_column: str = "messages"
+    epochs: int = 1
+    batch_size: int = 32  # sequences per optimizer step
+    max_length: int = 1024  # prompt + completion + EOS tokens
+    too_long: Literal["skip", "error"] = "skip"  # a longer row: skipped and counted, or an error
+    eval_every: int = 0  # steps between held-out loss and accuracy; 0: before and after training only
+    eval_rows: int = 256  # held-out loss on the first N rows of sft.eval_path
+    shuffle: bool = True
+
+
+@dataclass(frozen=True)
 class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -228,6 +277,8 @@ class Recipe:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
     @property
     def output_dir(self) -> Path:
