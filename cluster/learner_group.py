@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from cluster.launch import get_all
 from cluster.wire.samples import Group
-from learner.batching import TrainSequence
+from learner.batching import TrainSequence, plan_micro_batches
 from learner.learner import Learner
 from learner.spec import LearnerSpec
 
@@ -34,7 +34,7 @@ class LearnerGroup:
                  timeout_s: float):
         import ray
 
-        self._ray, self.timeout_s, self.num_ranks = ray, timeout_s, num_ranks
+        self._ray, self.timeout_s, self.num_ranks, self.spec = ray, timeout_s, num_ranks, spec
         actor = ray.remote(Learner)
         options = {"num_cpus": cpus_per_rank, "num_gpus": gpus_per_rank}
         self.ranks = [
@@ -53,8 +53,30 @@ class LearnerGroup:
             raise ValueError(f"{len(groups)} groups cannot be split evenly over {self.num_ranks} learner ranks")
         per_rank = len(groups) // self.num_ranks
         shards = [[s for g in groups[r * per_rank:(r + 1) * per_rank] for s in g] for r in range(self.num_ranks)]
-        refs = [rank.accumulate.remote(shard, end_of_step) for rank, shard in zip(self.ranks, shards)]
+        return self.accumulate_shards(shards, end_of_step=end_of_step)
+
+    def accumulate_shards(self, shards: list[list[TrainSequence]], *, end_of_step: bool) -> int:
+        """Forward/backward on rank r's `shards[r]` now; returns the target tokens processed.
+        Shards may differ in size and lengths: every rank runs as many micro-batches as the
+        busiest (ZeRO-3's per-layer gathers are collective), the others top up with empty ones."""
+        if len(shards) != self.num_ranks:
+            raise ValueError(f"{len(shards)} shards for {self.num_ranks} learner ranks")
+        most = self.most_micro_batches(shards)
+        refs = [rank.accumulate.remote(shard, end_of_step, most) for rank, shard in zip(self.ranks, shards)]
         return sum(self._all(refs, "learner forward/backward"))
+
+    def most_micro_batches(self, shards: list[list[TrainSequence]]) -> int:
+        spec = self.spec
+        return max(len(plan_micro_batches([len(s) for s in shard], spec.micro_batch_size, packing=spec.packing,
+                                          pack_length=spec.pack_length)) for shard in shards)
+
+    def held_out_nll(self, sequences: list[TrainSequence]) -> float:
+        """Mean token NLL of `sequences` under the current weights (split over the ranks)."""
+        shards = [sequences[r::self.num_ranks] for r in range(self.num_ranks)]
+        most = self.most_micro_batches(shards)
+        refs = [rank.held_out_nll.remote(shard, most) for rank, shard in zip(self.ranks, shards)]
+        totals = self._all(refs, "held-out loss")[0]
+        return totals["nll_sum"] / max(totals["tokens"], 1)
 
     def step(self) -> dict:
         """Optimizer step on every rank; returns the metrics (identical on all ranks)."""

@@ -74,7 +74,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
     prepare_data(recipe)  # first: the held-out prompts are kept out of the training data
     data_sha256 = train_data_sha256(recipe)  # recorded with each checkpoint; resume needs the same file
     if resume_at is not None:
-        check_same_data(resume_at, recipe, data_sha256)
+        check_same_data(resume_at, recipe.data.train_path, data_sha256)
     model_path = str(prepare_model(recipe))
     tokenizer = load_tokenizer(recipe, model_path)
     print_warnings(warnings + check_prepared(recipe, model_path, tokenizer))  # the last checks before Ray

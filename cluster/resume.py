@@ -62,10 +62,10 @@ def train_data_sha256(recipe: Recipe) -> str:
     return file_sha256(recipe.data.train_path)
 
 
-def check_same_data(point: ResumePoint, recipe: Recipe, data_sha256: str) -> None:
-    """The training file (whose hash is `data_sha256`) must be the one the checkpoint's data
-    order runs over."""
+def check_same_data(point: ResumePoint, data_path: str, data_sha256: str) -> None:
+    """The training file at `data_path` (whose hash is `data_sha256`: the prompts of `aha train`,
+    the traces of `aha sft`) must be the one the checkpoint's data order runs over."""
     saved = point.state.get("train_data_sha256")
     if saved is not None and saved != data_sha256:
-        raise RunDirError(f"--resume: data file '{recipe.data.train_path}' changed since {point.checkpoint.tag} "
+        raise RunDirError(f"--resume: data file '{data_path}' changed since {point.checkpoint.tag} "
                           "was saved (its content hash differs); resume needs the same training data")

@@ -37,8 +37,11 @@ def engine_spec(recipe: Recipe, model_path: str) -> EngineSpec:
     )
 
 
-def learner_spec(recipe: Recipe, model_path: str) -> LearnerSpec:
-    """A learner rank: the recipe's learner and algorithm settings, plus what they depend on."""
+def learner_spec(recipe: Recipe, model_path: str, *, objective: str = "grpo",
+                 total_steps: int | None = None) -> LearnerSpec:
+    """A learner rank: the recipe's learner and algorithm settings, plus what they depend on.
+    `objective` is the job's ("sft" for `aha sft`); `total_steps` the schedule's length when
+    the job counts its steps otherwise than run.steps (SFT: epochs over the traces)."""
     learner, algo = recipe.learner, recipe.algorithm
     return LearnerSpec(
         model_path=model_path,
@@ -51,9 +54,12 @@ def learner_spec(recipe: Recipe, model_path: str) -> LearnerSpec:
         adam_eps=learner.adam_eps,
         warmup_steps=learner.warmup_steps,
         lr_schedule=learner.lr_schedule,
-        total_steps=recipe.run.steps,
+        total_steps=recipe.run.steps if total_steps is None else total_steps,
         grad_clip=learner.grad_clip,
         micro_batch_size=learner.micro_batch_size,
+        packing=learner.packing,
+        pack_length=learner.pack_length,
+        objective=objective,
         gradient_checkpointing=learner.gradient_checkpointing,
         cpu_threads=learner.cpu_threads,
         on_nonfinite=learner.on_nonfinite,

@@ -23,8 +23,10 @@ import torch
 
 from cluster.wire.errors import RunFailed
 from cluster.wire.weights import TensorMeta
-from learner.batching import MicroBatch, TrainSequence, micro_batches, token_logprobs
-from learner.losses import LossOutput, MetricTotals, entropy_from_logits, metric_means, metric_totals, policy_loss
+from learner.batching import MicroBatch, TrainSequence, empty_micro_batch, micro_batches, token_logprobs
+from learner.losses import (MAX_METRICS, SUM_METRICS, LossOutput, MetricTotals, entropy_from_logits, metric_means,
+                            metric_totals, policy_loss)
+from learner.sft_loss import SFT_MAX_METRICS, SFT_SUM_METRICS, sft_loss
 from learner.nonfinite import agreed_flags, any_nonfinite, local_gradients, local_weights, skip_update
 from learner.optim import deepspeed_config, lr_multiplier
 from learner.spec import LearnerSpec
@@ -138,13 +140,22 @@ class Learner:
 
     # -- training -------------------------------------------------------------------------
 
-    def accumulate(self, sequences: list[TrainSequence], end_of_step: bool) -> int:
+    def _micro_batches(self, sequences: list[TrainSequence], min_micro_batches: int) -> list[MicroBatch]:
+        """The learner's layout of `sequences` (learner/batching.py), topped up with empty
+        micro-batches to `min_micro_batches`: under ZeRO every rank runs as many."""
+        spec = self.spec
+        batches = micro_batches(sequences, spec.micro_batch_size, self.pad_id, packing=spec.packing,
+                                pack_length=spec.pack_length)
+        return batches + [empty_micro_batch(self.pad_id) for _ in range(min_micro_batches - len(batches))]
+
+    def accumulate(self, sequences: list[TrainSequence], end_of_step: bool, min_micro_batches: int = 0) -> int:
         """Forward/backward on `sequences` now; `end_of_step` marks the step's last call.
 
         Collective under ZeRO: every rank must make the same calls with the same number of
-        micro-batches. Returns the number of completion tokens processed.
+        micro-batches (the group passes the most any rank has as `min_micro_batches`). Returns
+        the number of target tokens processed.
         """
-        batches = micro_batches(sequences, self.spec.micro_batch_size, self.pad_id)
+        batches = self._micro_batches(sequences, min_micro_batches)
         tokens = 0
         for index, batch in enumerate(batches):
             batch = batch.to(self.device)
@@ -158,10 +169,23 @@ class Learner:
         return tokens
 
     def _forward_backward(self, batch: MicroBatch, boundary: bool):
-        spec = self.spec
         self.engine.set_gradient_accumulation_boundary(boundary)
-        logits = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logits = self.engine(**batch.model_inputs()).logits
         logp = token_logprobs(logits, batch.input_ids)
+        output = self._sft_loss(logits, logp, batch) if self.spec.objective == "sft" else \
+            self._policy_loss(logits, logp, batch)
+        self.engine.backward(output.numerator, scale_wrt_gas=False)
+        output.numerator = output.numerator.detach()
+        return output, logp.detach()
+
+    @staticmethod
+    def _sft_loss(logits, logp, batch: MicroBatch) -> LossOutput:
+        with torch.no_grad():
+            correct = logits[:, :-1].argmax(dim=-1) == batch.input_ids[:, 1:]
+        return sft_loss(logp, batch.loss_mask, correct=correct)
+
+    def _policy_loss(self, logits, logp, batch: MicroBatch) -> LossOutput:
+        spec = self.spec
         if spec.entropy_coef > 0:
             entropy = entropy_from_logits(logits[:, :-1].float())
         else:
@@ -173,17 +197,36 @@ class Learner:
             behaviour_logp=batch.behaviour_logp, clip_low=spec.clip_low, clip_high=spec.clip_high,
             dual_clip=spec.dual_clip, tis_cap=spec.tis_cap, ref_logp=self._reference_logp(batch),
             kl_coef=spec.kl_coef, kl_kind=spec.kl_kind, entropy=entropy, entropy_coef=spec.entropy_coef,
-            loss_agg=spec.loss_agg, max_len=spec.max_new_tokens,
+            loss_agg=spec.loss_agg, max_len=spec.max_new_tokens, segments=batch.segments,
+            num_sequences=batch.num_sequences,
         )
-        self.engine.backward(output.numerator, scale_wrt_gas=False)
-        output.numerator = output.numerator.detach()
-        return output, logp.detach()
+        return output
+
+    def held_out_nll(self, sequences: list[TrainSequence], min_micro_batches: int = 0) -> dict:
+        """The token NLL of `sequences` under the current weights, no update; collective (every
+        rank runs as many forwards). Returns {"nll_sum", "tokens"} summed over every rank."""
+        import torch.distributed as dist
+
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)
+        self.engine.eval()
+        try:
+            with torch.no_grad():
+                for batch in self._micro_batches(sequences, min_micro_batches):
+                    batch = batch.to(self.device)
+                    logp = token_logprobs(self.engine(**batch.model_inputs()).logits, batch.input_ids)
+                    output = sft_loss(logp, batch.loss_mask)
+                    totals += torch.tensor([float(output.numerator), float(output.denominator)],
+                                           dtype=torch.float64, device=self.device)
+        finally:
+            self.engine.train()
+        dist.all_reduce(totals)
+        return {"nll_sum": totals[0].item(), "tokens": int(totals[1].item())}
 
     def _reference_logp(self, batch: MicroBatch) -> torch.Tensor | None:
         if self.reference is None:
             return None
         with torch.no_grad():
-            logits = self.reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logits = self.reference(**batch.model_inputs()).logits
             return token_logprobs(logits, batch.input_ids)
 
     def step(self) -> dict:
@@ -260,14 +303,15 @@ class Learner:
         of the totals summed, and maximised, over ranks)."""
         import torch.distributed as dist
 
-        local = metric_totals(self._outputs)
+        names = (SFT_SUM_METRICS, SFT_MAX_METRICS) if self.spec.objective == "sft" else (SUM_METRICS, MAX_METRICS)
+        local = metric_totals(self._outputs, *names)
         sums = torch.tensor([*local.sums, local.num_tokens, local.numerator], dtype=torch.float64, device=self.device)
         maxima = torch.tensor(local.maxima, dtype=torch.float64, device=self.device)
         dist.all_reduce(sums)
         dist.all_reduce(maxima, op=dist.ReduceOp.MAX)
         *metric_sums, tokens, numerator = sums.tolist()
         totals = MetricTotals(sums=metric_sums, maxima=maxima.tolist(), num_tokens=tokens, numerator=numerator)
-        return {**metric_means(totals), "tokens": int(tokens), "loss_numerator": numerator}
+        return {**metric_means(totals, *names), "tokens": int(tokens), "loss_numerator": numerator}
 
     # -- weights out, checkpoints ---------------------------------------------------------
 

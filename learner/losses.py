@@ -117,11 +117,15 @@ def tis_weights(old_logp: Tensor, behaviour_logp: Tensor, cap: float) -> Tensor:
 
 
 def aggregate(
-    per_token: Tensor, mask: Tensor, mode: str, *, max_len: int | None = None
+    per_token: Tensor, mask: Tensor, mode: str, *, max_len: int | None = None,
+    segments: Tensor | None = None, num_sequences: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Reduce a per-token loss to (numerator, denominator), both 0-dim.
 
-    per_token: (B, T); mask: (B, T), nonzero = counted. The loss is numerator / denominator,
+    per_token: (B, T); mask: (B, T), nonzero = counted. Rows are sequences unless `segments`
+    (B, T, long) says which sequence each position belongs to (packed rows; -1 = none); the
+    sequence count B is then `num_sequences` (which may also override B for padded rows, e.g.
+    0 for a placeholder micro-batch). The loss is numerator / denominator,
     and for a batch split into parts by sequence, sum(numerators) / sum(denominators) equals
     the whole batch's loss, so micro-batches can be streamed exactly.
 
@@ -148,11 +152,23 @@ def aggregate(
     masked = torch.where(keep, per_token.to(acc), 0.0)
     if mode == "token_mean":
         return masked.sum(), keep.sum().to(acc)
-    num_seqs = torch.tensor(float(per_token.shape[0]), dtype=acc, device=per_token.device)
-    if mode == "seq_mean_token_mean":
+    if segments is not None and num_sequences is None:
+        raise ValueError("packed rows (segments) need num_sequences")
+    count = per_token.shape[0] if num_sequences is None else num_sequences
+    num_seqs = torch.tensor(float(count), dtype=acc, device=per_token.device)
+    if mode == "seq_mean_token_sum_norm":
+        return masked.sum() / max_len, num_seqs
+    if segments is None:
         lengths = keep.sum(dim=1).clamp(min=1).to(acc)
         return (masked.sum(dim=1) / lengths).sum(), num_seqs
-    return masked.sum() / max_len, num_seqs
+    # Packed: each token weighs 1 / (its sequence's masked length).
+    if segments.shape != per_token.shape:
+        raise ValueError(f"segments must be (B, T) = {tuple(per_token.shape)}, got {tuple(segments.shape)}")
+    index = torch.where(keep, segments, 0).flatten()
+    lengths = torch.zeros(max(count, 1), dtype=acc, device=per_token.device)
+    lengths.index_add_(0, index, keep.flatten().to(acc))
+    per_token_length = lengths[index].reshape(keep.shape).clamp(min=1)
+    return (masked / per_token_length).sum(), num_seqs
 
 
 @dataclass
@@ -191,22 +207,25 @@ class MetricTotals:
     numerator: float
 
 
-def metric_totals(outputs: list[LossOutput]) -> MetricTotals:
-    """The totals of `outputs` (one rank's micro-batches of a step)."""
+def metric_totals(outputs: list[LossOutput], sum_metrics: tuple[str, ...] = SUM_METRICS,
+                  max_metrics: dict[str, str] = MAX_METRICS) -> MetricTotals:
+    """The totals of `outputs` (one rank's micro-batches of a step); the metric names are the
+    objective's (GRPO's by default; learner/sft_loss.py has SFT's)."""
     return MetricTotals(
-        sums=[sum(o.metric_sums.get(name, 0.0) for o in outputs) for name in SUM_METRICS],
-        maxima=[max((o.metric_sums.get(name, 0.0) for o in outputs), default=0.0) for name in MAX_METRICS],
+        sums=[sum(o.metric_sums.get(name, 0.0) for o in outputs) for name in sum_metrics],
+        maxima=[max((o.metric_sums.get(name, 0.0) for o in outputs), default=0.0) for name in max_metrics],
         num_tokens=float(sum(o.num_tokens for o in outputs)),
         numerator=float(sum(float(o.numerator) for o in outputs)),
     )
 
 
-def metric_means(totals: MetricTotals) -> dict[str, float]:
-    """Token-weighted means of the SUM_METRICS and the MAX_METRICS maxima; over no tokens,
-    every mean is 0.0."""
+def metric_means(totals: MetricTotals, sum_metrics: tuple[str, ...] = SUM_METRICS,
+                 max_metrics: dict[str, str] = MAX_METRICS) -> dict[str, float]:
+    """Token-weighted means of the summed metrics and the maxima; over no tokens, every mean
+    is 0.0."""
     tokens = totals.num_tokens
-    merged = {name: value / tokens if tokens else 0.0 for name, value in zip(SUM_METRICS, totals.sums)}
-    merged.update(zip(MAX_METRICS, totals.maxima))
+    merged = {name: value / tokens if tokens else 0.0 for name, value in zip(sum_metrics, totals.sums)}
+    merged.update(zip(max_metrics, totals.maxima))
     return merged
 
 
@@ -294,6 +313,8 @@ def policy_loss(
     entropy_coef: float = 0.0,
     loss_agg: str = "token_mean",
     max_len: int | None = None,
+    segments: Tensor | None = None,
+    num_sequences: int | None = None,
 ) -> LossOutput:
     """GRPO-family clipped policy-gradient loss of one (micro-)batch.
 
@@ -306,6 +327,8 @@ def policy_loss(
     ref_logp: (B, T) reference model's logprobs; required when kl_coef > 0, and when given
       the "kl" metric is reported even with kl_coef == 0.
     entropy: (B, T) per-token entropy (may carry grad); required when entropy_coef > 0.
+    segments, num_sequences: which sequence each position belongs to, for packed rows
+      (see `aggregate`).
 
     Per token: ratio = exp(logp - old_logp); pg = max(-A*ratio, -A*clip(ratio, 1-clip_low,
     1+clip_high)); with dual_clip c > 1 and A < 0, pg = min(pg, -A*c); pg *= TIS weight;
@@ -346,7 +369,8 @@ def policy_loss(
     entropy = clean(entropy) if entropy is not None else None
     if entropy_coef > 0:
         per_token = per_token - entropy_coef * entropy
-    numerator, denominator = aggregate(per_token, keep, loss_agg, max_len=max_len)
+    numerator, denominator = aggregate(per_token, keep, loss_agg, max_len=max_len, segments=segments,
+                                       num_sequences=num_sequences)
 
     # |learner - engine| logprob of the sampled tokens: ~0 when the engine holds the learner's
     # weights (on-policy), growing with staleness or a broken weight sync.

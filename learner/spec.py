@@ -25,7 +25,10 @@ class LearnerSpec:
     lr_schedule: str
     total_steps: int
     grad_clip: float
-    micro_batch_size: int
+    micro_batch_size: int  # rows per forward/backward
+    packing: bool  # several sequences per row, each attending only to itself
+    pack_length: int  # packed row width in tokens; 0: the longest sequence of the call
+    objective: str  # "grpo": the policy loss below; "sft": token NLL (learner/sft_loss.py)
     gradient_checkpointing: bool
     cpu_threads: int  # torch threads on CPU; 0: leave as the process has it
     on_nonfinite: str  # "stop" | "skip": a step whose loss or gradients are not finite

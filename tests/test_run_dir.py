@@ -234,8 +234,8 @@ def test_resume_refuses_a_training_file_whose_content_changed(tmp_path):
     prepare_data(recipe)
     point = ResumePoint(Checkpoint(tmp_path / "version-1", 1),
                         {"step": 1, "sampler": {}, "weight_version": 1, "train_data_sha256": train_data_sha256(recipe)})
-    check_same_data(point, recipe, train_data_sha256(recipe))  # the same file: fine
+    check_same_data(point, recipe.data.train_path, train_data_sha256(recipe))  # the same file: fine
     table = pq.read_table(tmp_path / "train.parquet")
     pq.write_table(table.slice(1), tmp_path / "train.parquet")
     with pytest.raises(RunDirError, match=r"changed since version-1 was saved \(its content hash differs\)"):
-        check_same_data(point, recipe, train_data_sha256(recipe))
+        check_same_data(point, recipe.data.train_path, train_data_sha256(recipe))

@@ -92,7 +92,7 @@ def _resolve_format(path: Path, file_format: str) -> str:
     )
 
 
-def _read_table(path: Path, file_format: str) -> pa.Table:
+def read_table(path: Path, file_format: str) -> pa.Table:
     """Read the whole file into an Arrow table, turning every read failure into a DataError."""
     if not path.exists():
         raise DataError(f"data file '{path}': no such file")
@@ -194,7 +194,7 @@ def row_label(path: str | Path, index: int, file_format: str = "auto") -> str:
     return f"row {index} (line {line})" if line else f"row {index}"
 
 
-def _require_column(table: pa.Table, path: Path, column: str, label: str) -> pa.ChunkedArray:
+def require_column(table: pa.Table, path: Path, column: str, label: str) -> pa.ChunkedArray:
     """Return one column, or fail naming it (`label`) and the columns the file does have."""
     matches = table.schema.get_all_field_indices(column)
     if not matches:
@@ -212,7 +212,7 @@ def _column_label(field: str, column: str) -> str:
     return f"column '{column}' (reward field '{field}')"
 
 
-def _check_prompts(values: list[object], path: Path, column: str, file_format: str) -> list[str]:
+def check_prompts(values: list[object], path: Path, column: str, file_format: str) -> list[str]:
     """Every prompt must be a non-blank string; name the first row that is not."""
     for index, value in enumerate(values):
         if value is None:
@@ -242,17 +242,17 @@ def load_prompt_rows(
     missing, unreadable or empty file, a missing column, or a null/non-string/blank prompt.
     """
     path = Path(path)
-    table = _read_table(path, file_format)
+    table = read_table(path, file_format)
     if table.num_rows == 0:
         raise DataError(f"data file '{path}': the dataset has no rows")
     prompt_label = f"prompt column '{prompt_column}'"
-    prompt_values = _require_column(table, path, prompt_column, prompt_label).to_pylist()
-    prompts = _check_prompts(prompt_values, path, prompt_column, file_format)
+    prompt_values = require_column(table, path, prompt_column, prompt_label).to_pylist()
+    prompts = check_prompts(prompt_values, path, prompt_column, file_format)
 
     if columns is None:
         columns = {name: name for name in table.column_names if name != prompt_column}
     field_values = {
-        field: _require_column(table, path, column, _column_label(field, column)).to_pylist()
+        field: require_column(table, path, column, _column_label(field, column)).to_pylist()
         for field, column in columns.items()
     }
     return [

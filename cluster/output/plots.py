@@ -19,6 +19,7 @@ _FIGURES = {
     "response_length.png": (
         "Response length", "tokens", lambda k: k in ("response_length_mean", "response_length_max")
     ),
+    "loss.png": ("Loss (token NLL)", "nats per token", lambda k: k in ("learner/loss", "eval/loss")),
     "reflection_rate.png": ("Reflection words", "share of completions", lambda k: k == "reflection_rate"),
     "eval_scaling.png": (
         "Held-out pass@k / maj@k", "accuracy", lambda k: k.startswith(("eval/pass@", "eval/maj@"))
@@ -37,13 +38,14 @@ def heldout_before_after(records: Sequence[Mapping]) -> tuple[float, float, int,
     return before["eval/accuracy"], after["eval/accuracy"], int(after.get("eval/num_prompts", 0)), after["step"]
 
 
-def heldout_summary(records: Sequence[Mapping]) -> str | None:
-    """'held-out accuracy (greedy, 256 problems): 9.4% before RL -> 95.7% after 40 steps (+86.3 points)'."""
+def heldout_summary(records: Sequence[Mapping], stage: str = "RL") -> str | None:
+    """'held-out accuracy (greedy, 256 problems): 9.4% before RL -> 95.7% after 40 steps (+86.3 points)';
+    `stage` names the training ("RL", "SFT")."""
     found = heldout_before_after(records)
     if found is None:
         return None
     before, after, problems, step = found
-    return (f"held-out accuracy (greedy, {problems} problems): {before:.1%} before RL -> {after:.1%} after "
+    return (f"held-out accuracy (greedy, {problems} problems): {before:.1%} before {stage} -> {after:.1%} after "
             f"{step} steps ({100 * (after - before):+.1f} points)")
 
 
