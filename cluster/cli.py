@@ -68,6 +68,19 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_pipeline(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Run a pipeline recipe's stages in order, skipping finished ones, then evaluate each stage's model."""
+    from cluster.recipe.pipeline import load_pipeline
+
+    pipeline = load_pipeline(args.recipe, overrides)  # every stage's recipe checked before anything runs
+    if args.overwrite and args.start_from:
+        raise RecipeError("", "--overwrite reruns every stage and --from the stages from one on: pass one of them")
+    from cluster.pipeline import run_pipeline
+
+    run_pipeline(pipeline, overwrite=args.overwrite, start_from=args.start_from)
+    return 0
+
+
 def cmd_smoke(args: argparse.Namespace, overrides: list[str]) -> int:
     """Sample a few groups through a vLLM rollout worker in a Ray actor: a stack check, no training."""
     from cluster.smoke import run_smoke
@@ -157,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="output directory: new, empty, or an earlier aha eval's (default: runs/<run.name>-eval)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation's results in --out")
     evaluate.set_defaults(run=cmd_eval)
+
+    pipeline = sub.add_parser("pipeline", help="run chained stages (sft, train, generate, eval), each from an "
+                              "earlier stage's final/; a rerun skips finished stages")
+    pipeline.add_argument("recipe", help="pipeline recipe TOML file: a base recipe, [pipeline] and [stages.<name>]")
+    pipeline.add_argument("--overwrite", action="store_true", help="run every stage afresh (deletes their outputs)")
+    pipeline.add_argument("--from", dest="start_from", metavar="STAGE", default=None,
+                          help="run this stage and every later one afresh; the earlier ones must be finished")
+    pipeline.set_defaults(run=cmd_pipeline)
 
     check = sub.add_parser("check", help="validate a recipe and print it resolved")
     check.add_argument("recipe", help="recipe TOML file")

@@ -30,7 +30,8 @@ IMPORT_RULES = {
 UNITS = sorted([*IMPORT_RULES, "cluster"], key=len, reverse=True)  # longest prefix first
 # Must import without torch, ray, vllm, deepspeed or transformers.
 LIGHT_MODULES = ["cluster.cli", "cluster.recipe", "cluster.recipe.schema", "cluster.recipe.load",
-                 "cluster.recipe.checks", "cluster.recipe.placement", "cluster.wire.samples", "cluster.wire.weights"]
+                 "cluster.recipe.checks", "cluster.recipe.placement", "cluster.recipe.pipeline",
+                 "cluster.wire.samples", "cluster.wire.weights"]
 
 
 def _run(code: str) -> str:

@@ -1,0 +1,278 @@
+"""Pipeline recipes (cluster/recipe/pipeline.py) and the pipeline's plan of what to skip, resume or
+run (cluster/pipeline.py), on plain files: no engines. The real stack runs in
+tests/test_stack_pipeline.py."""
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from cluster.output.pipeline_report import (STAGE_DONE_FILE, read_stage_done, summary_table, write_stage_done,
+                                            write_summary)
+from cluster.pipeline import plan, run_pipeline
+from cluster.recipe import RecipeError
+from cluster.recipe.pipeline import (STAGE_KINDS, StageKind, definition_changes, load_pipeline,
+                                     pipeline_from_dict)
+from test_run_dir import fake_checkpoint
+
+AHA = str(Path(sys.executable).with_name("aha"))
+BASE = """
+[model]
+path = "{root}/base-model"
+[model.tiny]
+hidden_size = 128
+[data]
+train_path = "{root}/train.parquet"
+eval_path = "{root}/eval.parquet"
+[reward]
+weights = {{ arithmetic = 1.0, format = 0.1 }}
+[cluster]
+num_cpus = 4
+"""
+R1 = BASE + """
+[pipeline]
+name = "r1"
+output_dir = "{root}/out"
+stages = ["cold_start", "rl", "rejection", "sft2"]
+[stages.cold_start]
+kind = "sft"
+sft.train_path = "{root}/cold.parquet"
+[stages.rl]
+kind = "train"
+run.steps = 40
+reward.weights = {{ format = 1.0 }}
+[stages.rejection]
+kind = "generate"
+[stages.sft2]
+kind = "sft"
+model_from = "rl"
+traces_from = "rejection"
+"""
+TWO = BASE + """
+[pipeline]
+output_dir = "{root}/out"
+stages = ["a", "b"]
+[stages.a]
+kind = "train"
+run.steps = 2
+[stages.b]
+kind = "train"
+run.steps = 3
+"""
+
+
+def parse(text: str, root="/r", **edits):
+    table = tomllib.loads(text.format(root=root))
+    for dotted, value in edits.items():
+        *parents, leaf = dotted.split("__")
+        node = table
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return pipeline_from_dict(table)
+
+
+def error_of(text: str, **edits) -> str:
+    with pytest.raises(RecipeError) as caught:
+        parse(text, **edits)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_each_stage_is_the_base_with_its_overrides_and_its_paths_set_by_the_pipeline():
+    pipeline = parse(R1)
+    assert pipeline.name == "r1" and pipeline.output_dir == Path("/r/out")
+    cold, rl, rejection, sft2 = pipeline.stages
+    assert [s.kind for s in pipeline.stages] == ["sft", "train", "generate", "sft"]
+    # The first stage starts from the base model and keeps what builds it; the others start from
+    # the nearest earlier stage that makes a model (or the one named), without it.
+    assert cold.model_from == "base" and cold.recipe.model.path == "/r/base-model" and cold.recipe.model.tiny
+    assert rl.model_from == "cold_start" and rl.recipe.model.path == "/r/out/cold_start/final"
+    assert rejection.model_from == "rl" and rejection.recipe.model.path == "/r/out/rl/final"
+    assert sft2.model_from == "rl" and sft2.recipe.model.path == "/r/out/rl/final"
+    assert all(s.recipe.model.tiny is None for s in (rl, rejection, sft2))
+    assert [str(s.output_dir) for s in pipeline.stages] == [f"/r/out/{s}" for s in ("cold_start", "rl", "rejection",
+                                                                                       "sft2")]
+    assert sft2.recipe.sft.train_path == "/r/out/rejection/traces.parquet"
+    assert cold.recipe.sft.train_path == "/r/cold.parquet"
+    # Overrides replace a table-valued setting whole and leave the rest of a section as in the base.
+    assert rl.recipe.reward.weights == {"format": 1.0} and cold.recipe.reward.weights == {"arithmetic": 1.0,
+                                                                                           "format": 0.1}
+    assert rl.recipe.run.steps == 40 and cold.recipe.run.steps == 100 and rl.recipe.run.name == "rl"
+    assert pipeline.base.model.tiny is not None and pipeline.base.data.eval_path == "/r/eval.parquet"
+
+
+def test_the_output_root_defaults_to_runs_name_and_the_name_to_the_file(tmp_path):
+    recipe = tmp_path / "my-chain.toml"
+    recipe.write_text(TWO.format(root=tmp_path).replace(f'output_dir = "{tmp_path}/out"\n', ""))
+    pipeline = load_pipeline(recipe, ["--rollout.group_size", "4"])
+    assert pipeline.name == "my-chain" and pipeline.output_dir == Path("runs/my-chain")
+    assert all(s.recipe.rollout.group_size == 4 for s in pipeline.stages)  # overrides apply to the base
+
+
+@pytest.mark.parametrize("edits, expected", [
+    ({"stages__sft2__model_from": "nope"}, "stages.sft2.model_from: there is no stage 'nope' before 'sft2'"),
+    ({"stages__rl__model_from": "sft2"}, "stages.rl.model_from: stage 'sft2' comes after 'rl'"),
+    ({"stages__rl__model_from": "rl"}, "stages.rl.model_from: names the stage itself"),
+    ({"stages__sft2__model_from": "rejection"}, "stages.sft2.model_from: stage 'rejection' is a generate stage "
+                                                "and makes no model"),
+    ({"stages__rl__kind": "distil"}, "stages.rl.kind: is 'distil'; it must be one of 'train', 'generate', 'sft'"),
+    ({"stages__rl__kind": None}, "stages.rl.kind: is missing"),
+    ({"stages__rl__run__stepz": 3}, "stages.rl.run.stepz: unknown key (known:"),
+    ({"stages__rl__rollout__group_size": 1}, "stages.rl.rollout.group_size: group size 1 gives no group baseline"),
+    ({"stages__rl__runs": {"steps": 3}}, "stages.rl.runs: unknown key (stage keys: kind, model_from, traces_from;"),
+    ({"stages__rl__run": 3}, "stages.rl.run: expected a table of run keys, got int"),
+    ({"stages__rl__eval__k": [0]}, "stages.rl.eval.k: every k must be >= 1"),
+    ({"pipeline__stages": ["cold_start", "rl", "cold_start"]}, "pipeline.stages: 'cold_start' is listed twice"),
+    ({"pipeline__stages": []}, "pipeline.stages: is empty"),
+    ({"pipeline__stages": "rl"}, "pipeline.stages: must be a list of stage names"),
+    ({"pipeline__stages": ["cold_start", "rl", "rejection", "sft2", "more"]},
+     "stages.more: is listed in pipeline.stages but has no [stages.more] table"),
+    ({"pipeline__stages": ["cold_start", "rl", "rejection"]}, "stages.sft2: is not in pipeline.stages"),
+    ({"pipeline__stages": ["base"], "stages": {"base": {"kind": "train"}}}, "pipeline.stages: 'base' is reserved"),
+    ({"pipeline__stages": ["a/b"], "stages": {"a/b": {"kind": "train"}}},
+     "pipeline.stages: stage name 'a/b' must be letters"),
+    ({"pipeline__colour": "red"}, "pipeline.colour: unknown key (known: name, output_dir, stages, evaluate)"),
+    ({"pipeline__name": "my run"}, "pipeline.name: 'my run' must be letters"),
+    ({"stages__rl__traces_from": "cold_start"}, "stages.rl.traces_from: a train stage does not train on traces"),
+    ({"stages__sft2__traces_from": "rl"}, "stages.sft2.traces_from: stage 'rl' is a train stage and writes no traces"),
+    ({"stages__sft2__sft": {"train_path": "x.parquet"}}, "stages.sft2.sft.train_path: is set from traces_from"),
+    ({"stages__cold_start__sft": None}, "stages.cold_start.traces_from: a sft stage trains on traces"),
+    ({"stages__rl__model": {"path": "other"}}, "stages.rl.model.path: describes the base model"),
+    ({"stages__rl__model": {"tiny": {"hidden_size": 64}}}, "stages.rl.model.tiny: describes the base model"),
+    ({"stages__rl__run__output_dir": "x"}, "stages.rl.run.output_dir: is set by the pipeline"),
+    ({"run": {"output_dir": "x"}}, "run.output_dir: is not for a pipeline's base recipe"),
+    ({"data__eval_path": None}, "data.eval_path: the pipeline evaluates every stage's model on held-out problems"),
+    ({"pipeline": None}, "pipeline: a pipeline recipe needs a [pipeline] table"),
+    # A combination broken by a stage's override of another key names the key and the stage.
+    ({"stages__rl__rollout__max_new_tokens": 4000}, "rollout.max_model_len: 2048 is shorter than"),
+    ({"model__tiny__hidden_size": 100}, "model.tiny.hidden_size: must be a positive multiple of 64"),
+])
+def test_a_mistake_anywhere_is_one_line_naming_the_key(edits, expected):
+    assert error_of(R1, **edits).startswith(expected)
+
+
+def test_a_combination_a_stage_breaks_names_the_stage():
+    message = error_of(R1, stages__rl__rollout__max_new_tokens=4000)
+    assert message.endswith("(in stage 'rl')"), message
+
+
+def test_evaluation_can_be_turned_off():
+    pipeline = parse(R1, data__eval_path=None, pipeline__evaluate=False)
+    assert not pipeline.evaluate
+
+
+def test_every_kind_names_a_driver_and_what_it_leaves():
+    assert set(STAGE_KINDS) >= {"train", "generate", "sft", "eval"}
+    for kind in STAGE_KINDS.values():
+        assert ":" in kind.driver and kind.product
+        assert not (kind.makes_model and kind.makes_traces)
+
+
+# ---------------------------------------------------------------------------------------
+# The plan: finished stages are skipped, the interrupted one resumed, changed ones refused.
+
+
+def finish(stage, definition=None):
+    """What a stage leaves when its driver returned and the pipeline marked it."""
+    out = stage.output_dir
+    (out / stage.spec.product).mkdir(parents=True)
+    (out / ".aha-run").write_text("{}")
+    write_stage_done(out, {"stage": stage.name, "definition": definition or json.loads(
+        json.dumps(stage.definition()))})
+
+
+def test_finished_stages_are_skipped_and_the_interrupted_one_resumed(tmp_path):
+    pipeline = parse(TWO, root=tmp_path)
+    a, b = pipeline.stages
+    fresh = plan(pipeline)
+    assert [(s.run, s.resume, s.overwrite) for s in fresh] == [(True, False, False), (True, False, True)]
+    finish(a)
+    (b.output_dir / ".aha-run").parent.mkdir(parents=True)
+    (b.output_dir / ".aha-run").write_text("{}")  # interrupted before its first checkpoint: starts again
+    assert [(s.run, s.resume, s.overwrite) for s in plan(pipeline)] == [(False, False, False), (True, False, True)]
+    fake_checkpoint(b.output_dir / "checkpoints", 2)  # ... after one: resumed
+    steps = plan(pipeline)
+    assert [(s.run, s.resume) for s in steps] == [(False, False), (True, True)] and "resuming" in steps[1].why
+    assert plan(pipeline, start_from="a")[0].overwrite and plan(pipeline, overwrite=True)[1].overwrite
+
+
+def test_a_finished_stage_whose_definition_changed_is_refused_naming_the_key(tmp_path):
+    a, b = parse(TWO, root=tmp_path).stages
+    finish(a)
+    finish(b)
+    assert [s.run for s in plan(parse(TWO, root=tmp_path))] == [False, False]
+    # Resources and cadence are not a change; the length is, and so is a base key.
+    assert [s.run for s in plan(parse(TWO, root=tmp_path, cluster__timeout_s=5.0, stages__b__run__log_every=2))] \
+        == [False, False]
+    with pytest.raises(RecipeError) as caught:
+        plan(parse(TWO, root=tmp_path, stages__b__run__steps=4))
+    assert str(caught.value).startswith("run.steps: stage 'b' finished with 3 and the recipe now says 4; to rerun "
+                                        "it and the stages after it pass --from b, to rerun every stage --overwrite")
+    with pytest.raises(RecipeError, match=r"^learner.lr: stage 'a' finished with 1e-06 "):
+        plan(parse(TWO, root=tmp_path, learner__lr=1e-4))
+    # --from the changed stage reruns it, and every later one, afresh.
+    steps = plan(parse(TWO, root=tmp_path, stages__b__run__steps=4), start_from="b")
+    assert [(s.run, s.overwrite) for s in steps] == [(False, False), (True, True)]
+    # A finished stage whose model was removed runs again, and the stages after it do too.
+    import shutil
+    shutil.rmtree(a.output_dir / "final")
+    assert [(s.run, s.overwrite) for s in plan(parse(TWO, root=tmp_path))] == [(True, True), (True, True)]
+
+
+def test_a_moved_pipeline_directory_is_the_same_pipeline(tmp_path):
+    a, b = parse(TWO, root=tmp_path, pipeline__output_dir=str(tmp_path / "one")).stages
+    moved = parse(TWO, root=tmp_path, pipeline__output_dir=str(tmp_path / "two")).stages[1]
+    assert moved.recipe.model.path == str(tmp_path / "two" / "a" / "final")
+    assert definition_changes(json.loads(json.dumps(b.definition())), moved.definition()) == []
+    assert b.definition()["recipe"]["model"]["path"] == "<stage a>/final"
+
+
+def test_an_unknown_from_stage_is_refused():
+    with pytest.raises(RecipeError, match=r"^--from: there is no stage 'c' \(stages: a, b\)"):
+        plan(parse(TWO), start_from="c")
+
+
+def test_a_kind_whose_driver_is_missing_fails_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setitem(STAGE_KINDS, "distill", StageKind("cluster.no_such_job:distill", "final", makes_model=True))
+    pipeline = parse(TWO, root=tmp_path, stages__b__kind="distill")
+    with pytest.raises(RecipeError, match=r"^stages.b.kind: 'distill' stages need cluster.no_such_job:distill, which "
+                                          "this version of aha does not have"):
+        run_pipeline(pipeline)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_pipeline_on_the_command_line_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(TWO.format(root=tmp_path).replace('[stages.b]\nkind = "train"',
+                                                        '[stages.b]\nkind = "train"\nmodel_from = "c"'))
+    done = subprocess.run([AHA, "pipeline", str(recipe)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "aha: error: stages.b.model_from: there is no stage 'c' before 'b' (it can name: a, base)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]
+
+
+def test_the_summary_table_and_plot(tmp_path):
+    rows = [{"stage": "base", "kind": "base model", "model": "m0",
+             "metrics": {"eval/accuracy": 0.1, "eval/response_length_mean": 12.0, "eval/pass@4": 0.3}},
+            {"stage": "rl", "kind": "train", "model": "out/rl/final",
+             "metrics": {"eval/accuracy": 0.55, "eval/response_length_mean": 30.25, "eval/pass@4": 0.8}}]
+    table = summary_table(rows).splitlines()
+    assert table[0] == "| stage | kind | accuracy | change | mean length | pass@4 | model |"
+    assert table[2] == "| base | base model | 10.0% | - | 12.0 | 30.0% | m0 |"
+    assert table[3] == "| rl | train | 55.0% | +45.0 | 30.2 | 80.0% | out/rl/final |"
+    assert write_summary(tmp_path, rows, num_prompts=8) == "\n".join(table)
+    assert (tmp_path / "pipeline.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "pipeline.md").read_text() == "\n".join(table) + "\n"
+
+
+def test_an_unreadable_done_marker_means_not_finished(tmp_path):
+    (tmp_path / STAGE_DONE_FILE).write_text("{torn")
+    assert read_stage_done(tmp_path) is None
