@@ -27,6 +27,7 @@ class TraceSets:
     """The encoded traces to train on and to measure the held-out loss with."""
 
     train: list  # TrainSequence
+    train_rows: list[int]  # the file row of each training sequence
     held_out: list
     skipped: int  # training rows over sft.max_length, left out
 
@@ -34,9 +35,10 @@ class TraceSets:
 def sft(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Fine-tune the recipe's model on `sft.train_path`; returns the output directory."""
     from cluster.inputs.data import DataError
+    from cluster.inputs.prepare import prepare_data, prepare_model
     from cluster.inputs.traces import load_traces
     from cluster.output.run_dir import claim_output_dir
-    from cluster.preflight import check_before_start
+    from cluster.preflight import check_before_start, load_tokenizer
 
     if not recipe.sft.train_path:
         raise RecipeError("sft.train_path", "is required (a trace data set: Parquet or JSONL with prompt + "
@@ -48,40 +50,43 @@ def sft(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Pat
     if recipe.sft.eval_path and Path(recipe.sft.eval_path).resolve() == Path(recipe.sft.train_path).resolve():
         raise DataError(f"data file '{recipe.sft.eval_path}': sft.eval_path is the training file itself; a held-out "
                         "loss needs held-out traces")
+    # The inputs are made and every trace encoded before the directory is claimed: a trace over
+    # sft.max_length (with too_long = "error") or a tokenizer without EOS leaves nothing behind.
+    prepare_data(recipe)
+    model_path = str(prepare_model(recipe))
+    tokenizer = load_tokenizer(recipe, model_path)
+    traces = encode_trace_sets(recipe, tokenizer)
     with claim_output_dir(recipe.output_dir, resume=resume, overwrite=overwrite) as run_dir:
-        return _sft(recipe, run_dir, resume, warnings)
+        return _sft(recipe, run_dir, resume, warnings, model_path, tokenizer, traces)
 
 
-def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
+def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path: str, tokenizer,
+         traces: TraceSets) -> Path:
     """The SFT loop itself, in the claimed (locked) output directory."""
     from tqdm import tqdm
 
     from cluster.evaluation import evaluate
     from cluster.export import save_model_files
     from cluster.inputs.data import PromptSampler
-    from cluster.inputs.prepare import file_sha256, prepare_data, prepare_model
+    from cluster.inputs.prepare import file_sha256
     from cluster.inputs.prompts import load_rows
     from cluster.output.checkpoints import prune_checkpoints, write_driver_state
     from cluster.output.plots import heldout_summary, plot_run
     from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, RECIPE_FILE
     from cluster.output.run_log import METRICS_FILE, RunLog, read_metrics
-    from cluster.preflight import check_prepared, load_tokenizer, print_warnings
+    from cluster.preflight import check_prepared, print_warnings
     from cluster.recipe import recipe_to_dict
     from cluster.resume import check_same_data, find_resume_point
 
     out, sft_cfg, run = run_dir.path, recipe.sft, recipe.run
     resume_at = find_resume_point(run_dir, recipe) if resume else None
-    prepare_data(recipe)
     data_sha256 = file_sha256(sft_cfg.train_path)
     if resume_at is not None:
         check_same_data(resume_at, sft_cfg.train_path, data_sha256)
-    model_path = str(prepare_model(recipe))
-    tokenizer = load_tokenizer(recipe, model_path)
     eval_rows = load_rows(recipe, recipe.data.eval_path)[: recipe.eval.num_prompts] if recipe.data.eval_path else []
     if eval_rows:
         warnings = warnings + check_prepared(recipe, model_path, tokenizer)
     print_warnings(warnings)
-    traces = encode_trace_sets(recipe, tokenizer)
     steps = total_steps(len(traces.train), sft_cfg.epochs, sft_cfg.batch_size)
     if traces.skipped:
         print(f"[aha] skipped {traces.skipped} training rows over sft.max_length={sft_cfg.max_length} tokens "
@@ -119,14 +124,15 @@ def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
     try:
         for step in range(first_step, steps + 1):
             started = time.perf_counter()
-            drawn = [traces.train[i] for i in sampler.next_batch(step_size(step, len(traces.train),
-                                                                           sft_cfg.epochs, sft_cfg.batch_size))]
+            order = sampler.next_batch(step_size(step, len(traces.train), sft_cfg.epochs, sft_cfg.batch_size))
+            drawn = [traces.train[i] for i in order]
             shards = [drawn[r::recipe.learner.num_ranks] for r in range(recipe.learner.num_ranks)]
             learners.accumulate_shards(shards, end_of_step=True)
             learner_metrics = learners.step()
             elapsed = time.perf_counter() - started
             metrics = {**{f"learner/{k}": v for k, v in learner_metrics.items()},
                        "epoch": (step * sft_cfg.batch_size) / len(traces.train), "sequences": len(drawn),
+                       "trace_rows": [traces.train_rows[i] for i in order],  # which traces, in the file's rows
                        "time/step": elapsed, "learner_tokens_per_s": learner_metrics["tokens"] / max(elapsed, 1e-9)}
             if step == steps or (sft_cfg.eval_every and step % sft_cfg.eval_every == 0):
                 metrics.update(held_out(step))
@@ -176,7 +182,7 @@ def encode_trace_sets(recipe: Recipe, tokenizer) -> TraceSets:
     from cluster.inputs.traces import encode_traces, fit_to_length, load_traces
     from learner.batching import TrainSequence
 
-    sets, skipped = {}, 0
+    sets, rows_of, skipped = {}, {}, 0
     for name, path in (("train", recipe.sft.train_path), ("held_out", recipe.sft.eval_path)):
         if not path:
             sets[name] = []
@@ -192,7 +198,9 @@ def encode_trace_sets(recipe: Recipe, tokenizer) -> TraceSets:
         skipped += len(left_out) if name == "train" else 0
         sets[name] = [TrainSequence(prompt_ids=t.prompt_ids, completion_ids=t.completion_ids,
                                     completion_mask=t.completion_mask) for t in kept]
-    return TraceSets(train=sets["train"], held_out=sets["held_out"], skipped=skipped)
+        rows_of[name] = [t.index for t in kept]
+    return TraceSets(train=sets["train"], train_rows=rows_of.get("train", []), held_out=sets["held_out"],
+                     skipped=skipped)
 
 
 @dataclass

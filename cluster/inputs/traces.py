@@ -49,18 +49,17 @@ class EncodedTrace:
         return len(self.prompt_ids) + len(self.completion_ids)
 
 
-def trace_shape(columns: list[str], settings, template: str) -> str:
+def trace_shape(columns: list[str], settings, template: str) -> str | None:
     """Which shape a file holds: the recipe's `sft.shape`, or by the columns present ("auto":
-    `messages` under the chat template or when there is no prompt/completion pair)."""
+    `messages` under the chat template or when there is no prompt/completion pair); None when
+    the file has neither."""
     pair = settings.prompt_column in columns and settings.completion_column in columns
     has_messages = settings.messages_column in columns
     if settings.shape != "auto":
         return settings.shape
     if has_messages and (template == "chat" or not pair):
         return "messages"
-    if pair:
-        return "prompt_completion"
-    return "prompt_completion" if settings.prompt_column in columns else "messages"
+    return "prompt_completion" if pair else None
 
 
 def load_traces(path: str | Path, settings, template: str) -> list[TraceRow]:
@@ -73,6 +72,10 @@ def load_traces(path: str | Path, settings, template: str) -> list[TraceRow]:
     if table.num_rows == 0:
         raise DataError(f"data file '{path}': the trace data set has no rows")
     shape = trace_shape(table.column_names, settings, template)
+    if shape is None:
+        raise DataError(f"data file '{path}': a trace data set needs '{settings.prompt_column}' + "
+                        f"'{settings.completion_column}' columns or a '{settings.messages_column}' column (columns: "
+                        f"{', '.join(table.column_names)}; the sft.*_column settings name them)")
     if shape == "messages":
         values = require_column(table, path, settings.messages_column,
                                 f"messages column '{settings.messages_column}'").to_pylist()

@@ -114,7 +114,7 @@ def _check_model_and_data(recipe) -> None:
     # An SFT-only recipe reads traces (sft.train_path) and needs no prompt file; `aha train` and
     # `aha generate` check data.train_path again before they start (cluster/preflight.py).
     _require(bool(data.train_path) or bool(recipe.sft.train_path), "data.train_path",
-             "is required (a Parquet or JSONL file)")
+             "is required (a Parquet or JSONL prompt file; a recipe only for aha sft sets sft.train_path instead)")
     _require(bool(data.prompt_column), "data.prompt_column", "must not be empty")
     try:
         check_template(data.template)
@@ -291,6 +291,9 @@ def _check_generate(generate) -> None:
     _require(generate.num_prompts >= 0, "generate.num_prompts", "must be >= 0 (0: every row)")
     _require(generate.max_per_prompt >= 0, "generate.max_per_prompt", "must be >= 0 (0: no cap)")
     _require(generate.chunk_prompts >= 1, "generate.chunk_prompts", "must be >= 1")
+    _require(generate.keep != "shortest_correct" or generate.max_per_prompt <= 1, "generate.max_per_prompt",
+             f"{generate.max_per_prompt} with generate.keep = 'shortest_correct', which keeps one trace per prompt "
+             "(use keep = 'all_correct' for more)")
 
 
 def _check_sft(recipe) -> None:
