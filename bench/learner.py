@@ -46,14 +46,16 @@ def synchronize(device: torch.device) -> None:
 
 
 def plain_torch_tokens_per_s(model_dir, sequences, micro_batch_size: int, steps: int, lr: float,
-                             device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32) -> float:
-    """Forward/backward/clip/AdamW in plain torch with the learner's loss, accumulated over
-    micro-batches that are already on `device` (the baseline of bench/learner.py and, on CUDA in
-    bf16, of bench/learner_gpu.py)."""
+                             device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
+                             objective: str = "grpo") -> float:
+    """Forward/backward/clip/AdamW in plain torch with the learner's loss (GRPO's, or SFT's token
+    NLL), accumulated over padded micro-batches that are already on `device` (the baseline of
+    bench/learner.py, bench/sft.py and, on CUDA in bf16, of bench/learner_gpu.py)."""
     from transformers import AutoModelForCausalLM
 
     from learner.batching import micro_batches, token_logprobs
     from learner.losses import policy_loss
+    from learner.sft_loss import sft_loss
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -64,8 +66,11 @@ def plain_torch_tokens_per_s(model_dir, sequences, micro_batch_size: int, steps:
         for batch in batches:
             logp = token_logprobs(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits,
                                   batch.input_ids)
-            out = policy_loss(logp, logp.detach(), batch.advantages, batch.loss_mask,
-                              behaviour_logp=batch.behaviour_logp, tis_cap=2.0)
+            if objective == "sft":
+                out = sft_loss(logp, batch.loss_mask)
+            else:
+                out = policy_loss(logp, logp.detach(), batch.advantages, batch.loss_mask,
+                                  behaviour_logp=batch.behaviour_logp, tis_cap=2.0)
             (out.numerator / tokens).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -81,7 +86,9 @@ def plain_torch_tokens_per_s(model_dir, sequences, micro_batch_size: int, steps:
 
 
 def aha_tokens_per_s(model_dir, sequences, micro_batch_size: int, steps: int, lr: float,
-                     zero_stage: int, threads: int) -> float:
+                     zero_stage: int, threads: int, objective: str = "grpo", packing: bool = True,
+                     pack_length: int = 0) -> float:
+    """Target tokens/s of aha's learner rank (a Ray actor) training on `sequences` each step."""
     import ray
 
     from cluster.learner_group import LearnerGroup
@@ -90,7 +97,8 @@ def aha_tokens_per_s(model_dir, sequences, micro_batch_size: int, steps: int, lr
 
     ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False)
     spec = replace(learner_spec(Recipe(), str(model_dir)), zero_stage=zero_stage, lr=lr, grad_clip=1.0,
-                   micro_batch_size=micro_batch_size, tis_cap=2.0)
+                   micro_batch_size=micro_batch_size, tis_cap=2.0, objective=objective, packing=packing,
+                   pack_length=pack_length)
     # One rank with every core: the same silicon the baseline gets.
     learners = LearnerGroup(spec, 1, cpus_per_rank=threads, gpus_per_rank=0, timeout_s=600)
     try:

@@ -88,7 +88,29 @@ def prepare_data(recipe) -> list[Path]:
         if is_eval:
             held_out = held_out_prompts(recipe) if rows is None else frozenset(r["prompt"] for r in rows)
         written.append(path)
+    if synthetic.cold_start_traces:
+        written.append(_write_cold_start(recipe, written[-1]))
     return written
+
+
+def _write_cold_start(recipe, train_path: Path) -> Path:
+    """Worked solutions of the first `cold_start_traces` training prompts, as SFT traces (held-out
+    problems are never among them: the training file excludes them)."""
+    from cluster.inputs.pretrain import parse_terms, worked_solution
+    from cluster.inputs.prompts import load_rows
+    from cluster.inputs.tasks import write_rows
+
+    synthetic = recipe.data.synthetic
+    path, key = Path(synthetic.cold_start_path), "data.synthetic.cold_start_path"
+    settings = {"cold_start_traces": synthetic.cold_start_traces, "train_sha256": file_sha256(train_path)}
+    if _synthetic_record(path, key).get("settings") != settings:
+        rows = load_rows(recipe, str(train_path))[: synthetic.cold_start_traces]
+        traces = [{"prompt": row.prompt, "completion": worked_solution(parse_terms(row.prompt)), **row.fields}
+                  for row in rows]
+        write_rows(traces, path)
+        record = {"settings": settings, "sha256": file_sha256(path)}
+        Path(f"{path}{SIDECAR_SUFFIX}").write_text(json.dumps(record, indent=2) + "\n")
+    return path
 
 
 SIDECAR_SUFFIX = ".settings.json"  # beside each generated file: its settings and hash

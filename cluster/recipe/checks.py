@@ -130,6 +130,13 @@ def _check_model_and_data(recipe) -> None:
         _require(1 <= synthetic.min_terms <= synthetic.max_terms <= 20, "data.synthetic.max_terms",
                  "needs 1 <= min_terms <= max_terms <= 20")
         _require(synthetic.max_term >= 1, "data.synthetic.max_term", "must be >= 1")
+        _require(synthetic.cold_start_traces >= 0, "data.synthetic.cold_start_traces", "must be >= 0")
+        _require(synthetic.cold_start_traces == 0 or synthetic.task == "chain_sum", "data.synthetic.cold_start_traces",
+                 "is written for the chain_sum task only (its worked solutions)")
+        _require(synthetic.cold_start_traces == 0 or bool(synthetic.cold_start_path), "data.synthetic.cold_start_path",
+                 "is required when data.synthetic.cold_start_traces > 0")
+        _require(synthetic.cold_start_traces <= synthetic.train_rows, "data.synthetic.cold_start_traces",
+                 f"must be <= data.synthetic.train_rows ({synthetic.train_rows}): they are the first training prompts")
     pretrain = model.pretrain
     if pretrain is not None:
         _require(model.tiny is not None, "model.pretrain", "needs [model.tiny] (it pre-trains the tiny model)")

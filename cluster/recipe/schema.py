@@ -75,6 +75,10 @@ class SyntheticDataConfig:
     num_numbers: int = 3
     max_number: int = 20
     max_target: int = 100
+    # A cold-start SFT set: worked solutions (prompt + completion traces) of the first N
+    # training prompts, written to cold_start_path; 0: none. chain_sum only.
+    cold_start_traces: int = 0
+    cold_start_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -229,14 +233,18 @@ class GenerateConfig:
     the rollout workers, verify them with the reward scorers, keep the verified ones as traces.
 
     A completion is verified when the correctness reward (`eval.correctness`, by default the
-    first of reward.weights) gives it 1.0. rollout.temperature, top_p, max_new_tokens apply.
+    first of reward.weights) gives it 1.0. rollout.temperature, top_p, top_k, stop and
+    max_new_tokens apply; the traces are written to run.output_dir.
     """
 
     samples_per_prompt: int = 8  # K completions sampled per prompt
-    num_prompts: int = 0  # the first N rows of data.train_path; 0: every row
+    num_prompts: int = 0  # the first N rows of data.train_path, in file order; 0: every row
+    # "all_correct": every verified completion, in sampling order, up to max_per_prompt;
+    # "shortest_correct": the verified one with the fewest tokens (one per prompt).
     keep: Literal["all_correct", "shortest_correct"] = "all_correct"
     max_per_prompt: int = 0  # keep at most this many verified traces per prompt; 0: no cap
     dedupe: bool = True  # drop exact duplicate completions of the same prompt
+    keep_rejected: bool = False  # also write the completions not kept, with why, to rejected.parquet
     chunk_prompts: int = 64  # prompts per written part: a killed run loses at most the unwritten part
 
 
