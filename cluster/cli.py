@@ -51,6 +51,16 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Rejection sampling: sample completions of the recipe's prompts, keep the verified ones as traces."""
+    from cluster.generate_job import generate
+
+    if args.resume and args.overwrite:
+        raise RecipeError("", "--resume continues a run and --overwrite replaces it: pass one of them")
+    generate(_recipe(args, overrides), resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
     """Turn a run's checkpoint into a Hugging Face model directory."""
     _no_overrides(overrides)
@@ -152,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="start afresh in an output directory whose earlier run has checkpoints (deletes them)")
     train.set_defaults(run=cmd_train)
+
+    generate = sub.add_parser("generate", help="rejection sampling: sample completions of the recipe's prompts, "
+                              "keep the verified ones as a trace data set")
+    generate.add_argument("recipe", help="recipe TOML file ([generate], data.train_path, [rollout], [reward])")
+    generate.add_argument("--resume", action="store_true",
+                          help="continue an interrupted run, skipping the prompts it finished")
+    generate.add_argument("--overwrite", action="store_true",
+                          help="start afresh in an output directory holding an earlier generate run (deletes it)")
+    generate.set_defaults(run=cmd_generate)
 
     export = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face model directory")
     export.add_argument("run_dir", help="the run's output directory")

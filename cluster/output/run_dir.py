@@ -23,6 +23,8 @@ from pathlib import Path
 
 from cluster.output.checkpoints import complete_checkpoints
 from cluster.output.run_log import METRICS_FILE, atomic_write
+from cluster.output.trace_parts import (PARTS_DIR, PROGRESS_FILE, REJECTED_FILE, REPORT_FILE, SUMMARY_FILE,
+                                       TRACES_FILE)
 
 RUN_MARKER = ".aha-run"
 LOCK_FILE = ".aha-lock"
@@ -32,6 +34,9 @@ MODEL_FILES_DIR = "model-files"  # the base model's config and tokenizer, to exp
 EVAL_FILE = "eval.json"
 # What `aha eval` writes: the metrics, the table, the side-by-side plot, one row per completion.
 EVAL_OUTPUTS = (EVAL_FILE, "eval.md", "eval.png", "completions.parquet")
+# What `aha generate` writes (cluster/output/trace_parts.py): parts and progress as it goes, then
+# the merged traces and the summary.
+GENERATE_OUTPUTS = (RECIPE_FILE, PARTS_DIR, PROGRESS_FILE, TRACES_FILE, REJECTED_FILE, SUMMARY_FILE, REPORT_FILE)
 # What a run writes into its directory: the only names a fresh start may replace. An evaluation
 # written into a run's directory described that run's model, so a fresh start replaces it too.
 RUN_OUTPUTS = (METRICS_FILE, RECIPE_FILE, "rollouts", "checkpoints", "plots", "tb", FINAL_DIR, MODEL_FILES_DIR,
@@ -65,14 +70,17 @@ class RunDirectory:
 
 
 def claim_output_dir(path: str | os.PathLike, *, resume: bool, overwrite: bool, outputs: tuple[str, ...] = RUN_OUTPUTS,
-                     key: str = "run.output_dir") -> RunDirectory:
+                     key: str = "run.output_dir", progress=None) -> RunDirectory:
     """Make `path` this run's directory, locked; RunDirError when it may not be.
 
     Fresh (`resume=False`): the directory must not exist, be empty, or hold an earlier aha run;
     that run's `outputs` are replaced if it has no complete checkpoint, or with `overwrite`.
     Resume: the directory must hold an aha run with a complete checkpoint. `aha eval` claims
     with `outputs=EVAL_OUTPUTS`: it replaces only those, and an earlier evaluation's only with
-    `overwrite`. `key` is the setting or option the errors name.
+    `overwrite`. `key` is the setting or option the errors name. A job that resumes from its
+    own records instead of checkpoints (`aha generate`) passes `progress`: a function of the
+    directory describing the work an earlier run left there ("" or None: none), which `--resume`
+    needs and a fresh start replaces only with `overwrite`.
     """
     out = Path(path)
     _check_usable(out, resume, key)
@@ -86,12 +94,16 @@ def claim_output_dir(path: str | os.PathLike, *, resume: bool, overwrite: bool, 
         if not (out / RUN_MARKER).is_file():
             marker = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": "aha"}
             atomic_write(out / RUN_MARKER, lambda tmp: Path(tmp).write_text(json.dumps(marker) + "\n"))
-        if resume:
+        if resume and progress is not None:
+            if not progress(out):
+                raise RunDirError(f"--resume: '{out}' holds no finished work to resume from; "
+                                  "start again without --resume")
+        elif resume:
             if not complete_checkpoints(out / "checkpoints"):
                 raise RunDirError(f"--resume: '{out}' has no complete checkpoint to resume from; "
                                   "start the run again without --resume")
         else:
-            _clear_earlier_run(out, overwrite, outputs, key)
+            _clear_earlier_run(out, overwrite, outputs, key, progress)
     except BaseException:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
@@ -127,8 +139,12 @@ def _lock(handle, out: Path, key: str) -> None:
     handle.flush()
 
 
-def _clear_earlier_run(out: Path, overwrite: bool, outputs: tuple[str, ...], key: str) -> None:
+def _clear_earlier_run(out: Path, overwrite: bool, outputs: tuple[str, ...], key: str, progress=None) -> None:
     """Remove an earlier run's outputs before a fresh start; only `outputs` are touched."""
+    done = progress(out) if progress is not None else None
+    if done and not overwrite:
+        raise RunDirError(f"{key}: '{out}' holds an earlier run ({done}); pass --resume to continue it, "
+                          f"--overwrite to start afresh (its outputs are deleted), or choose another {key}")
     kept = complete_checkpoints(out / "checkpoints") if "checkpoints" in outputs else []
     if kept and not overwrite:
         raise RunDirError(f"{key}: '{out}' holds a run with checkpoints (the last at weight version "
@@ -142,5 +158,5 @@ def _clear_earlier_run(out: Path, overwrite: bool, outputs: tuple[str, ...], key
     for path in earlier:
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     if earlier:
-        print(f"[aha] replacing the earlier run's outputs in {out} "
-              f"({'--overwrite' if kept or overwrite else 'it left no checkpoint'})", flush=True)
+        why = "--overwrite" if kept or overwrite else f"it left no {'finished work' if progress else 'checkpoint'}"
+        print(f"[aha] replacing the earlier run's outputs in {out} ({why})", flush=True)
