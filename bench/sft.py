@@ -48,7 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--sequences", type=int, default=32)
+    parser.add_argument("--sequences", type=int, default=32, help="per step (at least 2)")
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--max-completion", type=int, default=240)
     parser.add_argument("--micro-batch", type=int, default=8)
@@ -63,9 +63,11 @@ def main() -> None:
     bench = _learner_bench()
     threads = torch.get_num_threads()
     longest = args.prompt_len + args.max_completion
-    rng = random.Random(1)
-    # Total lengths uniform in [longest / 4, longest]: a 4:1 spread.
-    varied = [rng.randint(longest // 4, longest) - args.prompt_len for _ in range(args.sequences)]
+    # Total lengths evenly spread over [longest / 4, longest] (a 4:1 spread), in shuffled order
+    # as a real batch comes.
+    spread_of = [longest // 4 + (i * (longest - longest // 4)) // (args.sequences - 1) for i in range(args.sequences)]
+    random.Random(1).shuffle(spread_of)
+    varied = [total - args.prompt_len for total in spread_of]
     equal = [args.max_completion // 2] * args.sequences
     common = dict(micro_batch_size=args.micro_batch, steps=args.steps, lr=1e-5)
     with tempfile.TemporaryDirectory() as tmp:
