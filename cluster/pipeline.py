@@ -110,8 +110,9 @@ def plan(pipeline: Pipeline, *, overwrite: bool = False, start_from: str | None 
             rerun = f"--from {start_from}"
         done = read_stage_done(stage.output_dir)
         made = (stage.output_dir / stage.spec.product).exists()
-        if rerun:
-            steps.append(Step(stage, run=True, overwrite=True, why=f"afresh ({rerun})"))
+        if rerun:  # a stage that never started just starts; one that did is replaced
+            steps.append(Step(stage, run=True, overwrite=True, why=f"afresh ({rerun})" if stage.output_dir.exists()
+                              else ""))
             continue
         if done is not None and made:
             _check_unchanged(stage, done)

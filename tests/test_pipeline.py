@@ -276,3 +276,15 @@ def test_the_summary_table_and_plot(tmp_path):
 def test_an_unreadable_done_marker_means_not_finished(tmp_path):
     (tmp_path / STAGE_DONE_FILE).write_text("{torn")
     assert read_stage_done(tmp_path) is None
+
+
+def test_a_setting_added_since_a_stage_finished_is_no_change_at_its_default():
+    stage = parse(TWO).stages[0]
+    saved = json.loads(json.dumps(stage.definition()))
+    del saved["recipe"]["learner"]["packing"]  # as a stage finished before aha had the key
+    assert "synthetic" not in saved["recipe"]["data"]  # an optional table the base does not have
+    assert definition_changes(saved, stage.definition()) == []
+    with_synthetic = parse(TWO, data__synthetic={"task": "arithmetic"}).stages[0].definition()
+    assert [key for key, _, _ in definition_changes(saved, with_synthetic)] == ["data.synthetic"]
+    saved["recipe"]["learner"]["packing"] = False
+    assert definition_changes(saved, stage.definition()) == [("learner.packing", False, True)]

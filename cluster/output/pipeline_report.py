@@ -110,6 +110,8 @@ def plot_summary(path, rows: Sequence[Mapping], num_prompts=None) -> None:
         axes.set(title=title, ylabel=ylabel)
         if key == ACCURACY:
             axes.set_ylim(-0.02, 1.08)
+        else:
+            axes.set_ylim(bottom=0)
         axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, format="png")

@@ -340,13 +340,18 @@ def _lookup(table: dict, dotted: str):
     return node
 
 
+TABLE = "<table>"  # in a flattened recipe: this table is present (an optional one may not be)
+
+
 def flatten(table: dict, schema=Recipe, prefix: str = "") -> dict[str, object]:
-    """Dotted key -> value of a recipe table, descending into the schema's tables only."""
+    """Dotted key -> value of a recipe table, descending into the schema's tables only (each of
+    which is also listed, as TABLE, so an optional table's presence counts)."""
     hints = typing.get_type_hints(schema)
     flat = {}
     for key, value in table.items():
         nested = _section_type(hints.get(key))
         if nested is not None and isinstance(value, dict):
+            flat[f"{prefix}{key}"] = TABLE
             flat.update(flatten(value, nested, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
@@ -355,12 +360,33 @@ def flatten(table: dict, schema=Recipe, prefix: str = "") -> dict[str, object]:
 
 def definition_changes(saved: dict, current: dict) -> list[tuple[str, object, object]]:
     """(key, saved value, current value) for each difference between two stage definitions
-    (`Stage.definition()`) that makes them different stages; sorted by key."""
+    (`Stage.definition()`) that makes them different stages; sorted by key. A key one side
+    lacks has its schema default there: a setting added to aha since a stage finished, at its
+    default, does not change the stage."""
     old = {k: v for k, v in saved.items() if k != "recipe"} | flatten(saved.get("recipe", {}))
     new = {k: v for k, v in current.items() if k != "recipe"} | flatten(current.get("recipe", {}))
-    changed = [(key, old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
-               if old.get(key) != new.get(key) and not _not_a_change(key)]
+    changed = []
+    for key in sorted(old.keys() | new.keys()):
+        before, after = old.get(key, _default(key)), new.get(key, _default(key))
+        if before != after and not _not_a_change(key):
+            changed.append((key, before, after))
     return changed
+
+
+def _default(dotted: str):
+    """The schema's default of a flattened recipe key, as recipe_to_dict writes it (None for a
+    key the schema does not have)."""
+    schema, value = Recipe, None
+    for part in dotted.split("."):
+        fields = {f.name: f for f in dataclasses.fields(schema)} if schema is not None else {}
+        if part not in fields:
+            return None
+        field = fields[part]
+        value = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        schema = _section_type(typing.get_type_hints(schema)[part])
+    if dataclasses.is_dataclass(value):
+        return TABLE
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _not_a_change(key: str) -> bool:
