@@ -61,6 +61,16 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_sft(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Supervised fine-tuning of the recipe's model on a trace data set (sft.train_path)."""
+    from cluster.sft_job import sft
+
+    if args.resume and args.overwrite:
+        raise RecipeError("", "--resume continues a run and --overwrite replaces it: pass one of them")
+    sft(_recipe(args, overrides), resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
     """Turn a run's checkpoint into a Hugging Face model directory."""
     _no_overrides(overrides)
@@ -171,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--overwrite", action="store_true",
                           help="start afresh in an output directory holding an earlier generate run (deletes it)")
     generate.set_defaults(run=cmd_generate)
+
+    sft = sub.add_parser("sft", help="supervised fine-tuning on a trace data set (prompt + completion, or messages)")
+    sft.add_argument("recipe", help="recipe TOML file ([sft], [learner], data.template; data.eval_path for accuracy)")
+    sft.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
+    sft.add_argument("--overwrite", action="store_true",
+                     help="start afresh in an output directory whose earlier run has checkpoints (deletes them)")
+    sft.set_defaults(run=cmd_sft)
 
     export = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face model directory")
     export.add_argument("run_dir", help="the run's output directory")
