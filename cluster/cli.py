@@ -41,34 +41,33 @@ def cmd_check(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _run_job(driver, args: argparse.Namespace, overrides: list[str]) -> int:
+    """A job that can resume or start afresh: `driver(recipe, resume=, overwrite=)`."""
+    if args.resume and args.overwrite:
+        raise RecipeError("", "--resume continues a run and --overwrite replaces it: pass one of them")
+    driver(_recipe(args, overrides), resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     """Run the GRPO loop of a recipe (locally, or on the Ray cluster at cluster.address)."""
     from cluster.loop import train
 
-    if args.resume and args.overwrite:
-        raise RecipeError("", "--resume continues a run and --overwrite replaces it: pass one of them")
-    train(_recipe(args, overrides), resume=args.resume, overwrite=args.overwrite)
-    return 0
+    return _run_job(train, args, overrides)
 
 
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     """Rejection sampling: sample completions of the recipe's prompts, keep the verified ones as traces."""
     from cluster.generate_job import generate
 
-    if args.resume and args.overwrite:
-        raise RecipeError("", "--resume continues a run and --overwrite replaces it: pass one of them")
-    generate(_recipe(args, overrides), resume=args.resume, overwrite=args.overwrite)
-    return 0
+    return _run_job(generate, args, overrides)
 
 
 def cmd_sft(args: argparse.Namespace, overrides: list[str]) -> int:
     """Supervised fine-tuning of the recipe's model on a trace data set (sft.train_path)."""
     from cluster.sft_job import sft
 
-    if args.resume and args.overwrite:
-        raise RecipeError("", "--resume continues a run and --overwrite replaces it: pass one of them")
-    sft(_recipe(args, overrides), resume=args.resume, overwrite=args.overwrite)
-    return 0
+    return _run_job(sft, args, overrides)
 
 
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:

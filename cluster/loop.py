@@ -25,7 +25,7 @@ from cluster.inputs.prompts import encode_prompts, load_rows
 from cluster.learner_group import train_sequences
 from cluster.output.eval_metrics import (group_stats, reflection_rate, response_stats, reward_failure_shares,
                                          reward_failure_warnings)
-from cluster.output.checkpoints import prune_checkpoints, write_driver_state
+from cluster.output.checkpoints import complete_checkpoint
 from cluster.export import save_model_files
 from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, RECIPE_FILE
 from cluster.recipe import Recipe, recipe_to_dict
@@ -65,8 +65,8 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
     from tqdm import tqdm
 
     from cluster.inputs.prepare import prepare_data, prepare_model
-    from cluster.output.plots import heldout_summary, plot_run
-    from cluster.output.run_log import METRICS_FILE, RunLog, read_metrics, summary_line
+    from cluster.output.plots import plot_run, print_run_end
+    from cluster.output.run_log import RunLog, summary_line
     from cluster.preflight import check_prepared, load_tokenizer, print_warnings
 
     out = run_dir.path
@@ -169,10 +169,8 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
             if step == run.steps or (run.checkpoint_every and step % run.checkpoint_every == 0):
                 sampler_state = pending[0].sampler_before if pending else sampler.state_dict()
                 saved = learners.save_checkpoint(str(run_dir.checkpoints))
-                # Written last: only now is the checkpoint complete (cluster/output/checkpoints.py).
-                write_driver_state(saved, {"step": step, "sampler": sampler_state, "weight_version": version,
-                                           "train_data_sha256": data_sha256})
-                prune_checkpoints(run_dir.checkpoints, run.keep_checkpoints)
+                complete_checkpoint(saved, {"step": step, "sampler": sampler_state, "weight_version": version,
+                                            "train_data_sha256": data_sha256}, run.keep_checkpoints)
         # The run's model as a Hugging Face directory: the next stage's model.path.
         learners.export_hf(str(out / FINAL_DIR), str(out / MODEL_FILES_DIR))
     finally:
@@ -180,11 +178,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
         plot_run(out)
         log.close()
         system.shutdown()
-    summary = heldout_summary(read_metrics(out))
-    if summary:
-        print(f"[aha] {summary}", flush=True)
-    print(f"[aha] done: model {out / FINAL_DIR}, metrics {out / METRICS_FILE}, plots {out / 'plots'}, "
-          f"checkpoints {out / 'checkpoints'}", flush=True)
+    print_run_end(out, stage="RL")
     return out
 
 

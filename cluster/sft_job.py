@@ -70,10 +70,10 @@ def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path:
     from cluster.inputs.data import PromptSampler
     from cluster.inputs.prepare import file_sha256
     from cluster.inputs.prompts import load_rows
-    from cluster.output.checkpoints import prune_checkpoints, write_driver_state
-    from cluster.output.plots import heldout_summary, plot_run
+    from cluster.output.checkpoints import complete_checkpoint
+    from cluster.output.plots import plot_run, print_run_end
     from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, RECIPE_FILE
-    from cluster.output.run_log import METRICS_FILE, RunLog, read_metrics
+    from cluster.output.run_log import RunLog
     from cluster.preflight import check_prepared, print_warnings
     from cluster.recipe import recipe_to_dict
     from cluster.resume import check_same_data, find_resume_point
@@ -146,22 +146,16 @@ def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path:
                           f"{elapsed:.1f}s")
             if step == steps or (run.checkpoint_every and step % run.checkpoint_every == 0):
                 saved = learners.save_checkpoint(str(run_dir.checkpoints))
-                # Written last: only now is the checkpoint complete (cluster/output/checkpoints.py).
-                write_driver_state(saved, {"step": step, "sampler": sampler.state_dict(),
-                                           "weight_version": learner_metrics["weight_version"],
-                                           "train_data_sha256": data_sha256})
-                prune_checkpoints(run_dir.checkpoints, run.keep_checkpoints)
+                complete_checkpoint(saved, {"step": step, "sampler": sampler.state_dict(),
+                                            "weight_version": learner_metrics["weight_version"],
+                                            "train_data_sha256": data_sha256}, run.keep_checkpoints)
         learners.export_hf(str(out / FINAL_DIR), str(out / MODEL_FILES_DIR))
     finally:
         bar.close()
         plot_run(out)
         log.close()
         system.shutdown()
-    summary = heldout_summary(read_metrics(out), stage="SFT")
-    if summary:
-        print(f"[aha] {summary}", flush=True)
-    print(f"[aha] done: model {out / FINAL_DIR}, metrics {out / METRICS_FILE}, plots {out / 'plots'}, "
-          f"checkpoints {out / 'checkpoints'}", flush=True)
+    print_run_end(out, stage="SFT")
     return out
 
 

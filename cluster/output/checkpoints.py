@@ -65,6 +65,13 @@ def write_driver_state(checkpoint_dir: str | Path, state: dict) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(state), encoding="utf-8"))
 
 
+def complete_checkpoint(saved: str | Path, state: dict, keep: int) -> None:
+    """Mark the checkpoint every learner rank just saved at `saved` complete with the driver's
+    `state` (written last), then prune its directory to the newest `keep` complete ones."""
+    write_driver_state(saved, state)
+    prune_checkpoints(Path(saved).parent, keep)
+
+
 def read_driver_state(checkpoint: Checkpoint, num_ranks: int) -> dict:
     """The driver state of a complete checkpoint, after checking that every part of it is there;
     a damaged one is a CheckpointError naming the file."""

@@ -128,3 +128,14 @@ def _draw_heldout(path: str, records: Sequence[Mapping]) -> None:
     axes.legend(fontsize="small", loc="lower right")
     figure.tight_layout()
     figure.savefig(path, format="png")
+
+
+def print_run_end(output_dir: str | os.PathLike, stage: str) -> None:
+    """The last lines of a training run: held-out accuracy before and after `stage`, and where
+    its model, metrics, plots and checkpoints are."""
+    out = Path(output_dir)
+    summary = heldout_summary(read_metrics(out), stage=stage)
+    if summary:
+        print(f"[aha] {summary}", flush=True)
+    print(f"[aha] done: model {out / 'final'}, metrics {out / 'metrics.jsonl'}, plots {out / 'plots'}, "
+          f"checkpoints {out / 'checkpoints'}", flush=True)
