@@ -125,6 +125,7 @@ def test_the_output_root_defaults_to_runs_name_and_the_name_to_the_file(tmp_path
                                                 "and makes no model"),
     ({"stages__rl__kind": "distil"}, "stages.rl.kind: is 'distil'; it must be one of 'train', 'generate', 'sft'"),
     ({"stages__rl__kind": None}, "stages.rl.kind: is missing"),
+    ({"stages__rl__kind": ["train"]}, "stages.rl.kind: is ['train']; it must be one of"),
     ({"stages__rl__run__stepz": 3}, "stages.rl.run.stepz: unknown key (known:"),
     ({"stages__rl__rollout__group_size": 1}, "stages.rl.rollout.group_size: group size 1 gives no group baseline"),
     ({"stages__rl__runs": {"steps": 3}}, "stages.rl.runs: unknown key (stage keys: kind, model_from, traces_from;"),

@@ -119,9 +119,6 @@ class Pipeline:
     stages: tuple[Stage, ...]
     evaluate: bool  # evaluate the base and every model-making stage's final/ at the end
 
-    def stage(self, name: str) -> Stage:
-        return next(s for s in self.stages if s.name == name)
-
 
 def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
     """Read a pipeline recipe; `overrides` (`--section.key value`) apply to the base recipe."""
@@ -208,7 +205,7 @@ def _stage_tables(stage_tables, names: list[str]) -> dict[str, dict]:
 def _stage(name: str, table: dict, base: dict, root: Path, earlier: list[Stage], *, later: list[str]) -> Stage:
     prefix = f"stages.{name}"
     kind = table.get("kind")
-    if kind not in STAGE_KINDS:
+    if not isinstance(kind, str) or kind not in STAGE_KINDS:
         shown = "is missing" if kind is None else f"is {kind!r}"
         raise RecipeError(f"{prefix}.kind", f"{shown}; it must be one of {', '.join(map(repr, STAGE_KINDS))}")
     spec = STAGE_KINDS[kind]

@@ -1,0 +1,138 @@
+"""`aha pipeline` on the real stack: two short GRPO stages, the second starting from the first's
+final/, then the held-out evaluation of the base model and both stages' models side by side; a
+rerun skips everything it finished, and a changed finished stage is refused in one line.
+
+Only `train` stages here: they are the cheapest that make a model (each vLLM engine start is
+about 40 s on CPU). The generate and sft kinds plug into the same table
+(cluster/recipe/pipeline.py); their drivers have their own stack tests."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.stack
+AHA = str(Path(sys.executable).with_name("aha"))
+
+RECIPE = """
+[model]
+path = "{home}/model"
+[model.tiny]
+hidden_size = 128
+num_layers = 2
+[data]
+train_path = "{home}/data/train.parquet"
+eval_path = "{home}/data/eval.parquet"
+template = "r1_zero"
+max_prompt_tokens = 400
+[data.synthetic]
+task = "arithmetic"
+train_rows = 32
+eval_rows = 4
+[rollout]
+group_size = 2
+prompts_per_step = 2
+max_new_tokens = 8
+max_model_len = 512
+kv_cache_gb = 0.2
+enforce_eager = true
+[reward]
+weights = {{ arithmetic = 1.0, format = 0.5 }}
+workers_per_scorer = 1
+[algorithm]
+entropy_coef = 0.01  # a random model earns no reward; the entropy bonus still moves the weights
+[learner]
+lr = 1e-4
+micro_batch_size = 4
+[cluster]
+num_cpus = 4
+rollout_cpus = 1
+learner_cpus = 1
+scorer_cpus = 0.5
+timeout_s = 300
+[eval]
+num_prompts = 4
+
+[pipeline]
+name = "two"
+output_dir = "{home}/pipe"
+stages = ["rl1", "rl2"]
+[stages.rl1]
+kind = "train"
+run.steps = {steps1}
+[stages.rl2]
+kind = "train"
+run.steps = 1
+learner.lr = 5e-5
+"""
+
+
+def _pipeline(home: Path, steps1: int = 1, timeout: int = 1200):
+    recipe = home / "pipeline.toml"
+    recipe.write_text(RECIPE.format(home=home, steps1=steps1))
+    started = time.monotonic()
+    done = subprocess.run([AHA, "pipeline", str(recipe)], capture_output=True, text=True, timeout=timeout, cwd=home)
+    return done, time.monotonic() - started
+
+
+def _mtimes(directory: Path) -> dict[str, int]:
+    return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_two_stages_end_to_end_then_a_rerun_skips_them(tmp_path):
+    done, _ = _pipeline(tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    pipe = tmp_path / "pipe"
+    lines = [line for line in done.stdout.splitlines() if line.startswith("[aha] pipeline two:")]
+    assert lines[0].startswith("[aha] pipeline two: stage 1/2 rl1 (train): starting, from the base model")
+    assert any(line.startswith("[aha] pipeline two: stage 2/2 rl2 (train): starting, from stage rl1's model")
+               for line in lines)
+    assert any("stage 1/2 rl1 (train): finished in" in line for line in lines)
+    assert any("stage 2/2 rl2 (train): finished in" in line for line in lines)
+
+    # Each stage ran in its own directory, the second from the first's final/.
+    for stage, model in (("rl1", str(tmp_path / "model")), ("rl2", str(pipe / "rl1" / "final"))):
+        saved = json.loads((pipe / stage / "recipe.json").read_text())
+        assert saved["model"]["path"] == model and saved["run"]["output_dir"] == str(pipe / stage)
+        assert (pipe / stage / "final" / "config.json").is_file()
+        assert [r["step"] for r in map(json.loads, (pipe / stage / "metrics.jsonl").read_text().splitlines())] \
+            == [0, 1]
+        assert json.loads((pipe / stage / ".aha-stage-done.json").read_text())["stage"] == stage
+    assert json.loads((pipe / "rl2" / "recipe.json").read_text())["learner"]["lr"] == 5e-5
+    assert "tiny" not in json.loads((pipe / "rl2" / "recipe.json").read_text())["model"]
+
+    # The base model and both stages' models, side by side on the same held-out problems.
+    evaluated = json.loads((pipe / "eval" / "eval.json").read_text())["models"]
+    assert [m["path"] for m in evaluated] == [str(tmp_path / "model"), str(pipe / "rl1" / "final"),
+                                              str(pipe / "rl2" / "final")]
+    table = (pipe / "pipeline.md").read_text().splitlines()
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| base", "| rl1", "| rl2"]
+    for row, model in zip(table[2:], evaluated):
+        assert f"{100 * model['metrics']['eval/accuracy']:.1f}%" in row
+        assert f"{model['metrics']['eval/response_length_mean']:.1f}" in row
+    assert "\n".join(table) in done.stdout
+    assert (pipe / "pipeline.png").read_bytes()[:4] == b"\x89PNG"
+    document = json.loads((pipe / "pipeline.json").read_text())
+    assert document["status"] == "done" and [r["stage"] for r in document["heldout"]] == ["base", "rl1", "rl2"]
+
+    # Rerun: nothing to do, so nothing is started and nothing in the stages is touched.
+    before = {stage: _mtimes(pipe / stage) for stage in ("rl1", "rl2", "eval")}
+    again, seconds = _pipeline(tmp_path, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
+    assert "[aha] pipeline two: stage 1/2 rl1 (train): skipped, finished before" in again.stdout
+    assert "[aha] pipeline two: stage 2/2 rl2 (train): skipped, finished before" in again.stdout
+    assert "held-out evaluation of 3 models: skipped, done before" in again.stdout
+    assert "starting" not in again.stdout and "[aha] eval" not in again.stdout
+    assert {stage: _mtimes(pipe / stage) for stage in before} == before
+    assert (pipe / "pipeline.md").read_text().splitlines() == table
+    assert seconds < 120, seconds  # imports only: no Ray, no engine
+
+    # A finished stage whose definition changed: one line naming the key, nothing touched.
+    changed, _ = _pipeline(tmp_path, steps1=2, timeout=300)
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1, changed.stderr
+    assert changed.stderr.startswith("aha: error: run.steps: stage 'rl1' finished with 1 and the recipe now says 2;")
+    assert "--from rl1" in changed.stderr
+    assert {stage: _mtimes(pipe / stage) for stage in before} == before
