@@ -3,7 +3,7 @@
 The rollout workers sample `generate.samples_per_prompt` completions of each of the first
 `generate.num_prompts` rows of data.train_path (rendered with data.template, sampled with the
 rollout.* settings), the reward scorers grade them, and the completions the correctness reward
-gives 1.0 are kept by the `generate.keep` policy (cluster/output/traces.py). The result is a
+gives 1.0 are kept by the `generate.keep` policy (cluster/output/rejection.py). The result is a
 trace data set (DESIGN.md section 4) that `aha sft` reads: `prompt` + `completion` and
 `messages`, with the reward components, token counts and the model that wrote them.
 
@@ -225,7 +225,7 @@ def _sample(recipe: Recipe, inputs: Inputs, todo: list[PromptRow], parts, first:
 
 def _score(recipe: Recipe, scorers, row: PromptRow, samples) -> list:
     from cluster.evaluation import correctness_reward
-    from cluster.output.traces import Scored
+    from cluster.output.rejection import Scored
 
     name = correctness_reward(recipe)
     scores = scorers.score([s.text for s in samples], row.fields, [len(s.completion_ids) for s in samples])
@@ -236,7 +236,7 @@ def _score(recipe: Recipe, scorers, row: PromptRow, samples) -> list:
 
 def _write_chunk(recipe: Recipe, parts, number: int, rows: list[PromptRow], scored: dict) -> dict:
     """A finished chunk: pick its traces and write them with its per-prompt records."""
-    from cluster.output.traces import prompt_record, trace_rows, verdicts
+    from cluster.output.rejection import prompt_record, trace_rows, verdicts
 
     gen = recipe.generate
     traces, rejected, records = [], [] if gen.keep_rejected else None, []
@@ -254,7 +254,7 @@ def _write_chunk(recipe: Recipe, parts, number: int, rows: list[PromptRow], scor
 def _finish(recipe: Recipe, parts, chunks: list[dict], setting: dict, timing: dict) -> None:
     """Merge the parts, write summary.json and generate.md, and print the summary."""
     from cluster.output.trace_parts import REPORT_FILE, SUMMARY_FILE, write_summary
-    from cluster.output.traces import summarize, summary_markdown
+    from cluster.output.rejection import summarize, summary_markdown
 
     written = parts.merge(chunks)
     records = sorted((r for chunk in chunks for r in chunk["prompts"]), key=lambda r: r["prompt_index"])

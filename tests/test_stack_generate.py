@@ -16,12 +16,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.inputs.traces import load_traces
+from cluster.recipe import Recipe
 from rewards.registry import REGISTRY, resolve_reward
 
 pytestmark = pytest.mark.stack
@@ -139,6 +142,12 @@ def test_generate_killed_and_resumed_keeps_exactly_the_verified_traces_once(tmp_
     expected = ["prompt", "completion", "messages", "prompt_index", "sample_index", "reward", "reward/coin:score",
                 "reward/arithmetic", "num_tokens", "finish_reason", "teacher", "pass_rate", "answer", "numbers"]
     assert pq.read_schema(out / "traces.parquet").names == expected
+    # `aha sft` reads the file in either shape: the raw prompt and the completion, or the turns.
+    sft = Recipe().sft
+    pairs = load_traces(out / "traces.parquet", replace(sft, shape="prompt_completion"), "r1_zero")
+    chats = load_traces(out / "traces.parquet", replace(sft, shape="messages"), "r1_zero")
+    assert [(r.prompt, r.completion) for r in pairs] == [(t["prompt"], t["completion"]) for t in traces]
+    assert [r.messages for r in chats] == [t["messages"] for t in traces]
 
     summary = json.loads((out / "summary.json").read_text())
     counts = summary["summary"]

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cluster.output.run_log import atomic_write
-from cluster.output.traces import REWARD_PREFIX, field_column
+from cluster.output.rejection import REWARD_PREFIX, field_column
 
 PARTS_DIR = "parts"
 PROGRESS_FILE = "progress.jsonl"

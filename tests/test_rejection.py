@@ -1,4 +1,4 @@
-"""Rejection sampling's pure parts (cluster/output/traces.py) and its files
+"""Rejection sampling's pure parts (cluster/output/rejection.py) and its files
 (cluster/output/trace_parts.py), on small cases worked out by hand."""
 
 import json
@@ -10,7 +10,7 @@ import pytest
 from cluster.output.run_dir import GENERATE_OUTPUTS, RunDirError, claim_output_dir
 from cluster.output.trace_parts import (PROGRESS_FILE, ProgressError, TraceParts, finished_prompts, read_progress,
                                         trace_schema)
-from cluster.output.traces import (DUPLICATE, INCORRECT, KEPT, NOT_SHORTEST, OVER_CAP, Scored, field_column,
+from cluster.output.rejection import (DUPLICATE, INCORRECT, KEPT, NOT_SHORTEST, OVER_CAP, Scored, field_column,
                                    messages, pass_rate_histogram, prompt_record, summarize, summary_markdown,
                                    trace_rows, verdicts)
 
