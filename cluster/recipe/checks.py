@@ -301,9 +301,6 @@ def _check_generate(generate) -> None:
     _require(generate.keep != "shortest_correct" or generate.max_per_prompt <= 1, "generate.max_per_prompt",
              f"{generate.max_per_prompt} with generate.keep = 'shortest_correct', which keeps one trace per prompt "
              "(use keep = 'all_correct' for more)")
-    _require(generate.keep != "shortest_correct" or generate.max_per_prompt <= 1, "generate.max_per_prompt",
-             f"{generate.max_per_prompt} with generate.keep = 'shortest_correct', which keeps one trace per prompt "
-             "(use keep = 'all_correct' for more)")
 
 
 def _check_sft(recipe) -> None:
