@@ -54,12 +54,21 @@ def run_pipeline(pipeline: Pipeline, *, overwrite: bool = False, start_from: str
         with claim_output_dir(root, resume=False, overwrite=False, outputs=(), key="pipeline.output_dir"):
             rows = _run_claimed(pipeline, steps, drivers)
     except BaseException:
-        if created and not any(root.joinpath(s.name).exists() for s in pipeline.stages):
-            shutil.rmtree(root, ignore_errors=True)  # stopped before any stage wrote: leave nothing behind
+        _remove_if_only_ours(root, created)
         raise
     shown = f", table {root / 'pipeline.md'}, plot {root / 'pipeline.png'}" if rows else ""
     print(f"[aha] pipeline {pipeline.name} done: {root}{shown}", flush=True)
     return root
+
+
+def _remove_if_only_ours(root: Path, created: bool) -> None:
+    """A root this run created and that holds only the pipeline's own files (the first stage
+    stopped before it wrote anything: a bad data file, say) is removed: nothing half-written is
+    left behind. Anything else in it (a stage's directory, a base model built there) stays."""
+    from cluster.output.run_dir import LOCK_FILE, RUN_MARKER
+
+    if created and root.is_dir() and {p.name for p in root.iterdir()} <= {RUN_MARKER, LOCK_FILE, *PIPELINE_OUTPUTS}:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _run_claimed(pipeline: Pipeline, steps: list[Step], drivers: dict) -> list[dict]:

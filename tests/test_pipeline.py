@@ -289,3 +289,24 @@ def test_a_setting_added_since_a_stage_finished_is_no_change_at_its_default():
     assert [key for key, _, _ in definition_changes(saved, with_synthetic)] == ["data.synthetic"]
     saved["recipe"]["learner"]["packing"] = False
     assert definition_changes(saved, stage.definition()) == [("learner.packing", False, True)]
+
+
+def test_a_first_stage_that_fails_before_writing_leaves_no_root_and_keeps_what_others_wrote(tmp_path, monkeypatch):
+    import cluster.pipeline as driver
+
+    def failing(recipe, *, resume, overwrite):
+        raise RecipeError("data.train_path", "a stand-in for a stage's own preflight failing")
+
+    def builds_then_fails(recipe, *, resume, overwrite):
+        (tmp_path / "out" / "base-model").mkdir()  # e.g. the base model, built inside the root
+        failing(recipe, resume=resume, overwrite=overwrite)
+
+    pipeline = parse(TWO, root=tmp_path)
+    monkeypatch.setattr(driver, "_driver", lambda stage: failing)
+    with pytest.raises(RecipeError, match="a stand-in"):
+        run_pipeline(pipeline)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(driver, "_driver", lambda stage: builds_then_fails)
+    with pytest.raises(RecipeError, match="a stand-in"):
+        run_pipeline(pipeline)
+    assert (tmp_path / "out" / "base-model").is_dir()
