@@ -44,6 +44,7 @@ def sft(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Pat
         raise RecipeError("sft.train_path", "is required (a trace data set: Parquet or JSONL with prompt + "
                           "completion or messages columns)")
     warnings = check_before_start(recipe)
+    prepare_data(recipe)  # [data.synthetic] may write the traces (cold_start_path)
     for path in (recipe.sft.train_path, recipe.sft.eval_path):
         if path:  # read and checked now: a bad trace file fails before the directory is claimed
             load_traces(path, recipe.sft, recipe.data.template)
@@ -52,7 +53,6 @@ def sft(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Pat
                         "loss needs held-out traces")
     # The inputs are made and every trace encoded before the directory is claimed: a trace over
     # sft.max_length (with too_long = "error") or a tokenizer without EOS leaves nothing behind.
-    prepare_data(recipe)
     model_path = str(prepare_model(recipe))
     tokenizer = load_tokenizer(recipe, model_path)
     traces = encode_trace_sets(recipe, tokenizer)

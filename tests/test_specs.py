@@ -32,9 +32,10 @@ RENAMED = {
 }
 SECTIONS = {EngineSpec: ("model", "rollout"), LearnerSpec: ("learner", "algorithm"), ScorerSpec: ("reward",),
             SamplingSpec: ("rollout",)}
-# Fields a spec takes from elsewhere than the recipe: the model directory a run prepared, and
-# the sampler's per-call seed and benchmark switch.
-NOT_FROM_RECIPE = {"model_path", "ignore_eos"}
+# Fields a spec takes from elsewhere than the recipe: the model directory a run prepared, the
+# sampler's per-call seed and benchmark switch, and the learner's objective (the command's:
+# `aha train` GRPO, `aha sft` SFT).
+NOT_FROM_RECIPE = {"model_path", "ignore_eos", "objective"}
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.__name__)
