@@ -65,7 +65,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
 def test_shipped_recipe_values():
     r = load_recipe(SHIPPED)
     assert r.model.path == "runs/demo/base-model" and r.model.dtype == "float32"
-    assert r.model.tiny == TinyModelConfig(hidden_size=128, num_layers=2, num_kv_heads=1, seed=0)
+    assert r.model.tiny == TinyModelConfig(hidden_size=128, num_layers=2, num_kv_heads=2, seed=0)
     assert r.model.pretrain == PretrainConfig(steps=800, batch_size=64, lr=3e-3, warmup_steps=30,
                                               worked_fraction=0.4, seed=0)
     assert r.data.template == "{prompt}=? <think>" and r.data.max_prompt_tokens == 32
@@ -76,8 +76,8 @@ def test_shipped_recipe_values():
     assert (r.rollout.group_size, r.rollout.max_new_tokens, r.rollout.enforce_eager) == (8, 48, True)
     assert r.rollout.kv_cache_gb == 0.25 and r.rollout.prompts_per_step == 16
     assert r.reward.weights == {"arithmetic": 1.0, "format": 0.1}
-    assert r.algorithm.clip_high == 0.28 and r.learner.lr == 1e-4
-    assert (r.eval.every, r.eval.num_prompts, r.eval.k, r.eval.budgets) == (10, 256, (4,), (8, 16, 32, 48))
+    assert r.algorithm.clip_high == 0.28 and r.learner.lr == 5e-5
+    assert (r.eval.every, r.eval.num_prompts, r.eval.k, r.eval.budgets) == (20, 256, (4,), (8, 16, 32, 48))
     assert r.cluster.device == "cpu" and r.cluster.learner_cpus == 0.5
     assert (r.run.name, r.run.steps) == ("demo", 40)
     assert r.output_dir == Path("runs/demo/rl")
@@ -179,7 +179,7 @@ def test_overrides_win_over_the_file_in_order():
     r = load_recipe(SHIPPED, ["--rollout.group_size", "4", "--model.tiny.seed=9",
                               "--rollout.group_size", "16", "--reward.weights", "{math = 1}"])
     assert r.rollout.group_size == 16
-    assert r.model.tiny == TinyModelConfig(hidden_size=128, num_layers=2, num_kv_heads=1, seed=9)
+    assert r.model.tiny == TinyModelConfig(hidden_size=128, num_layers=2, num_kv_heads=2, seed=9)
     assert r.reward.weights == {"math": 1.0}  # a dict override replaces the file's table
     assert r.rollout.prompts_per_step == 16  # untouched keys keep the file's value
 
