@@ -26,7 +26,15 @@ from cluster.recipe.placement import (
 from rewards.registry import resolve_reward
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted((REPO / "deploy" / "recipes").glob("*.toml"))
+def _is_pipeline(path: Path) -> bool:
+    import tomllib
+
+    return "pipeline" in tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+ALL_RECIPES = sorted((REPO / "deploy" / "recipes").glob("*.toml"))
+RECIPES = [p for p in ALL_RECIPES if not _is_pipeline(p)]  # one job each: aha train, generate, sft, eval
+PIPELINES = [p for p in ALL_RECIPES if _is_pipeline(p)]  # aha pipeline: a base recipe and stages
 CLUSTERS = REPO / "deploy" / "clusters"
 ONE_NODE = CLUSTERS / "one-node-8xh100.toml"
 TWO_NODES = CLUSTERS / "two-nodes-8xa100.toml"
@@ -91,6 +99,34 @@ def test_gpu_recipes_use_the_gpu_settings(path):
     assert r.cluster.rollout_gpus == r.rollout.tensor_parallel_size
     assert 1e-6 <= r.learner.lr <= 3e-6
     assert 8 <= r.rollout.group_size <= 16
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
+def test_pipeline_recipes_load_and_every_stage_fits_two_cores(path):
+    from cluster.recipe.pipeline import load_pipeline
+
+    assert path.read_text(encoding="utf-8").startswith("# ")
+    pipeline = load_pipeline(path)
+    for stage in pipeline.stages:
+        for name in stage.recipe.reward.weights:
+            resolve_reward(name)
+        assert all(budget <= stage.recipe.rollout.max_new_tokens for budget in stage.recipe.eval.budgets)
+        placement = plan_placement(stage.recipe, TWO_CORES)
+        assert placement.totals()["learner"]["count"] == stage.recipe.learner.num_ranks
+
+
+def test_the_r1_recipe_shares_the_demos_base_model():
+    """Both CPU demos pre-train into runs/demo/base-model: the same settings, or each run would
+    rebuild the other's."""
+    from cluster.recipe.pipeline import load_pipeline
+
+    demo, r1 = recipe("arith-zero-cpu.toml"), load_pipeline(REPO / "deploy" / "recipes" / "r1-recipe-cpu.toml").base
+    assert (r1.model.path, r1.model.tiny, r1.model.pretrain) == (demo.model.path, demo.model.tiny, demo.model.pretrain)
+    assert (r1.data.train_path, r1.data.eval_path, r1.data.template) == (
+        demo.data.train_path, demo.data.eval_path, demo.data.template)
+    same = ("task", "train_rows", "eval_rows", "seed", "min_terms", "max_terms", "max_term")
+    assert [getattr(r1.data.synthetic, k) for k in same] == [getattr(demo.data.synthetic, k) for k in same]
+    assert r1.rollout == demo.rollout and r1.reward.weights == demo.reward.weights
 
 
 # ---------------------------------------------------------------- plans checked by hand
