@@ -165,20 +165,23 @@ def parse_overrides(args: list[str]) -> list[tuple[str, object]]:
     return pairs
 
 
+def read_recipe_table(path: str | os.PathLike) -> dict:
+    """The parsed TOML of a recipe file; a missing, unreadable or invalid file is one RecipeError."""
+    file = Path(path)
+    if not file.is_file():
+        raise RecipeError("", f"recipe file '{file}' does not exist")
+    try:
+        return tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise RecipeError("", f"recipe file '{file}' cannot be read: {err.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err).splitlines()[0]
+        raise RecipeError("", f"recipe file '{file}' is not valid TOML: {reason}") from None
+
+
 def load_recipe(path: str | os.PathLike | None, overrides: list[str] = ()) -> Recipe:
     """Read a TOML recipe (or start from defaults when `path` is None) and apply overrides."""
-    table: dict = {}
-    if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise RecipeError("", f"recipe file '{file}' does not exist")
-        try:
-            table = tomllib.loads(file.read_text(encoding="utf-8"))
-        except OSError as err:
-            raise RecipeError("", f"recipe file '{file}' cannot be read: {err.strerror}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as err:
-            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err).splitlines()[0]
-            raise RecipeError("", f"recipe file '{file}' is not valid TOML: {reason}") from None
+    table: dict = read_recipe_table(path) if path is not None else {}
     for dotted, value in parse_overrides(list(overrides)):
         apply_override(table, dotted, value)
     return recipe_from_dict(table)

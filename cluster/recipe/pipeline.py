@@ -25,13 +25,12 @@ Pure and light like the rest of cluster.recipe: no torch, ray, vllm, no other pa
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.recipe.checks import _RUN_NAME, RecipeError, key_text
-from cluster.recipe.load import apply_override, parse_overrides, recipe_from_dict, recipe_to_dict
+from cluster.recipe.load import apply_override, parse_overrides, read_recipe_table, recipe_from_dict, recipe_to_dict
 from cluster.recipe.resume import RESUMABLE
 from cluster.recipe.schema import Recipe
 
@@ -123,15 +122,7 @@ class Pipeline:
 def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
     """Read a pipeline recipe; `overrides` (`--section.key value`) apply to the base recipe."""
     file = Path(path)
-    if not file.is_file():
-        raise RecipeError("", f"recipe file '{file}' does not exist")
-    try:
-        table = tomllib.loads(file.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise RecipeError("", f"recipe file '{file}' cannot be read: {err.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as err:
-        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err).splitlines()[0]
-        raise RecipeError("", f"recipe file '{file}' is not valid TOML: {reason}") from None
+    table = read_recipe_table(file)
     for dotted, value in parse_overrides(list(overrides)):
         apply_override(table, dotted, value)
     return pipeline_from_dict(table, default_name=file.stem)
