@@ -77,6 +77,7 @@ def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path:
     from cluster.preflight import check_prepared, print_warnings
     from cluster.recipe import recipe_to_dict
     from cluster.resume import check_same_data, find_resume_point
+    from cluster.rollout_pool import push_weights
 
     out, sft_cfg, run = run_dir.path, recipe.sft, recipe.run
     resume_at = find_resume_point(run_dir, recipe) if resume else None
@@ -110,7 +111,7 @@ def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path:
         metrics = {"eval/loss": learners.held_out_nll(traces.held_out)} if traces.held_out else {}
         if eval_rows:
             if step > 0 or resume_at is not None:
-                system.push_weights(step)
+                push_weights(learners, system.pool, step, recipe.cluster.timeout_s)
             metrics.update(evaluate(system.pool, system.scorers, tokenizer, recipe, eval_rows).metrics)
         return metrics
 
@@ -197,31 +198,7 @@ def encode_trace_sets(recipe: Recipe, tokenizer) -> TraceSets:
                      skipped=skipped)
 
 
-@dataclass
-class SFTSystem:
-    """The learner group, and for held-out accuracy the rollout pool and scorers linked to it."""
-
-    learners: object
-    pool: object = None
-    scorers: object = None
-    timeout_s: float = 600.0
-
-    def push_weights(self, version: int) -> None:
-        from cluster.rollout_pool import push_weights
-
-        push_weights(self.learners, self.pool, version, self.timeout_s)
-
-    def shutdown(self) -> None:
-        for part in (self.learners, self.scorers, self.pool):
-            if part is None:
-                continue
-            try:
-                part.shutdown()
-            except Exception as err:  # keep shutting the rest down
-                print(f"[aha] shutdown of {type(part).__name__} failed: {err}")
-
-
-def _start(recipe: Recipe, model_path: str, steps: int, *, with_rollout: bool) -> SFTSystem:
+def _start(recipe: Recipe, model_path: str, steps: int, *, with_rollout: bool):
     """Start Ray and the learner group (SFT objective, schedule over `steps`), and the rollout
     pool and scorers when held-out accuracy is measured."""
     from cluster.launch import connect_ray
@@ -229,13 +206,14 @@ def _start(recipe: Recipe, model_path: str, steps: int, *, with_rollout: bool) -
     from cluster.rollout_pool import RolloutPool, link_weights
     from cluster.scorer_pool import ScorerPool
     from cluster.specs import engine_spec, learner_spec, scorer_spec
+    from cluster.system import System
 
     connect_ray(recipe.cluster)
     cluster, timeout = recipe.cluster, recipe.cluster.timeout_s
     learners = LearnerGroup(learner_spec(recipe, model_path, objective="sft", total_steps=steps),
                             recipe.learner.num_ranks, cpus_per_rank=cluster.learner_cpus,
                             gpus_per_rank=cluster.learner_gpus, timeout_s=timeout)
-    system = SFTSystem(learners=learners, timeout_s=timeout)
+    system = System(learners=learners)
     if with_rollout:
         try:
             system.pool = RolloutPool(engine_spec(recipe, model_path), recipe.rollout.num_workers,

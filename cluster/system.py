@@ -18,13 +18,18 @@ from cluster.specs import engine_spec, learner_spec, scorer_spec
 
 @dataclass
 class System:
-    pool: RolloutPool
-    scorers: ScorerPool
+    """The running actors of a job; a job without rollouts (SFT without held-out accuracy) has
+    no pool and no scorers."""
+
     learners: LearnerGroup
-    tokenizer: object
+    pool: RolloutPool | None = None
+    scorers: ScorerPool | None = None
+    tokenizer: object = None
 
     def shutdown(self) -> None:
         for part in (self.learners, self.scorers, self.pool):
+            if part is None:
+                continue
             try:
                 part.shutdown()
             except Exception as err:  # keep shutting the rest down
