@@ -45,7 +45,7 @@ max_model_len = 512
 kv_cache_gb = 0.2
 enforce_eager = true
 [reward]
-weights = {{ "coin:score" = 1.0, arithmetic = 0.5 }}
+weights = {{ "eval_coin:score" = 1.0, arithmetic = 0.5 }}
 workers_per_scorer = 1
 [cluster]
 num_cpus = 4
@@ -64,7 +64,7 @@ name = "tiny"
 def test_two_models_side_by_side_match_a_hand_count(tmp_path, tiny_model_dir, monkeypatch):
     other = build_tiny_model(tmp_path / "other", tiny_spec(seed=7))
     pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "eval.parquet")
-    (tmp_path / "coin.py").write_text(COIN_REWARD)
+    (tmp_path / "eval_coin.py").write_text(COIN_REWARD)
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(RECIPE.format(home=tmp_path, num_prompts=NUM_PROMPTS, k=K, budget=BUDGET))
     out = tmp_path / "out"
@@ -85,7 +85,7 @@ def test_two_models_side_by_side_match_a_hand_count(tmp_path, tiny_model_dir, mo
     assert 0 < sum(r["correct"] for r in completions) < len(completions)  # a count with something to count
     fields = {i: row for i, row in enumerate(ROWS)}
     monkeypatch.syspath_prepend(str(tmp_path))
-    coin, arithmetic = resolve_reward("coin:score"), REGISTRY["arithmetic"]
+    coin, arithmetic = resolve_reward("eval_coin:score"), REGISTRY["arithmetic"]
     for model, result in zip(models, document["models"]):
         mine = [r for r in completions if r["model"] == model]
         for r in mine:  # every flag and answer, recomputed from the completion itself

@@ -53,7 +53,7 @@ max_model_len = 512
 kv_cache_gb = 0.2
 enforce_eager = true
 [reward]
-weights = {{ "coin:score" = 1.0, arithmetic = 0.5 }}
+weights = {{ "generate_coin:score" = 1.0, arithmetic = 0.5 }}
 workers_per_scorer = 1
 [cluster]
 num_cpus = 4
@@ -72,7 +72,7 @@ output_dir = "{home}/gen"
 
 def test_generate_killed_and_resumed_keeps_exactly_the_verified_traces_once(tmp_path, tiny_model_dir, monkeypatch):
     pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "train.parquet")
-    (tmp_path / "coin.py").write_text(COIN_REWARD)
+    (tmp_path / "generate_coin.py").write_text(COIN_REWARD)
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(RECIPE.format(model=tiny_model_dir, home=tmp_path, k=K, num_prompts=NUM_PROMPTS, chunk=CHUNK,
                                      tokens=TOKENS))
@@ -115,7 +115,7 @@ def test_generate_killed_and_resumed_keeps_exactly_the_verified_traces_once(tmp_
         assert indices == list(range(K)), i
 
     monkeypatch.syspath_prepend(str(tmp_path))
-    coin, arithmetic = resolve_reward("coin:score"), REGISTRY["arithmetic"]
+    coin, arithmetic = resolve_reward("generate_coin:score"), REGISTRY["arithmetic"]
     source = ROWS[:NUM_PROMPTS]
     for row in traces + rejected:  # every column read back, every verdict recomputed
         data = source[row["prompt_index"]]
@@ -123,9 +123,9 @@ def test_generate_killed_and_resumed_keeps_exactly_the_verified_traces_once(tmp_
         assert row["prompt"] == data["prompt"] and row["answer"] == data["answer"] and row["numbers"] == data["numbers"]
         assert row["messages"] == [{"role": "user", "content": data["prompt"]},
                                    {"role": "assistant", "content": row["completion"]}]
-        assert row["reward/coin:score"] == coin(row["completion"], **data)
+        assert row["reward/generate_coin:score"] == coin(row["completion"], **data)
         assert row["reward/arithmetic"] == arithmetic(row["completion"], **data)
-        assert row["reward"] == pytest.approx(row["reward/coin:score"] + 0.5 * row["reward/arithmetic"])
+        assert row["reward"] == pytest.approx(row["reward/generate_coin:score"] + 0.5 * row["reward/arithmetic"])
         assert 1 <= row["num_tokens"] <= TOKENS and row["finish_reason"] in ("stop", "length")
         assert row["teacher"] == str(tiny_model_dir)
         samples = [r for r in traces + rejected if r["prompt_index"] == row["prompt_index"]]
@@ -139,7 +139,7 @@ def test_generate_killed_and_resumed_keeps_exactly_the_verified_traces_once(tmp_
     assert 0 < len(traces) < NUM_PROMPTS * K  # something kept, something dropped
     reasons = Counter(r["rejected"] for r in rejected)
     assert reasons["duplicate"] > 0 and set(reasons) <= {"duplicate", "incorrect"}, reasons
-    expected = ["prompt", "completion", "messages", "prompt_index", "sample_index", "reward", "reward/coin:score",
+    expected = ["prompt", "completion", "messages", "prompt_index", "sample_index", "reward", "reward/generate_coin:score",
                 "reward/arithmetic", "num_tokens", "finish_reason", "teacher", "pass_rate", "answer", "numbers"]
     assert pq.read_schema(out / "traces.parquet").names == expected
     # `aha sft` reads the file in either shape: the raw prompt and the completion, or the turns.
@@ -156,7 +156,7 @@ def test_generate_killed_and_resumed_keeps_exactly_the_verified_traces_once(tmp_
                                     for r in traces + rejected)
     histogram = Counter(f"{round(t['pass_rate'] * K)}/{K}" for t in traces + rejected if t["sample_index"] == 0)
     assert counts["pass_rate_histogram"] == {f"{c}/{K}": histogram.get(f"{c}/{K}", 0) for c in range(K + 1)}
-    assert summary["settings"]["samples_per_prompt"] == K and summary["settings"]["correctness"] == "coin:score"
+    assert summary["settings"]["samples_per_prompt"] == K and summary["settings"]["correctness"] == "generate_coin:score"
     assert (out / "generate.md").read_text().strip() in done.stdout
     assert json.loads((out / "recipe.json").read_text())["generate"]["samples_per_prompt"] == K
 
