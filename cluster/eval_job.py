@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cluster.recipe import Recipe, RecipeError
+from cluster.recipe import Recipe, RecipeError, recipe_to_dict
 
 
 ENGINE_STOP_S = 60.0  # the most a model's engines are given to stop before their actors are killed
@@ -127,7 +127,7 @@ def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows,
                 _close(pool, cluster.timeout_s)
             results.append({"model": target.label, "path": target.path, "metrics": done.metrics})
             records += [{"model": target.label, **record} for record in done.records]
-            write_eval_outputs(out, _settings(recipe, len(rows)), results, records)
+            write_eval_outputs(out, eval_settings(recipe, len(rows)), results, records)
             print(f"[aha] {target.label}: {_summary(done.metrics)}", flush=True)
     finally:
         scorers.shutdown()
@@ -151,7 +151,7 @@ def _close(pool, timeout_s: float) -> None:
     pool.shutdown()
 
 
-def _settings(recipe: Recipe, num_prompts: int) -> dict:
+def eval_settings(recipe: Recipe, num_prompts: int) -> dict:
     """What the numbers mean: the data, how many problems, and the [eval] settings used."""
     from cluster.evaluation import correctness_reward
 
@@ -160,6 +160,17 @@ def _settings(recipe: Recipe, num_prompts: int) -> dict:
             "correctness": correctness_reward(recipe), "k": list(settings.k), "temperature": settings.temperature,
             "budgets": list(settings.budgets), "max_new_tokens": recipe.rollout.max_new_tokens,
             "reward_weights": dict(recipe.reward.weights)}
+
+
+def evaluation_inputs(recipe: Recipe) -> dict:
+    """Every recipe setting an evaluation's numbers depend on, but for the model itself: two
+    recipes that agree here measure a model alike (the held-out rows, their template and fields,
+    sampling, rewards, the [eval] settings, the engine's dtype)."""
+    table = recipe_to_dict(recipe)
+    sampling = {key: table["rollout"][key] for key in ("max_new_tokens", "top_p", "top_k", "stop")}  # sampling_spec's
+    return {"data": {k: v for k, v in table["data"].items() if k != "train_path"}, "eval": table["eval"],
+            "sampling": sampling, "reward": table["reward"], "model_dtype": recipe.model.dtype,
+            "reflection_words": list(recipe.run.reflection_words)}
 
 
 def _summary(metrics: dict) -> str:

@@ -64,6 +64,16 @@ def evaluate(pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow]) ->
     return Evaluation(metrics=metrics, records=records)
 
 
+def evaluate_during_run(pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow], run_dir, step: int) -> dict:
+    """`evaluate` inside a training run: the metrics for metrics.jsonl, and the completions
+    kept in the run's heldout/ (what `aha pipeline` reuses instead of evaluating again)."""
+    from cluster.output.eval_report import write_step_records
+
+    done = evaluate(pool, scorers, tokenizer, recipe, rows)
+    write_step_records(run_dir, step, done.records)
+    return done.metrics
+
+
 def greedy_text_stats(recipe: Recipe, greedy: list[dict]) -> dict[str, float]:
     """Length and reflection words of the greedy completions: the answers the accuracy grades
     (sampled ones run at eval.temperature and would mix in the sampling's own noise)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from cluster.evaluation import correctness_reward, evaluate
+from cluster.evaluation import correctness_reward, evaluate_during_run
 from cluster.inputs.data import PromptSampler
 from cluster.inputs.prompts import encode_prompts, load_rows
 from cluster.learner_group import train_sequences
@@ -97,7 +97,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
         save_model_files(out / MODEL_FILES_DIR, model_path, tokenizer, trust_remote_code=recipe.model.trust_remote_code)
     eval_rows = load_rows(recipe, recipe.data.eval_path) if recipe.data.eval_path else []
     if eval_rows and resume_at is None:
-        before = evaluate(pool, scorers, tokenizer, recipe, eval_rows).metrics
+        before = evaluate_during_run(pool, scorers, tokenizer, recipe, eval_rows, out, 0)
         log.log_step(0, before)
         print(f"[aha] held-out accuracy before RL: {before['eval/accuracy']:.3f} "
               f"on {before['eval/num_prompts']:.0f} problems", flush=True)
@@ -156,7 +156,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
             for warning in reward_failure_warnings(step, [f for g in intake.accepted for f in g.failures]):
                 bar.write(warning)
             if eval_rows and (step == run.steps or (recipe.eval.every and step % recipe.eval.every == 0)):
-                metrics.update(evaluate(pool, scorers, tokenizer, recipe, eval_rows).metrics)
+                metrics.update(evaluate_during_run(pool, scorers, tokenizer, recipe, eval_rows, out, step))
                 print(f"[aha] held-out accuracy after step {step}: {metrics['eval/accuracy']:.3f}", flush=True)
             log.log_step(step, metrics)
             log.write_rollouts(step, _rollout_rows(step, intake.accepted))

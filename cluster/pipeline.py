@@ -225,9 +225,6 @@ def evaluate_stage(recipe: Recipe, *, resume: bool = False, overwrite: bool = Fa
 
 def _evaluate(pipeline: Pipeline, ran: bool) -> list[dict]:
     """Evaluate (unless nothing changed since the last evaluation) and return the summary rows."""
-    from cluster.eval_job import run_eval
-    from cluster.inputs.prepare import prepare_data, prepare_model
-
     out = pipeline.output_dir / EVAL_DIR
     models = [(BASE, "base model", None)] + [(s.name, s.kind, s) for s in pipeline.stages if s.spec.makes_model]
     wanted = _plain({"base": _base_definition(pipeline.base),
@@ -239,15 +236,92 @@ def _evaluate(pipeline: Pipeline, ran: bool) -> list[dict]:
     else:
         print(f"{prefix} ({', '.join(name for name, _, _ in models)}), in {out}", flush=True)
         clear_stage_done(out)
-        prepare_data(pipeline.base)
-        base_path = str(prepare_model(pipeline.base))  # built by the first stage; reused, not rebuilt
-        paths = [base_path] + [str(stage.output_dir / stage.spec.product) for _, _, stage in models[1:]]
-        run_eval(pipeline.base, paths, out=str(out), overwrite=True)
+        paths = _evaluate_models(pipeline, [stage for _, _, stage in models[1:]], out)
         write_stage_done(out, {"stage": EVAL_DIR, "kind": "eval", "product": "eval.json", "models": paths,
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "definition": wanted})
     results = json.loads((out / "eval.json").read_text(encoding="utf-8"))["models"]
     return [{"stage": name, "kind": kind, "model": result["path"], "metrics": result["metrics"]}
             for (name, kind, _), result in zip(models, results, strict=True)]
+
+
+def _evaluate_models(pipeline: Pipeline, stages: list[Stage], out: Path) -> list[str]:
+    """eval.json and completions.parquet of the base model and `stages`' models, in that order.
+
+    A model its stage already evaluated with the pipeline's own evaluation settings (the same
+    `evaluate` on the same rows, after the stage's last step, or before its first for the base
+    model) is taken from that stage's metrics and heldout/ records; the others are evaluated
+    now by `aha eval`'s code. Returns the models' paths."""
+    from cluster.eval_job import eval_settings, run_eval
+    from cluster.inputs.prepare import prepare_data, prepare_model
+    from cluster.output.eval_report import write_eval_outputs
+    from cluster.output.run_dir import EVAL_OUTPUTS, claim_output_dir
+
+    prepare_data(pipeline.base)
+    base_path = str(prepare_model(pipeline.base))  # built by the first stage; reused, not rebuilt
+    paths = [base_path] + [str(stage.output_dir / stage.spec.product) for stage in stages]
+    measured = [_measured_base(pipeline, base_path)] + [_measured_at(pipeline, stage, path, first=False)
+                                                        for stage, path in zip(stages, paths[1:])]
+    for path, found in zip(paths, measured):
+        said = f"measured by stage {found[2]}" if found else "evaluating it now"
+        print(f"[aha]   {path}: {said}", flush=True)
+    fresh = [path for path, found in zip(paths, measured) if found is None]
+    if fresh:
+        run_eval(pipeline.base, fresh, out=str(out), overwrite=True)
+        document = json.loads((out / "eval.json").read_text(encoding="utf-8"))
+        evaluated = {r["path"]: (r, _records_of(out, r["model"])) for r in document["models"]}
+    results, records = [], []
+    for path, found in zip(paths, measured):
+        result, kept = ({"model": path, "path": path, "metrics": found[0]}, found[1]) if found else evaluated[path]
+        results.append({**result, "measured_by": found[2] if found else "aha eval"})
+        records += kept
+    num_prompts = len({r["prompt_index"] for r in records if r["model"] == paths[0]})
+    with claim_output_dir(out, resume=False, overwrite=True, outputs=EVAL_OUTPUTS, key="pipeline evaluation"):
+        write_eval_outputs(out, eval_settings(pipeline.base, num_prompts), results, records)
+    return paths
+
+
+def _measured_base(pipeline: Pipeline, base_path: str):
+    """(metrics, records, by whom) of the base model from a stage that evaluated it before its
+    first step, or None."""
+    for stage in pipeline.stages:
+        if stage.model_from == BASE and stage.spec.makes_model:
+            found = _measured_at(pipeline, stage, base_path, first=True)
+            if found is not None:
+                return found
+    return None
+
+
+def _measured_at(pipeline: Pipeline, stage: Stage, path: str, *, first: bool):
+    """The stage's evaluation before its first step (`first`) or after its last, as (metrics,
+    records relabelled as `path`'s, a label), when it was made with the pipeline's evaluation
+    settings and its records were kept; else None."""
+    from cluster.eval_job import evaluation_inputs
+    from cluster.output.eval_report import read_step_records
+    from cluster.output.run_log import read_metrics
+
+    if evaluation_inputs(stage.recipe) != evaluation_inputs(pipeline.base):
+        return None
+    try:
+        steps = read_metrics(stage.output_dir)
+    except ValueError:  # a damaged metrics file is not trusted: evaluate again
+        return None
+    if not steps:
+        return None
+    record = steps[0] if first else steps[-1]  # before the first step, or after the last one
+    if "eval/accuracy" not in record or (first and record["step"] != 0):
+        return None
+    records = read_step_records(stage.output_dir, record["step"], path)
+    if records is None:
+        return None
+    metrics = {k: v for k, v in record.items() if k.startswith("eval/") and k != "eval/loss"}
+    when = "before its first step" if first else f"after its step {record['step']}"
+    return metrics, records, f"{stage.name}, {when}"
+
+
+def _records_of(out: Path, model: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return [r for r in pq.read_table(out / "completions.parquet").to_pylist() if r["model"] == model]
 
 
 def _base_definition(base: Recipe) -> dict:

@@ -65,7 +65,7 @@ def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path:
     """The SFT loop itself, in the claimed (locked) output directory."""
     from tqdm import tqdm
 
-    from cluster.evaluation import evaluate
+    from cluster.evaluation import evaluate_during_run
     from cluster.export import save_model_files
     from cluster.inputs.data import PromptSampler
     from cluster.inputs.prepare import file_sha256
@@ -112,7 +112,7 @@ def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path:
         if eval_rows:
             if step > 0 or resume_at is not None:
                 push_weights(learners, system.pool, step, recipe.cluster.timeout_s)
-            metrics.update(evaluate(system.pool, system.scorers, tokenizer, recipe, eval_rows).metrics)
+            metrics.update(evaluate_during_run(system.pool, system.scorers, tokenizer, recipe, eval_rows, out, step))
         return metrics
 
     if resume_at is None and (traces.held_out or eval_rows):

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cluster.output.run_dir import EVAL_FILE
-from cluster.output.run_log import atomic_write
+from cluster.output.run_log import HELDOUT_DIR, atomic_write
 
 COMPLETION_COLUMNS = {
     "model": pa.string(), "prompt_index": pa.int64(), "prompt": pa.string(), "kind": pa.string(),
@@ -45,6 +45,26 @@ def write_eval_outputs(out: Path, settings: Mapping, results: Sequence[Mapping],
     text = eval_table(results)
     atomic_write(out / "eval.md", lambda tmp: Path(tmp).write_text(text + "\n"))
     atomic_write(out / "eval.png", lambda tmp: plot_eval(tmp, results, settings.get("num_prompts")))
+
+
+def write_step_records(run_dir: Path, step: int, records: Sequence[Mapping]) -> Path:
+    """A training run's evaluation after `step`: its completion records (as `evaluate` returns
+    them) in heldout/step-{step:06d}.parquet, in completions.parquet's columns (model: "step N").
+    What `aha pipeline` reads back instead of evaluating a stage's model a second time."""
+    path = Path(run_dir) / HELDOUT_DIR / f"step-{int(step):06d}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = completions_table([{"model": f"step {step}", **record} for record in records])
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    return path
+
+
+def read_step_records(run_dir: Path, step: int, model: str) -> list[dict] | None:
+    """The records `write_step_records` wrote for `step`, relabelled as `model`'s; None when
+    that evaluation left no file (an older run, or a step without one)."""
+    path = Path(run_dir) / HELDOUT_DIR / f"step-{int(step):06d}.parquet"
+    if not path.is_file():
+        return None
+    return [{**row, "model": model} for row in pq.read_table(path).to_pylist()]
 
 
 def completions_table(records: Sequence[Mapping]) -> pa.Table:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from cluster.output.checkpoints import complete_checkpoints
-from cluster.output.run_log import METRICS_FILE, atomic_write
+from cluster.output.run_log import HELDOUT_DIR, METRICS_FILE, atomic_write
 from cluster.output.trace_parts import (PARTS_DIR, PROGRESS_FILE, REJECTED_FILE, REPORT_FILE, SUMMARY_FILE,
                                        TRACES_FILE)
 
@@ -39,8 +39,8 @@ EVAL_OUTPUTS = (EVAL_FILE, "eval.md", "eval.png", "completions.parquet")
 GENERATE_OUTPUTS = (RECIPE_FILE, PARTS_DIR, PROGRESS_FILE, TRACES_FILE, REJECTED_FILE, SUMMARY_FILE, REPORT_FILE)
 # What a run writes into its directory: the only names a fresh start may replace. An evaluation
 # written into a run's directory described that run's model, so a fresh start replaces it too.
-RUN_OUTPUTS = (METRICS_FILE, RECIPE_FILE, "rollouts", "checkpoints", "plots", "tb", FINAL_DIR, MODEL_FILES_DIR,
-               *EVAL_OUTPUTS)
+RUN_OUTPUTS = (METRICS_FILE, RECIPE_FILE, "rollouts", HELDOUT_DIR, "checkpoints", "plots", "tb", FINAL_DIR,
+               MODEL_FILES_DIR, *EVAL_OUTPUTS)
 
 
 class RunDirError(ValueError):

@@ -5,6 +5,8 @@ Layout (DESIGN.md section 4):
     output_dir/
       metrics.jsonl      one JSON object per step, with "step"; NaN/inf written as null
       rollouts/          step-000042.parquet: one row per completion of that step
+      heldout/           step-000040.parquet: one row per held-out completion of the evaluation
+                         after that step (cluster/output/eval_report.py writes it)
       checkpoints/       written by the learner; created here so the layout is always whole
       plots/             reward.png, accuracy.png, response_length.png, reflection_rate.png, ...
       tb/                TensorBoard events
@@ -29,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 METRICS_FILE = "metrics.jsonl"
+HELDOUT_DIR = "heldout"  # the held-out completions of each evaluation during the run
 SUBDIRS = ("rollouts", "checkpoints", "plots", "tb")
 # Rollout columns every row must carry, with the Arrow type they always get, so the files of
 # all steps read back as one table (`pq.read_table(output_dir / "rollouts")`).
@@ -119,7 +122,7 @@ class RunLog:
         """Forget everything logged after `step` (resume from a checkpoint taken at `step`).
 
         metrics.jsonl keeps only records with step <= `step` (rewritten atomically; a torn
-        line goes too), rollout files of later steps are deleted, and TensorBoard is told to
+        line goes too), rollout and held-out files of later steps are deleted, and TensorBoard is told to
         purge the later steps when the next scalar is written.
         """
         kept = [r for r in read_metrics(self.output_dir) if r["step"] <= step]
@@ -128,7 +131,8 @@ class RunLog:
         atomic_write(self.metrics_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         self._file = open(self.metrics_path, "a", encoding="utf-8")
         self.last_step = max((r["step"] for r in kept), default=None)
-        for path in (self.output_dir / "rollouts").glob("step-*.parquet"):
+        for path in [*(self.output_dir / "rollouts").glob("step-*.parquet"),
+                     *(self.output_dir / HELDOUT_DIR).glob("step-*.parquet")]:
             if _rollout_step(path) is not None and _rollout_step(path) > step:
                 path.unlink()
         if self._writer is not None:
