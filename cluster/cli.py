@@ -70,6 +70,13 @@ def cmd_sft(args: argparse.Namespace, overrides: list[str]) -> int:
     return _run_job(sft, args, overrides)
 
 
+def cmd_distill(args: argparse.Namespace, overrides: list[str]) -> int:
+    """On-policy distillation of distill.teacher into the recipe's model."""
+    from cluster.distill_job import distill
+
+    return _run_job(distill, args, overrides)
+
+
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
     """Turn a run's checkpoint into a Hugging Face model directory."""
     _no_overrides(overrides)
@@ -187,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--overwrite", action="store_true",
                      help="start afresh in an output directory whose earlier run has checkpoints (deletes them)")
     sft.set_defaults(run=cmd_sft)
+
+    distill = sub.add_parser("distill", help="on-policy distillation: the student samples, a frozen teacher "
+                             "grades every token (per-token reverse KL)")
+    distill.add_argument("recipe", help="recipe TOML file ([distill] teacher, loss, kl_coef; the student is model.path)")
+    distill.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
+    distill.add_argument("--overwrite", action="store_true",
+                         help="start afresh in an output directory whose earlier run has checkpoints (deletes them)")
+    distill.set_defaults(run=cmd_distill)
 
     export = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face model directory")
     export.add_argument("run_dir", help="the run's output directory")

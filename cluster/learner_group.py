@@ -20,10 +20,13 @@ def train_sequences(group: Group) -> list[TrainSequence]:
     if len(group.advantages) != len(group.samples):
         raise ValueError(f"group {group.prompt_index}: {len(group.advantages)} advantages for "
                          f"{len(group.samples)} samples")
+    teacher = group.teacher or [None] * len(group.samples)
+    token_advantages = group.token_advantages or [None] * len(group.samples)
     return [
         TrainSequence(prompt_ids=s.prompt_ids, completion_ids=s.completion_ids,
-                      behaviour_logprobs=s.logprobs, advantage=a, weight_version=s.weight_version)
-        for s, a in zip(group.samples, group.advantages)
+                      behaviour_logprobs=s.logprobs, advantage=a, weight_version=s.weight_version,
+                      token_advantages=per_token, teacher_logprobs=None if scored is None else scored.logprobs)
+        for s, a, scored, per_token in zip(group.samples, group.advantages, teacher, token_advantages, strict=True)
     ]
 
 

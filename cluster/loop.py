@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from cluster.distill_job import check_same_vocabulary, distill_metrics, with_teacher
 from cluster.evaluation import correctness_reward, evaluate_during_run
 from cluster.inputs.data import PromptSampler
 from cluster.inputs.prompts import encode_prompts, load_rows
@@ -28,7 +29,7 @@ from cluster.output.eval_metrics import (group_stats, reflection_rate, response_
 from cluster.output.checkpoints import complete_checkpoint
 from cluster.export import save_model_files
 from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, RECIPE_FILE
-from cluster.recipe import Recipe, recipe_to_dict
+from cluster.recipe import Recipe, RecipeError, recipe_to_dict
 from cluster.resume import check_same_data, find_resume_point, train_data_sha256
 from cluster.rollout_pool import GroupStream, push_weights
 from cluster.specs import sampling_spec
@@ -47,13 +48,17 @@ class Batch:
     sampler_before: dict = field(default_factory=dict)
 
 
-def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Path:
+def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, distilling: bool = False) -> Path:
     """Run `recipe` to `run.steps`; returns the output directory. With `resume`, continue the
     run there from its newest complete checkpoint (same data order and weight version); with
-    `overwrite`, start afresh even where an earlier run left checkpoints."""
+    `overwrite`, start afresh even where an earlier run left checkpoints. `distilling`: the
+    recipe's distill.teacher grades every sampled token (`aha distill`, cluster/distill_job.py)."""
     from cluster.output.run_dir import claim_output_dir
     from cluster.preflight import check_before_start, require_prompt_file
 
+    if recipe.distill.teacher and not distilling:
+        raise RecipeError("distill.teacher", "is set, so this recipe distils: run it with aha distill (or set "
+                          "distill.teacher = \"\" for GRPO)")
     require_prompt_file(recipe)
     warnings = check_before_start(recipe)  # before the directory is claimed: a mistake leaves nothing
     with claim_output_dir(recipe.output_dir, resume=resume, overwrite=overwrite) as run_dir:
@@ -77,6 +82,8 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
         check_same_data(resume_at, recipe.data.train_path, data_sha256)
     model_path = str(prepare_model(recipe))
     tokenizer = load_tokenizer(recipe, model_path)
+    if recipe.distill.teacher:
+        check_same_vocabulary(recipe, tokenizer)
     print_warnings(warnings + check_prepared(recipe, model_path, tokenizer))  # the last checks before Ray
     rows = load_rows(recipe, recipe.data.train_path)
     algo, rollout, run = recipe.algorithm, recipe.rollout, recipe.run
@@ -85,6 +92,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
     log = RunLog(out)
     system = start_system(recipe, model_path, tokenizer)
     pool, scorers, learners = system.pool, system.scorers, system.learners
+    teach = (lambda group: with_teacher(group, system.teacher, recipe)) if system.teacher else None
     version, first_step = 0, 1
     if resume_at is not None:
         version = learners.load_checkpoint(str(run_dir.checkpoints), resume_at.checkpoint.tag)
@@ -124,7 +132,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
             batch = pending.popleft()
             timings = {"generate": 0.0, "score": 0.0, "train": 0.0}
             intake = StepIntake(wanted=rollout.prompts_per_step, max_dropped=4 * rollout.prompts_per_step)
-            for group, staleness in _scored_groups(batch, scorers, algo.estimator, version, timings):
+            for group, staleness in _scored_groups(batch, scorers, algo.estimator, version, timings, teach):
                 reason = drop_reason(group.rewards, staleness, max_staleness=algo.max_staleness,
                                      dynamic_sampling=algo.dynamic_sampling)
                 if reason is not None:
@@ -178,7 +186,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
         plot_run(out)
         log.close()
         system.shutdown()
-    print_run_end(out, stage="RL")
+    print_run_end(out, stage="distillation" if system.teacher else "RL")
     return out
 
 
@@ -247,9 +255,10 @@ def timed(timings: dict[str, float], key: str):
         timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
 
 
-def _scored_groups(batch: Batch, scorers, estimator: str, version: int, timings: dict):
+def _scored_groups(batch: Batch, scorers, estimator: str, version: int, timings: dict, teach=None):
     """Yield `(group, staleness)` for each group of `batch` as it finishes, scored and with
-    its advantages; `staleness` is how many versions behind `version` its oldest sample is."""
+    its advantages (and, distilling, `teach`'s teacher scores); `staleness` is how many
+    versions behind `version` its oldest sample is."""
     stream = iter(batch.stream)
     while True:
         with timed(timings, "generate"):
@@ -260,7 +269,11 @@ def _scored_groups(batch: Batch, scorers, estimator: str, version: int, timings:
         row = batch.rows[index]
         with timed(timings, "score"):
             scores = scorers.score([s.text for s in samples], row.fields, [len(s.completion_ids) for s in samples])
-        yield _scored_group(row, samples, scores, estimator), version - min(s.weight_version for s in samples)
+        group = _scored_group(row, samples, scores, estimator)
+        if teach is not None:
+            with timed(timings, "teacher"):
+                group = teach(group)
+        yield group, version - min(s.weight_version for s in samples)
 
 
 def _scored_group(row, samples, scores, estimator: str) -> Group:
@@ -292,6 +305,8 @@ def _step_metrics(recipe: Recipe, intake: StepIntake, learner: dict, timings: di
     # The learner's idle time: the part of the step it spent waiting for groups or the sync.
     metrics["time/idle"] = max(0.0, timings["step"] - timings["train"])
     metrics["learner_idle_share"] = metrics["time/idle"] / max(timings["step"], 1e-9)
+    if groups[0].teacher:
+        metrics.update(distill_metrics(groups))
     metrics["rollout_tokens_per_s"] = sum(lengths) / max(timings["generate"] + timings["train"], 1e-9)
     metrics["learner_tokens_per_s"] = learner.get("tokens", 0) / max(timings["train"], 1e-9)
     return metrics

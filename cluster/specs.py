@@ -1,7 +1,7 @@
 """Recipe -> actor specs: the one place where the recipe's settings become what each role is
 built from.
 
-The specs (`EngineSpec`, `LearnerSpec`, `ScorerSpec`, `SamplingSpec`) are
+The specs (`EngineSpec`, `LearnerSpec`, `ScorerSpec`, `SamplingSpec`, `TeacherSpec`) are
 plain, picklable dataclasses that Ray ships to the actors. They have no defaults of their own:
 every value comes from the recipe (`cluster/recipe/schema.py`), so a default is defined once
 (tests/test_specs.py checks it). The tiny model's spec is built beside it, in
@@ -14,6 +14,7 @@ from actors.reward_scorer import ScorerSpec
 from actors.rollout_worker import EngineSpec
 from cluster.recipe import Recipe
 from cluster.wire.samples import SamplingSpec
+from cluster.wire.teacher import TeacherSpec
 from learner.spec import LearnerSpec
 
 
@@ -100,3 +101,11 @@ def sampling_spec(recipe: Recipe, *, seed: int | None) -> SamplingSpec:
                         temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k,
                         stop=rollout.stop, seed=seed, ignore_eos=False)
 
+
+
+def teacher_spec(recipe: Recipe) -> TeacherSpec:
+    """A frozen teacher (`aha distill`): the recipe's distill settings, on the run's device."""
+    distill = recipe.distill
+    return TeacherSpec(model_path=distill.teacher, tokenizer_path=distill.teacher_tokenizer, dtype=distill.dtype,
+                       device=recipe.cluster.device, top_k=distill.top_k, max_batch_tokens=distill.max_batch_tokens,
+                       cpu_threads=distill.cpu_threads, trust_remote_code=recipe.model.trust_remote_code)

@@ -25,9 +25,10 @@ class System:
     pool: RolloutPool | None = None
     scorers: ScorerPool | None = None
     tokenizer: object = None
+    teacher: object = None  # a TeacherPool (cluster/teacher_pool.py) when the job distils
 
     def shutdown(self) -> None:
-        for part in (self.learners, self.scorers, self.pool):
+        for part in (self.learners, self.scorers, self.pool, self.teacher):
             if part is None:
                 continue
             try:
@@ -37,14 +38,24 @@ class System:
 
 
 def start_system(recipe: Recipe, model_path: str, tokenizer) -> System:
-    """Start Ray (or join the cluster) and every actor of the run; link weights."""
+    """Start Ray (or join the cluster) and every actor of the run; link weights. A recipe with
+    a distill.teacher gets its teacher actors too (`aha distill`)."""
     connect_ray(recipe.cluster)
     cluster, timeout = recipe.cluster, recipe.cluster.timeout_s
     pool = RolloutPool(engine_spec(recipe, model_path), recipe.rollout.num_workers,
                        cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus, timeout_s=timeout)
     scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers, cpus_per_scorer=cluster.scorer_cpus,
                          timeout_s=timeout)
-    learners = LearnerGroup(learner_spec(recipe, model_path), recipe.learner.num_ranks,
+    teacher = None
+    if recipe.distill.teacher:
+        from cluster.specs import teacher_spec
+        from cluster.teacher_pool import TeacherPool
+
+        teacher = TeacherPool(teacher_spec(recipe), recipe.distill.num_teachers, cpus_per_teacher=cluster.teacher_cpus,
+                              gpus_per_teacher=cluster.teacher_gpus, timeout_s=timeout)
+    # The pure distillation loss is an objective of its own; the advantage form is GRPO's loss.
+    objective = "distill" if recipe.distill.teacher and recipe.distill.loss == "kl" else "grpo"
+    learners = LearnerGroup(learner_spec(recipe, model_path, objective=objective), recipe.learner.num_ranks,
                             cpus_per_rank=cluster.learner_cpus, gpus_per_rank=cluster.learner_gpus, timeout_s=timeout)
     link_weights(learners, pool, timeout)
-    return System(pool=pool, scorers=scorers, learners=learners, tokenizer=tokenizer)
+    return System(pool=pool, scorers=scorers, learners=learners, tokenizer=tokenizer, teacher=teacher)

@@ -34,11 +34,16 @@ class TrainSequence:
     # 1 where a completion token is learned from, 0 where it is context (a user turn between
     # two assistant turns of a chat); None: every completion token.
     completion_mask: list[int] | None = None
+    # Per completion token, replacing `advantage` where given (on-policy distillation's
+    # per-token reverse-KL advantage, learner/distill_loss.py).
+    token_advantages: list[float] | None = None
+    # The frozen teacher's logprob of each completion token (the distillation loss's target).
+    teacher_logprobs: list[float] | None = None
 
     def __post_init__(self):
         if not self.prompt_ids:
             raise ValueError("a training sequence needs at least one prompt token")
-        for name in ("behaviour_logprobs", "completion_mask"):
+        for name in ("behaviour_logprobs", "completion_mask", "token_advantages", "teacher_logprobs"):
             values = getattr(self, name)
             if values is not None and len(values) != len(self.completion_ids):
                 raise ValueError(f"{len(values)} {name.replace('_', ' ')} for {len(self.completion_ids)} "
@@ -55,6 +60,15 @@ class TrainSequence:
     def behaviour(self) -> list[float]:
         return list(self.behaviour_logprobs) if self.behaviour_logprobs is not None else [0.0] * len(self.completion_ids)
 
+    def advantages(self) -> list[float]:
+        """Per completion token: its own advantage, or the sequence's."""
+        if self.token_advantages is not None:
+            return list(self.token_advantages)
+        return [self.advantage] * len(self.completion_ids)
+
+    def teacher(self) -> list[float]:
+        return list(self.teacher_logprobs) if self.teacher_logprobs is not None else [0.0] * len(self.completion_ids)
+
 
 @dataclass
 class MicroBatch:
@@ -63,11 +77,12 @@ class MicroBatch:
     input_ids: (B, L). loss_mask, behaviour_logp: (B, L-1), target-aligned, loss_mask 1 exactly
     on the completion tokens learned from. old_logp: (B, L-1) or None, filled in by the learner
     when it needs the pre-update logprobs later (ppo_epochs > 1).
-    Padded (one sequence per row): attention_mask (B, L), advantages (B,), position_ids and
-    segments None. Packed: attention_mask None, position_ids (B, L) restarting at 0 for each
-    sequence (and for the padding at a row's end), advantages (B, L-1) per token, segments
-    (B, L-1) the index of the sequence each target belongs to (-1: none), for the losses that
+    Padded (one sequence per row): attention_mask (B, L), advantages (B,) — or (B, L-1) when a
+    sequence has per-token advantages —, position_ids and segments None. Packed:
+    attention_mask None, position_ids (B, L) restarting at 0 for each sequence (and for the
+    padding at a row's end), advantages (B, L-1) per token, segments (B, L-1) the index of the sequence each target belongs to (-1: none), for the losses that
     average per sequence. num_sequences: how many sequences the micro-batch holds.
+    teacher_logp: (B, L-1) target-aligned teacher logprobs when the sequences carry them, else None.
     """
 
     input_ids: torch.Tensor
@@ -79,6 +94,7 @@ class MicroBatch:
     position_ids: torch.Tensor | None = None
     segments: torch.Tensor | None = None
     num_sequences: int = 0
+    teacher_logp: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -105,15 +121,32 @@ def collate(sequences: list[TrainSequence], pad_id: int) -> MicroBatch:
     attention_mask = torch.zeros((batch, length), dtype=torch.long)
     loss_mask = torch.zeros((batch, length - 1), dtype=torch.float32)
     behaviour_logp = torch.zeros((batch, length - 1), dtype=torch.float32)
+    per_token = any(s.token_advantages is not None for s in sequences)
+    token_advantages = torch.zeros_like(behaviour_logp) if per_token else None
+    teacher_logp = torch.zeros_like(behaviour_logp) if _has_teacher(sequences) else None
     for row, seq in enumerate(sequences):
         prompt, completion = len(seq.prompt_ids), len(seq.completion_ids)
         input_ids[row, : prompt + completion] = torch.tensor(seq.prompt_ids + seq.completion_ids)
         attention_mask[row, : prompt + completion] = 1
         # The first completion token is predicted from the last prompt position.
-        loss_mask[row, prompt - 1 : prompt - 1 + completion] = torch.tensor(seq.target_mask())
-        behaviour_logp[row, prompt - 1 : prompt - 1 + completion] = torch.tensor(seq.behaviour())
-    advantages = torch.tensor([s.advantage for s in sequences], dtype=torch.float32)
-    return MicroBatch(input_ids, attention_mask, loss_mask, behaviour_logp, advantages, num_sequences=batch)
+        targets = slice(prompt - 1, prompt - 1 + completion)
+        loss_mask[row, targets] = torch.tensor(seq.target_mask())
+        behaviour_logp[row, targets] = torch.tensor(seq.behaviour())
+        if token_advantages is not None:
+            token_advantages[row, targets] = torch.tensor(seq.advantages())
+        if teacher_logp is not None:
+            teacher_logp[row, targets] = torch.tensor(seq.teacher())
+    advantages = token_advantages if per_token else torch.tensor([s.advantage for s in sequences], dtype=torch.float32)
+    return MicroBatch(input_ids, attention_mask, loss_mask, behaviour_logp, advantages, num_sequences=batch,
+                      teacher_logp=teacher_logp)
+
+
+def _has_teacher(sequences: list[TrainSequence]) -> bool:
+    """Teacher logprobs come for every sequence of a distillation step or for none."""
+    given = {s.teacher_logprobs is not None for s in sequences}
+    if len(given) > 1:
+        raise ValueError("some sequences carry teacher logprobs and some do not")
+    return given == {True}
 
 
 def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
@@ -149,6 +182,7 @@ def collate_packed(rows: list[list[TrainSequence]], pad_id: int) -> MicroBatch:
     loss_mask = torch.zeros((len(rows), length - 1), dtype=torch.float32)
     behaviour_logp = torch.zeros_like(loss_mask)
     advantages = torch.zeros_like(loss_mask)
+    teacher_logp = torch.zeros_like(loss_mask) if _has_teacher([s for row in rows for s in row]) else None
     segments = torch.full((len(rows), length - 1), -1, dtype=torch.long)
     number = 0
     for r, row in enumerate(rows):
@@ -160,13 +194,15 @@ def collate_packed(rows: list[list[TrainSequence]], pad_id: int) -> MicroBatch:
             targets = slice(start + prompt - 1, start + total - 1)  # the completion's targets
             loss_mask[r, targets] = torch.tensor(seq.target_mask())
             behaviour_logp[r, targets] = torch.tensor(seq.behaviour())
-            advantages[r, targets] = seq.advantage
+            advantages[r, targets] = torch.tensor(seq.advantages())
+            if teacher_logp is not None:
+                teacher_logp[r, targets] = torch.tensor(seq.teacher())
             segments[r, targets] = number
             start, number = start + total, number + 1
         # The padding is a "sequence" of its own (positions from 0): nothing real attends to it.
         position_ids[r, start:] = torch.arange(length - start)
     return MicroBatch(input_ids, None, loss_mask, behaviour_logp, advantages, position_ids=position_ids,
-                      segments=segments, num_sequences=number)
+                      segments=segments, num_sequences=number, teacher_logp=teacher_logp)
 
 
 def plan_micro_batches(lengths: list[int], micro_batch_size: int, *, packing: bool,

@@ -26,6 +26,7 @@ from cluster.wire.weights import TensorMeta
 from learner.batching import MicroBatch, TrainSequence, empty_micro_batch, micro_batches, token_logprobs
 from learner.losses import (MAX_METRICS, SUM_METRICS, LossOutput, MetricTotals, entropy_from_logits, metric_means,
                             metric_totals, policy_loss)
+from learner.distill_loss import DISTILL_MAX_METRICS, DISTILL_SUM_METRICS, reverse_kl_loss
 from learner.sft_loss import SFT_MAX_METRICS, SFT_SUM_METRICS, sft_loss
 from learner.nonfinite import agreed_flags, any_nonfinite, local_gradients, local_weights, skip_update
 from learner.optim import deepspeed_config, lr_multiplier
@@ -172,8 +173,8 @@ class Learner:
         self.engine.set_gradient_accumulation_boundary(boundary)
         logits = self.engine(**batch.model_inputs()).logits
         logp = token_logprobs(logits, batch.input_ids)
-        output = self._sft_loss(logits, logp, batch) if self.spec.objective == "sft" else \
-            self._policy_loss(logits, logp, batch)
+        objectives = {"sft": self._sft_loss, "distill": self._distill_loss}
+        output = objectives.get(self.spec.objective, self._policy_loss)(logits, logp, batch)
         self.engine.backward(output.numerator, scale_wrt_gas=False)
         output.numerator = output.numerator.detach()
         return output, logp.detach()
@@ -183,6 +184,11 @@ class Learner:
         with torch.no_grad():
             correct = logits[:, :-1].argmax(dim=-1) == batch.input_ids[:, 1:]
         return sft_loss(logp, batch.loss_mask, correct=correct)
+
+    def _distill_loss(self, logits, logp, batch: MicroBatch) -> LossOutput:
+        # A top-up micro-batch (nothing to learn) carries no teacher logprobs: its mask is all 0.
+        teacher = batch.teacher_logp if batch.teacher_logp is not None else torch.zeros_like(logp)
+        return reverse_kl_loss(logp, teacher, batch.behaviour_logp, batch.loss_mask, tis_cap=self.spec.tis_cap)
 
     def _policy_loss(self, logits, logp, batch: MicroBatch) -> LossOutput:
         spec = self.spec
@@ -303,7 +309,8 @@ class Learner:
         of the totals summed, and maximised, over ranks)."""
         import torch.distributed as dist
 
-        names = (SFT_SUM_METRICS, SFT_MAX_METRICS) if self.spec.objective == "sft" else (SUM_METRICS, MAX_METRICS)
+        names = {"sft": (SFT_SUM_METRICS, SFT_MAX_METRICS), "distill": (DISTILL_SUM_METRICS, DISTILL_MAX_METRICS)
+                 }.get(self.spec.objective, (SUM_METRICS, MAX_METRICS))
         local = metric_totals(self._outputs, *names)
         sums = torch.tensor([*local.sums, local.num_tokens, local.numerator], dtype=torch.float64, device=self.device)
         maxima = torch.tensor(local.maxima, dtype=torch.float64, device=self.device)

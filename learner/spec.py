@@ -28,7 +28,9 @@ class LearnerSpec:
     micro_batch_size: int  # rows per forward/backward
     packing: bool  # several sequences per row, each attending only to itself
     pack_length: int  # packed row width in tokens; 0: the longest sequence of the call
-    objective: str  # "grpo": the policy loss below; "sft": token NLL (learner/sft_loss.py)
+    # "grpo": the policy loss below; "sft": token NLL (learner/sft_loss.py); "distill": the
+    # reverse-KL distillation loss against teacher logprobs (learner/distill_loss.py)
+    objective: str
     gradient_checkpointing: bool
     cpu_threads: int  # torch threads on CPU; 0: leave as the process has it
     on_nonfinite: str  # "stop" | "skip": a step whose loss or gradients are not finite

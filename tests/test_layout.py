@@ -31,7 +31,7 @@ UNITS = sorted([*IMPORT_RULES, "cluster"], key=len, reverse=True)  # longest pre
 # Must import without torch, ray, vllm, deepspeed or transformers.
 LIGHT_MODULES = ["cluster.cli", "cluster.recipe", "cluster.recipe.schema", "cluster.recipe.load",
                  "cluster.recipe.checks", "cluster.recipe.placement", "cluster.recipe.pipeline",
-                 "cluster.wire.samples", "cluster.wire.weights"]
+                 "cluster.wire.samples", "cluster.wire.weights", "cluster.wire.teacher"]
 
 
 def _run(code: str) -> str:

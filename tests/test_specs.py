@@ -12,13 +12,14 @@ from actors.rollout_worker import EngineSpec
 from cluster.inputs.tiny_model import TinyModelSpec, tiny_model_spec
 from cluster.recipe import Recipe, load_recipe
 from cluster.recipe.schema import AlgorithmConfig, TinyModelConfig
-from cluster.specs import engine_spec, learner_spec, sampling_spec, scorer_spec
+from cluster.specs import engine_spec, learner_spec, sampling_spec, scorer_spec, teacher_spec
 from cluster.wire.samples import SamplingSpec
+from cluster.wire.teacher import TeacherSpec
 from learner.losses import group_advantages, policy_loss
 from learner.spec import LearnerSpec
 
 RECIPES = Path(__file__).resolve().parent.parent / "deploy" / "recipes"
-SPECS = [EngineSpec, LearnerSpec, ScorerSpec, SamplingSpec, TinyModelSpec]
+SPECS = [EngineSpec, LearnerSpec, ScorerSpec, SamplingSpec, TinyModelSpec, TeacherSpec]
 
 # spec field -> dotted recipe key, where the names differ or the field lives in another section
 RENAMED = {
@@ -29,9 +30,11 @@ RENAMED = {
     ScorerSpec: {"num_workers": "reward.workers_per_scorer", "max_new_tokens": "rollout.max_new_tokens",
                  "start_timeout_s": "cluster.timeout_s"},
     SamplingSpec: {},
+    TeacherSpec: {"tokenizer_path": "distill.teacher_tokenizer", "device": "cluster.device",
+                  "trust_remote_code": "model.trust_remote_code"},
 }
 SECTIONS = {EngineSpec: ("model", "rollout"), LearnerSpec: ("learner", "algorithm"), ScorerSpec: ("reward",),
-            SamplingSpec: ("rollout",)}
+            SamplingSpec: ("rollout",), TeacherSpec: ("distill",)}
 # Fields a spec takes from elsewhere than the recipe: the model directory a run prepared, the
 # sampler's per-call seed and benchmark switch, and the learner's objective (the command's:
 # `aha train` GRPO, `aha sft` SFT).
@@ -58,9 +61,12 @@ def _recipe_value(recipe: Recipe, spec_type, name: str):
 
 @pytest.mark.parametrize("recipe_file", ["arith-zero-cpu.toml", "math-dapo.toml", "countdown-qwen2.5-3b.toml"])
 def test_every_spec_field_carries_the_recipes_value(recipe_file):
-    recipe = load_recipe(RECIPES / recipe_file, ["--learner.adam_eps", "3e-7", "--reward.failure_reward", "-0.5"])
+    recipe = load_recipe(RECIPES / recipe_file, ["--learner.adam_eps", "3e-7", "--reward.failure_reward", "-0.5",
+                                                 "--distill.teacher", "t", "--distill.top_k", "3", "--cluster.num_cpus", "16",
+                                                 "--algorithm.dynamic_sampling", "false"])
     built = {EngineSpec: engine_spec(recipe, "m"), LearnerSpec: learner_spec(recipe, "m"),
-             ScorerSpec: scorer_spec(recipe), SamplingSpec: sampling_spec(recipe, seed=None)}
+             ScorerSpec: scorer_spec(recipe), SamplingSpec: sampling_spec(recipe, seed=None),
+             TeacherSpec: teacher_spec(recipe)}
     for spec_type, spec in built.items():
         for field in dataclasses.fields(spec):
             if field.name in NOT_FROM_RECIPE or (spec_type is SamplingSpec and field.name == "seed"):
@@ -70,6 +76,7 @@ def test_every_spec_field_carries_the_recipes_value(recipe_file):
             assert value == (tuple(expected) if isinstance(value, tuple) else expected), \
                 f"{spec_type.__name__}.{field.name}"
     assert built[EngineSpec].model_path == "m" and built[SamplingSpec].ignore_eos is False
+    assert built[TeacherSpec].model_path == "t" and built[TeacherSpec].top_k == 3
 
 
 def test_the_tiny_model_spec_is_the_recipes_model_tiny_table():

@@ -100,6 +100,7 @@ def check_recipe(recipe, *, local_cpus: int) -> None:
     _check_eval(recipe)
     _check_generate(recipe.generate)
     _check_sft(recipe)
+    _check_distill(recipe)
     # Groups are split evenly over the learner ranks (ZeRO-3 needs equal work per rank).
     _require(recipe.rollout.prompts_per_step % recipe.learner.num_ranks == 0, "rollout.prompts_per_step",
              f"{recipe.rollout.prompts_per_step} groups per step cannot be split evenly over "
@@ -252,9 +253,9 @@ def _check_cluster(recipe, local_cpus: int) -> None:
     cluster, learner, rollout = recipe.cluster, recipe.learner, recipe.rollout
     _require(cluster.num_cpus >= 0, "cluster.num_cpus", "must be >= 0 (0: this machine's count)")
     _require(cluster.timeout_s > 0, "cluster.timeout_s", "must be > 0")
-    for role in ("rollout", "learner", "scorer"):
+    for role in ("rollout", "learner", "scorer", "teacher"):
         _require(getattr(cluster, f"{role}_cpus") > 0, f"cluster.{role}_cpus", "must be > 0")
-    for role in ("rollout", "learner"):
+    for role in ("rollout", "learner", "teacher"):
         gpus = getattr(cluster, f"{role}_gpus")
         _require(gpus >= 0, f"cluster.{role}_gpus", "must be >= 0")
         _require(not (gpus > 0 and cluster.device == "cpu"), f"cluster.{role}_gpus",
@@ -266,12 +267,14 @@ def _check_cluster(recipe, local_cpus: int) -> None:
     _require(learner_need <= offered, "learner.num_ranks",
              f"{learner.num_ranks} ranks x {cluster.learner_cpus:g} CPUs need {learner_need:g} CPUs "
              f"but only {offered} are offered (cluster.num_cpus)")
+    teachers = recipe.distill.num_teachers * cluster.teacher_cpus if recipe.distill.teacher else 0.0
     total = (learner_need + rollout.num_workers * cluster.rollout_cpus
-             + recipe.reward.num_scorers * cluster.scorer_cpus)
+             + recipe.reward.num_scorers * cluster.scorer_cpus + teachers)
     _require(total <= offered, "cluster.num_cpus",
              f"the roles need {total:g} CPUs (learner {learner_need:g}, rollout "
              f"{rollout.num_workers * cluster.rollout_cpus:g}, scorers "
-             f"{recipe.reward.num_scorers * cluster.scorer_cpus:g}) but only {offered} are offered")
+             f"{recipe.reward.num_scorers * cluster.scorer_cpus:g}" + (f", teachers {teachers:g}" if teachers else "")
+             + f") but only {offered} are offered")
 
 
 def _check_eval(recipe) -> None:
@@ -312,6 +315,25 @@ def _check_sft(recipe) -> None:
     _require(sft.max_length >= 2, "sft.max_length", "must be >= 2 (a prompt token and EOS)")
     _require(sft.eval_every >= 0, "sft.eval_every", "must be >= 0 (0: only before and after training)")
     _require(sft.eval_rows >= 1, "sft.eval_rows", "must be >= 1")
+
+
+def _check_distill(recipe) -> None:
+    distill = recipe.distill
+    _require(math.isfinite(distill.kl_coef) and distill.kl_coef >= 0, "distill.kl_coef", "must be a number >= 0")
+    _require(math.isfinite(distill.reward_weight) and distill.reward_weight >= 0, "distill.reward_weight",
+             "must be a number >= 0")
+    _require(distill.top_k >= 0, "distill.top_k", "must be >= 0 (0: only the sampled tokens)")
+    _require(distill.num_teachers >= 1, "distill.num_teachers", "must be >= 1")
+    _require(distill.max_batch_tokens >= 1, "distill.max_batch_tokens", "must be >= 1")
+    _require(distill.cpu_threads >= 0, "distill.cpu_threads", "must be >= 0 (0: torch's choice)")
+    _require(not (distill.loss == "kl" and distill.reward_weight > 0), "distill.reward_weight",
+             "has no effect with distill.loss = 'kl' (the pure distillation loss has no task term); use "
+             "loss = 'advantage' to mix in the task reward")
+    _require(distill.kl_coef > 0 or distill.reward_weight > 0, "distill.kl_coef",
+             "and distill.reward_weight are both 0: the student would learn from nothing")
+    _require(not (distill.teacher and recipe.algorithm.dynamic_sampling), "algorithm.dynamic_sampling",
+             "drops groups whose rewards are all equal, but distillation learns from every group (the "
+             "teacher grades each token); turn it off for aha distill")
 
 
 def _check_run(run) -> None:

@@ -198,6 +198,8 @@ class ClusterConfig:
     learner_cpus: float = 1.0  # per learner rank
     learner_gpus: float = 0.0
     scorer_cpus: float = 1.0  # per scorer actor
+    teacher_cpus: float = 1.0  # per teacher actor (aha distill)
+    teacher_gpus: float = 0.0
     timeout_s: float = 600.0  # any wait on a peer actor
 
 
@@ -275,6 +277,29 @@ class SFTConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """On-policy distillation (`aha distill`): the student (model.path) samples on the rollout
+    workers as in RL, a frozen teacher scores every sampled token, and the student learns from
+    the per-token reverse KL to the teacher (learner/distill_loss.py), streamed, synced and
+    checked for staleness exactly like `aha train`. Teacher and student share one vocabulary.
+    """
+
+    teacher: str = ""  # the teacher: a hub id or a local directory (a run's final/)
+    teacher_tokenizer: str = ""  # empty: the teacher's own
+    # "advantage": −kl_coef·(log π_student − log π_teacher) per token as the advantage of GRPO's
+    # clipped policy loss, plus reward_weight × the task's group advantage; "kl": the pure
+    # distillation loss (no task term), importance-weighted by algorithm.tis_cap.
+    loss: Literal["advantage", "kl"] = "advantage"
+    kl_coef: float = 1.0
+    reward_weight: float = 0.0  # the task reward's share in "advantage"; 0: pure distillation
+    top_k: int = 0  # the teacher also returns its k most likely tokens per position (a metric now)
+    num_teachers: int = 1  # teacher actors, used round-robin
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: float32 on CPU, bf16 on GPU
+    max_batch_tokens: int = 16384  # padded tokens per teacher forward
+    cpu_threads: int = 0  # torch threads of a teacher on CPU; 0: torch's choice
+
+
+@dataclass(frozen=True)
 class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -287,6 +312,7 @@ class Recipe:
     run: RunConfig = field(default_factory=RunConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     @property
     def output_dir(self) -> Path:

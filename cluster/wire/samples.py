@@ -61,3 +61,8 @@ class Group:
     components: list[dict[str, float]] = field(default_factory=list)  # per sample: reward name -> value
     # per sample: reward name -> why it failed (it got reward.failure_reward); absent if it succeeded
     failures: list[dict[str, str]] = field(default_factory=list)
+    # On-policy distillation (`aha distill`), per sample: the teacher's view of each completion
+    # token (cluster/wire/teacher.py's TeacherScore), and the per-token advantages built from it
+    # (empty: the sample's advantage holds for all its tokens).
+    teacher: list = field(default_factory=list)
+    token_advantages: list[list[float]] = field(default_factory=list)

@@ -1,0 +1,92 @@
+"""The frozen teachers from the driver's side: N teacher actors, used round-robin.
+
+The distillation driver hands each group of G samples to the next teacher. `submit` returns
+at once, so scoring overlaps generation; `collect` waits, bounded by `cluster.timeout_s`. A
+teacher that died, hung, or was handed ids outside its vocabulary stops the run with a
+one-line `RunFailed`, never a hang or a remote traceback.
+"""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from actors.teacher import Teacher
+from cluster.launch import get_all, get_with_timeout
+from cluster.wire.errors import RunFailed
+from cluster.wire.teacher import TeacherInfo, TeacherScore, TeacherSpec
+
+
+@dataclass(frozen=True)
+class PendingScores:
+    """A scoring call in flight: `ref` (a Ray ObjectRef, for `ray.wait`) and which teacher has it."""
+
+    ref: object
+    teacher: int
+
+
+class TeacherPool:
+    """N teacher actors, used round-robin; every wait bounded."""
+
+    def __init__(self, spec: TeacherSpec, num_teachers: int, *, cpus_per_teacher: float, gpus_per_teacher: float,
+                 timeout_s: float):
+        import ray
+
+        self._ray, self.timeout_s = ray, timeout_s
+        actor = ray.remote(Teacher).options(num_cpus=cpus_per_teacher, num_gpus=gpus_per_teacher)
+        self.teachers = [actor.remote(spec) for _ in range(num_teachers)]
+        try:
+            with _one_line_failures("teacher start"):
+                self.infos: list[TeacherInfo] = get_all(ray, [t.model_info.remote() for t in self.teachers],
+                                                        timeout_s, "teacher start")
+        except RunFailed:
+            self.shutdown()  # the teachers that did start would hold their resources until Ray ends
+            raise
+        self._turn = itertools.cycle(range(num_teachers))
+
+    def submit(self, prompts: list[list[int]], completions: list[list[int]]) -> PendingScores:
+        """Start scoring (prompt ids, completion ids) pairs on the next teacher; returns at once."""
+        teacher = next(self._turn)
+        return PendingScores(self.teachers[teacher].score.remote(prompts, completions), teacher)
+
+    def collect(self, pending: PendingScores) -> list[TeacherScore]:
+        """The scores of a submitted call, one per pair; waits at most `timeout_s`."""
+        what = f"teacher {pending.teacher}"
+        with _one_line_failures(what):
+            return get_with_timeout(self._ray, pending.ref, self.timeout_s, what)
+
+    def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[TeacherScore]:
+        """Score pairs now: `submit` then `collect`."""
+        return self.collect(self.submit(prompts, completions))
+
+    def shutdown(self) -> None:
+        for teacher in self.teachers:
+            self._ray.kill(teacher)
+
+
+@contextmanager
+def _one_line_failures(what: str):
+    """A dead, silent or refusing teacher, as a one-line RunFailed saying which and why."""
+    from ray.exceptions import RayActorError, RayTaskError
+
+    try:
+        yield
+    except RayActorError as err:
+        origin = err.args[0] if err.args else None
+        if isinstance(origin, RayTaskError):  # Ray's form of "its __init__ raised"
+            raise RunFailed(f"{what}: the teacher could not start: {_one_line(origin.cause)}") from None
+        raise RunFailed(f"{what}: the teacher actor died ({_one_line(err, name=False)}); see the Ray logs") from None
+    except RayTaskError as err:
+        # Ray re-raises the remote error with the whole traceback as its text; the cause
+        # (e.g. a token id outside the teacher's vocabulary) has the one line.
+        raise RunFailed(f"{what}: {_one_line(err.cause)}") from None
+    except TimeoutError as err:  # after RayTaskError: a remote TimeoutError is one too
+        raise RunFailed(str(err)) from None
+
+
+def _one_line(err: BaseException, name: bool = True) -> str:
+    """The first line of an error's text, after its class name."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else ""
+    return f"{type(err).__name__}: {text}" if name or not text else text
