@@ -23,7 +23,7 @@ from pathlib import Path
 from cluster.output.pipeline_report import (PIPELINE_OUTPUTS, clear_stage_done, read_stage_done, write_pipeline_file,
                                             write_stage_done, write_summary)
 from cluster.recipe import Recipe, RecipeError, recipe_to_dict
-from cluster.recipe.pipeline import (BASE, EVAL_DIR, STAGE_KINDS, Pipeline, Stage, StageKind,
+from cluster.recipe.pipeline import (BASE, EVAL_DIR, STAGE_KINDS, TEACHER, Pipeline, Stage, StageKind,
                                      definition_changes)
 from cluster.recipe.resume import resume_conflicts
 
@@ -190,7 +190,7 @@ def _run_step(pipeline: Pipeline, step: Step, label: str, driver) -> bool:
     if not step.run:
         print(f"{prefix}: skipped, finished before ({stage.output_dir / stage.spec.product})", flush=True)
         return False
-    source = "the base model" if stage.model_from == BASE else f"stage {stage.model_from}'s model"
+    source = {BASE: "the base model", TEACHER: "the teacher"}.get(stage.model_from, f"stage {stage.model_from}'s model")
     print(f"{prefix}: {step.why or 'starting'}, from {source} ({stage.recipe.model.path}), in {stage.output_dir}",
           flush=True)
     clear_stage_done(stage.output_dir)
@@ -226,7 +226,8 @@ def evaluate_stage(recipe: Recipe, *, resume: bool = False, overwrite: bool = Fa
 def _evaluate(pipeline: Pipeline, ran: bool) -> list[dict]:
     """Evaluate (unless nothing changed since the last evaluation) and return the summary rows."""
     out = pipeline.output_dir / EVAL_DIR
-    models = [(BASE, "base model", None)] + [(s.name, s.kind, s) for s in pipeline.stages if s.spec.makes_model]
+    models = [(BASE, "base model", None)] + ([(TEACHER, "teacher", None)] if pipeline.base.distill.teacher else [])
+    models += [(s.name, s.kind, s) for s in pipeline.stages if s.spec.makes_model]
     wanted = _plain({"base": _base_definition(pipeline.base),
                      "models": [[name, stage.definition() if stage else None] for name, _, stage in models]})
     done = read_stage_done(out)
@@ -236,7 +237,7 @@ def _evaluate(pipeline: Pipeline, ran: bool) -> list[dict]:
     else:
         print(f"{prefix} ({', '.join(name for name, _, _ in models)}), in {out}", flush=True)
         clear_stage_done(out)
-        paths = _evaluate_models(pipeline, [stage for _, _, stage in models[1:]], out)
+        paths = _evaluate_models(pipeline, [stage for _, _, stage in models if stage is not None], out)
         write_stage_done(out, {"stage": EVAL_DIR, "kind": "eval", "product": "eval.json", "models": paths,
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "definition": wanted})
     results = json.loads((out / "eval.json").read_text(encoding="utf-8"))["models"]
@@ -245,7 +246,8 @@ def _evaluate(pipeline: Pipeline, ran: bool) -> list[dict]:
 
 
 def _evaluate_models(pipeline: Pipeline, stages: list[Stage], out: Path) -> list[str]:
-    """eval.json and completions.parquet of the base model and `stages`' models, in that order.
+    """eval.json and completions.parquet of the base model, the teacher (a pipeline with a
+    distill.teacher) and `stages`' models, in that order.
 
     A model its stage already evaluated with the pipeline's own evaluation settings (the same
     `evaluate` on the same rows, after the stage's last step, or before its first for the base
@@ -258,9 +260,11 @@ def _evaluate_models(pipeline: Pipeline, stages: list[Stage], out: Path) -> list
 
     prepare_data(pipeline.base)
     base_path = str(prepare_model(pipeline.base))  # built by the first stage; reused, not rebuilt
-    paths = [base_path] + [str(stage.output_dir / stage.spec.product) for stage in stages]
-    measured = [_measured_base(pipeline, base_path)] + [_measured_at(pipeline, stage, path, first=False)
-                                                        for stage, path in zip(stages, paths[1:])]
+    teacher = [pipeline.base.distill.teacher] if pipeline.base.distill.teacher else []
+    stage_paths = [str(stage.output_dir / stage.spec.product) for stage in stages]
+    paths = [base_path, *teacher, *stage_paths]
+    measured = [_measured_base(pipeline, base_path)] + [None] * len(teacher)  # the teacher: evaluated here
+    measured += [_measured_at(pipeline, stage, path, first=False) for stage, path in zip(stages, stage_paths)]
     for path, found in zip(paths, measured):
         said = f"measured by stage {found[2]}" if found else "evaluating it now"
         print(f"[aha]   {path}: {said}", flush=True)

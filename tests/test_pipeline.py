@@ -242,9 +242,9 @@ def test_an_unknown_from_stage_is_refused():
 
 
 def test_a_kind_whose_driver_is_missing_fails_before_anything_is_written(tmp_path, monkeypatch):
-    monkeypatch.setitem(STAGE_KINDS, "distill", StageKind("cluster.no_such_job:distill", "final", makes_model=True))
-    pipeline = parse(TWO, root=tmp_path, stages__b__kind="distill")
-    with pytest.raises(RecipeError, match=r"^stages.b.kind: 'distill' stages need cluster.no_such_job:distill, which "
+    monkeypatch.setitem(STAGE_KINDS, "prune", StageKind("cluster.no_such_job:prune", "final", makes_model=True))
+    pipeline = parse(TWO, root=tmp_path, stages__b__kind="prune")
+    with pytest.raises(RecipeError, match=r"^stages.b.kind: 'prune' stages need cluster.no_such_job:prune, which "
                                           "this version of aha does not have"):
         run_pipeline(pipeline)
     assert list(tmp_path.iterdir()) == []
@@ -310,3 +310,45 @@ def test_a_first_stage_that_fails_before_writing_leaves_no_root_and_keeps_what_o
     with pytest.raises(RecipeError, match="a stand-in"):
         run_pipeline(pipeline)
     assert (tmp_path / "out" / "base-model").is_dir()
+
+
+DISTILL = BASE + """
+[distill]
+teacher = "{root}/teacher"
+[pipeline]
+output_dir = "{root}/out"
+stages = ["traces", "sft", "student"]
+[stages.traces]
+kind = "generate"
+model_from = "teacher"
+[stages.sft]
+kind = "sft"
+model_from = "base"
+traces_from = "traces"
+[stages.student]
+kind = "distill"
+model_from = "base"
+run.steps = 5
+"""
+
+
+def test_a_distillation_pipeline_samples_from_the_teacher_and_distils_the_base_model():
+    pipeline = parse(DISTILL)
+    traces, sft, student = pipeline.stages
+    # model_from = "teacher": the base recipe's distill.teacher, loaded as it is (nothing to build).
+    assert traces.recipe.model.path == "/r/teacher" and traces.recipe.model.tiny is None
+    assert traces.definition()["recipe"]["model"]["path"] == "/r/teacher"
+    # Only distill stages keep the teacher: the others would otherwise be refused by their drivers.
+    assert traces.recipe.distill.teacher == "" and sft.recipe.distill.teacher == ""
+    assert student.recipe.distill.teacher == "/r/teacher" and student.recipe.model.path == "/r/base-model"
+    assert student.spec.makes_model and student.spec.driver == "cluster.distill_job:distill"
+
+
+def test_distillation_stages_without_a_teacher_are_refused_in_one_line():
+    with pytest.raises(RecipeError, match=r"^stages.traces.model_from: 'teacher' is the base recipe's distill.teacher, "
+                                          "which is not set$"):
+        parse(DISTILL, distill=None)
+    with pytest.raises(RecipeError, match=r"^stages.student.distill.teacher: a distill stage needs a teacher"):
+        parse(DISTILL, distill=None, stages__traces__model_from=None)
+    with pytest.raises(RecipeError, match=r"^pipeline.stages: .*teacher"):
+        parse(DISTILL, pipeline__stages=["teacher"], stages={"teacher": {"kind": "train"}})

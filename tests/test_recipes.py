@@ -97,8 +97,13 @@ def test_gpu_recipes_use_the_gpu_settings(path):
     assert r.cluster.device == "cuda" and r.cluster.address == "auto"
     assert r.model.dtype in ("bfloat16", "auto") and r.learner.dtype in ("bfloat16", "auto")
     assert r.cluster.rollout_gpus == r.rollout.tensor_parallel_size
-    assert 1e-6 <= r.learner.lr <= 3e-6
+    if r.sft.train_path:  # aha sft: supervised learning rates (open-r1's distillation SFT: 5e-5)
+        assert 5e-6 <= r.learner.lr <= 1e-4 and r.learner.warmup_steps > 0
+    else:  # RL and on-policy distillation
+        assert 1e-6 <= r.learner.lr <= 3e-6
     assert 8 <= r.rollout.group_size <= 16
+    if r.distill.teacher:
+        assert r.cluster.teacher_gpus >= 1 and r.distill.dtype in ("bfloat16", "auto")
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)

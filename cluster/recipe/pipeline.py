@@ -35,6 +35,7 @@ from cluster.recipe.resume import RESUMABLE
 from cluster.recipe.schema import Recipe
 
 BASE = "base"  # model_from: the base recipe's model
+TEACHER = "teacher"  # model_from: the base recipe's distill.teacher (a model from outside the pipeline)
 FINAL_DIR = "final"  # what a model-making stage leaves (cluster/output/run_dir.py's FINAL_DIR)
 TRACES_FILE = "traces.parquet"  # what a generate stage leaves
 EVAL_DIR = "eval"  # <output root>/eval: the held-out evaluation of every stage's model
@@ -63,11 +64,12 @@ STAGE_KINDS = {
     "generate": StageKind("cluster.generate_job:generate", TRACES_FILE, "cluster.generate_job:earlier_work",
                           makes_traces=True),
     "sft": StageKind("cluster.sft_job:sft", FINAL_DIR, CHECKPOINTED, makes_model=True, reads_traces=True),
+    "distill": StageKind("cluster.distill_job:distill", FINAL_DIR, CHECKPOINTED, makes_model=True),
     "eval": StageKind("cluster.pipeline:evaluate_stage", "eval.json"),
 }
 PIPELINE_KEYS = ("name", "output_dir", "stages", "evaluate")
 STAGE_KEYS = ("kind", "model_from", "traces_from")  # besides recipe sections
-RESERVED_NAMES = (BASE, EVAL_DIR)
+RESERVED_NAMES = (BASE, TEACHER, EVAL_DIR)
 # Keys the pipeline sets in every stage's recipe; a stage (or the base) may not set them itself.
 DERIVED = {
     "run.output_dir": "the pipeline puts each stage in <pipeline output>/<stage>: set pipeline.output_dir instead",
@@ -85,7 +87,7 @@ class Stage:
     name: str
     kind: str
     recipe: Recipe  # the base with this stage's overrides, its paths set by the pipeline
-    model_from: str  # BASE or an earlier stage's name
+    model_from: str  # BASE, TEACHER or an earlier stage's name
     traces_from: str  # "" or an earlier generate stage's name
     overrides: dict  # the stage's own recipe keys, as written
 
@@ -103,7 +105,7 @@ class Stage:
         table = recipe_to_dict(self.recipe)
         table["run"].pop("output_dir", None)
         table["run"].pop("name", None)
-        if self.model_from != BASE:
+        if self.model_from not in (BASE, TEACHER):
             table["model"]["path"] = f"<stage {self.model_from}>/{FINAL_DIR}"
         if self.traces_from:
             table["sft"]["train_path"] = f"<stage {self.traces_from}>/{TRACES_FILE}"
@@ -215,8 +217,10 @@ def _stage(name: str, table: dict, base: dict, root: Path, earlier: list[Stage],
         if _lookup(overrides, f"model.{key}") is not None:
             raise RecipeError(f"{prefix}.model.{key}", "describes the base model, which is set once in the base "
                               "recipe's [model]; a stage starts from it or from an earlier stage (model_from)")
-    model_from = _reference(table, "model_from", name, earlier, later, default=_default_model_from(earlier))
-    if model_from != BASE and not earlier_stage(earlier, model_from).spec.makes_model:
+    teacher = _lookup(base, "distill.teacher") or ""
+    model_from = _reference(table, "model_from", name, earlier, later, default=_default_model_from(earlier),
+                            teacher=teacher)
+    if model_from not in (BASE, TEACHER) and not earlier_stage(earlier, model_from).spec.makes_model:
         source = earlier_stage(earlier, model_from)
         raise RecipeError(f"{prefix}.model_from", f"stage '{model_from}' is a {source.kind} stage and makes no model "
                           "(a model comes from a stage that trains, or from \"base\")")
@@ -227,7 +231,12 @@ def _stage(name: str, table: dict, base: dict, root: Path, earlier: list[Stage],
     merged = _with(base, overrides)
     if model_from != BASE:  # the base's model-building tables would build the base model at the new path
         merged["model"] = {k: v for k, v in merged.get("model", {}).items() if k not in BASE_MODEL_KEYS}
-        derived["model"] = {"path": str(root / model_from / FINAL_DIR)}
+        derived["model"] = {"path": teacher if model_from == TEACHER else str(root / model_from / FINAL_DIR)}
+    if kind != "distill":  # the base's teacher is for distill stages (and model_from = "teacher") only
+        derived["distill"] = {"teacher": ""}
+    elif not _lookup(merged, "distill.teacher"):
+        raise RecipeError(f"{prefix}.distill.teacher", "a distill stage needs a teacher: set distill.teacher in the "
+                          "base recipe or in the stage")
     if traces_from:
         derived["sft"] = {"train_path": str(root / traces_from / TRACES_FILE)}
     try:
@@ -248,8 +257,10 @@ def _default_model_from(earlier: list[Stage]) -> str:
     return next((s.name for s in reversed(earlier) if s.spec.makes_model), BASE)
 
 
-def _reference(table: dict, key: str, this: str, earlier: list[Stage], later: list[str], *, default: str) -> str:
-    """A stage named by `key` (model_from, traces_from): it must be an earlier stage (or "base")."""
+def _reference(table: dict, key: str, this: str, earlier: list[Stage], later: list[str], *, default: str,
+               teacher: str = "") -> str:
+    """A stage named by `key` (model_from, traces_from): it must be an earlier stage (or, for
+    model_from, "base", or "teacher" when the base recipe names a distill.teacher)."""
     prefix = f"stages.{this}"
     if key not in table:
         return default
@@ -257,6 +268,10 @@ def _reference(table: dict, key: str, this: str, earlier: list[Stage], later: li
     if not isinstance(value, str):
         raise RecipeError(f"{prefix}.{key}", f"expected a stage name, got {type(value).__name__} {value!r}")
     if value == BASE and key == "model_from":
+        return value
+    if value == TEACHER and key == "model_from":
+        if not teacher:
+            raise RecipeError(f"{prefix}.{key}", "'teacher' is the base recipe's distill.teacher, which is not set")
         return value
     if any(s.name == value for s in earlier):
         return value

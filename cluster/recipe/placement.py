@@ -30,8 +30,8 @@ __all__ = [
     "plan_placement", "role_bundles",
 ]
 
-ROLES = ("rollout", "learner", "scorer")
-_UNIT = {"rollout": "worker", "learner": "rank", "scorer": "scorer"}
+ROLES = ("rollout", "learner", "teacher", "scorer")
+_UNIT = {"rollout": "worker", "learner": "rank", "teacher": "teacher", "scorer": "scorer"}
 _EPS = 1e-9  # float slack: 0.1 + 0.2 must fit in 0.3
 _NODE_KEYS = ("cpus", "gpus", "memory_gb", "count")
 
@@ -186,12 +186,15 @@ def _check_gpu_requests(recipe) -> None:
 
 
 def role_bundles(recipe) -> list[Bundle]:
-    """Every bundle the recipe needs, role by role (rollout, learner, scorer), after checks."""
+    """Every bundle the recipe needs, role by role (rollout, learner, teacher when distilling,
+    scorer), after checks."""
     _check_gpu_requests(recipe)
     cluster = recipe.cluster
     asks = {
         "rollout": (recipe.rollout.num_workers, cluster.rollout_cpus, cluster.rollout_gpus),
         "learner": (recipe.learner.num_ranks, cluster.learner_cpus, cluster.learner_gpus),
+        "teacher": (recipe.distill.num_teachers if recipe.distill.teacher else 0, cluster.teacher_cpus,
+                    cluster.teacher_gpus),
         "scorer": (recipe.reward.num_scorers, cluster.scorer_cpus, 0.0),
     }
     return [Bundle(role, i, cpus, gpus) for role in ROLES
