@@ -9,10 +9,11 @@
      submitted at once and collected, as the driver overlaps scoring with generation.
    Prints completion tokens scored per second and the ratios to the baseline (target >= 0.8).
    Rounds alternate the contenders, so a loaded machine slows them alike; each keeps its best.
-2. The time split of a distillation step (generation, teacher scoring, learner, weight sync):
-   to come with `aha distill`, in `step_split` below.
+2. The time split of a distillation step (generation, reward scoring, teacher scoring, learner,
+   weight sync), read from an `aha distill` run's metrics.jsonl (`--run`, by default the
+   distillation demo's stage, runs/distill/distill), its first step left out (warm-up).
 
-    .venv/bin/python bench/distill.py [--models 128x2,512x8 --groups 16 --group-size 8]
+    .venv/bin/python bench/distill.py [--models 128x2,512x8 --groups 16 --group-size 8] [--run DIR]
 """
 
 from __future__ import annotations
@@ -102,9 +103,27 @@ def measure_model(model_dir, workload, *, rounds: int, top_k: int, threads: int)
     return {name: tokens / seconds for name, seconds in best.items()}
 
 
+SPLIT = (("generate", "waiting for generation"), ("score", "reward scoring"), ("teacher", "teacher scoring"),
+         ("train", "learner forward/backward + step"), ("sync", "weight push"))
+
+
 def step_split(args) -> None:
-    """2) The time split of one distillation step: generation, teacher scoring, learner step,
-    weight sync (and how much of the scoring the overlap hides). Comes with `aha distill`."""
+    """2) The mean time split of an `aha distill` run's steps (after the first), from its
+    metrics.jsonl: each part's seconds and share of the step."""
+    from cluster.output.run_log import read_metrics
+
+    steps = [r for r in read_metrics(args.run) if r.get("step", 0) >= 2 and "time/teacher" in r]
+    if not steps:
+        print(f"2) no distillation steps in {args.run}/metrics.jsonl: run `aha distill` (or the distillation "
+              "demo) first, or pass --run")
+        return
+    mean = {key: sum(r.get(f"time/{key}", 0.0) for r in steps) / len(steps) for key in ("step", *dict(SPLIT))}
+    print(f"2) time split of a distillation step, mean of {len(steps)} steps of {args.run}:")
+    for key, title in SPLIT:
+        print(f"   {title + ':':34s} {mean[key]:6.3f} s  {mean[key] / mean['step']:5.1%}")
+    rest = mean["step"] - sum(mean[key] for key, _ in SPLIT)
+    print(f"   {'other (driver, logging)':34s} {rest:6.3f} s  {rest / mean['step']:5.1%}")
+    print(f"   {'step':34s} {mean['step']:6.3f} s")
 
 
 def main() -> None:
@@ -116,6 +135,7 @@ def main() -> None:
     parser.add_argument("--completion-len", type=int, default=48)
     parser.add_argument("--top-k", type=int, default=8, help="for the top-k line (the ratio's Teacher uses 0)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--run", default="runs/distill/distill", help="an aha distill run's output directory")
     args = parser.parse_args()
 
     from cluster.inputs.tiny_model import build_tiny_model, tiny_model_spec

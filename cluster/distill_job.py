@@ -67,12 +67,17 @@ def check_same_vocabulary(recipe: Recipe, student_tokenizer) -> None:
 
 
 def _existing_student_tokenizer(recipe: Recipe):
-    """The student's tokenizer when it is there before the run (not a tiny model still to build)."""
+    """The student's tokenizer before the run: a tiny model still to build has the one every
+    tiny model is built with, so the check still comes before anything is written."""
     from cluster.preflight import load_tokenizer
 
     source = recipe.model.tokenizer or recipe.model.path
     if not Path(source).is_dir() and recipe.model.tiny is not None:
-        return None
+        if recipe.model.tokenizer:
+            return None  # a tokenizer elsewhere (a hub id): the loop checks it once loaded
+        from cluster.inputs.tiny_model import build_tokenizer
+
+        return build_tokenizer()
     return load_tokenizer(recipe, recipe.model.path)
 
 

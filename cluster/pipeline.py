@@ -241,8 +241,9 @@ def _evaluate(pipeline: Pipeline, ran: bool) -> list[dict]:
         write_stage_done(out, {"stage": EVAL_DIR, "kind": "eval", "product": "eval.json", "models": paths,
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "definition": wanted})
     results = json.loads((out / "eval.json").read_text(encoding="utf-8"))["models"]
-    return [{"stage": name, "kind": kind, "model": result["path"], "metrics": result["metrics"]}
-            for (name, kind, _), result in zip(models, results, strict=True)]
+    return [{"stage": name, "kind": kind, "model": result["path"], "metrics": result["metrics"],
+             "from": stage.model_from if stage is not None else None}
+            for (name, kind, stage), result in zip(models, results, strict=True)]
 
 
 def _evaluate_models(pipeline: Pipeline, stages: list[Stage], out: Path) -> list[str]:

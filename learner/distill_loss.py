@@ -59,9 +59,14 @@ def reverse_kl_loss(logp: Tensor, teacher_logp: Tensor, behaviour_logp: Tensor, 
         raise ValueError(f"logp, teacher_logp, behaviour_logp and mask must all be (B, T), got {sorted(shapes)}")
     keep = mask.bool()
     acc = torch.promote_types(logp.dtype, torch.float32)
-    gap = logp.to(acc) - teacher_logp.to(acc).detach()
+
+    def clean(x: Tensor) -> Tensor:  # garbage at masked positions -> 0 before any arithmetic (0 * nan is nan)
+        return torch.where(keep, x.to(acc), 0.0)
+
+    logp, teacher_logp, behaviour_logp = clean(logp), clean(teacher_logp.detach()), clean(behaviour_logp.detach())
+    gap = logp - teacher_logp
     with torch.no_grad():
-        weight = torch.exp(logp.detach().to(acc) - behaviour_logp.to(acc))
+        weight = torch.exp(logp.detach() - behaviour_logp)
         weight = torch.clamp(weight, max=tis_cap) if tis_cap > 0 else torch.ones_like(weight)
     per_token = torch.where(keep, weight * 0.5 * gap.square(), 0.0)
     numerator = per_token.sum()

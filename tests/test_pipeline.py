@@ -264,11 +264,14 @@ def test_the_summary_table_and_plot(tmp_path):
     rows = [{"stage": "base", "kind": "base model", "model": "m0",
              "metrics": {"eval/accuracy": 0.1, "eval/response_length_mean": 12.0, "eval/pass@4": 0.3}},
             {"stage": "rl", "kind": "train", "model": "out/rl/final",
-             "metrics": {"eval/accuracy": 0.55, "eval/response_length_mean": 30.25, "eval/pass@4": 0.8}}]
+             "metrics": {"eval/accuracy": 0.55, "eval/response_length_mean": 30.25, "eval/pass@4": 0.8}},
+            {"stage": "sft", "kind": "sft", "model": "out/sft/final", "from": "base",
+             "metrics": {"eval/accuracy": 0.3, "eval/response_length_mean": 20.0, "eval/pass@4": 0.5}}]
     table = summary_table(rows).splitlines()
-    assert table[0] == "| stage | kind | accuracy | change | mean length | pass@4 | model |"
-    assert table[2] == "| base | base model | 10.0% | - | 12.0 | 30.0% | m0 |"
-    assert table[3] == "| rl | train | 55.0% | +45.0 | 30.2 | 80.0% | out/rl/final |"
+    assert table[0] == "| stage | kind | accuracy | change | from | mean length | pass@4 | model |"
+    assert table[2] == "| base | base model | 10.0% | - | - | 12.0 | 30.0% | m0 |"
+    assert table[3] == "| rl | train | 55.0% | +45.0 | base | 30.2 | 80.0% | out/rl/final |"  # the row before
+    assert table[4] == "| sft | sft | 30.0% | +20.0 | base | 20.0 | 50.0% | out/sft/final |"  # where it started
     assert write_summary(tmp_path, rows, num_prompts=8) == "\n".join(table)
     assert (tmp_path / "pipeline.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "pipeline.md").read_text() == "\n".join(table) + "\n"

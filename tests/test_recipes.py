@@ -326,3 +326,25 @@ def test_the_engine_spec_follows_the_recipe():
         ("runs/demo/base-model", 128, 0.25, True)
     assert (spec.max_num_seqs, spec.weight_sync, spec.seed) == (32, "abort", 5)
     assert engine_spec(recipe("arith-zero-cpu.toml"), "m").max_num_seqs == 0
+
+
+def test_the_distillation_demos_distil_the_demos_model_into_a_smaller_student():
+    """The teacher is what `make demo` trains; both distillation pipelines share the student
+    (one pre-training serves both) and the demo's data, and the student is the smaller model."""
+    from cluster.recipe.pipeline import load_pipeline
+
+    demo = recipe("arith-zero-cpu.toml")
+    on_policy = load_pipeline(REPO / "deploy" / "recipes" / "distill-cpu.toml")
+    off_policy = load_pipeline(REPO / "deploy" / "recipes" / "distill-sft-cpu.toml")
+    for pipeline in (on_policy, off_policy):
+        base = pipeline.base
+        assert base.distill.teacher == str(Path(demo.run.output_dir or f"runs/{demo.run.name}") / "final")
+        assert (base.data.train_path, base.data.eval_path, base.data.template) == (
+            demo.data.train_path, demo.data.eval_path, demo.data.template)
+        assert base.model.tiny.hidden_size * base.model.tiny.num_layers < demo.model.tiny.hidden_size * \
+            demo.model.tiny.num_layers
+        assert base.eval == on_policy.base.eval and base.model == on_policy.base.model
+    kinds = {stage.name: (stage.kind, stage.model_from) for stage in on_policy.stages}
+    assert kinds == {"traces": ("generate", "teacher"), "sft": ("sft", "base"), "distill": ("distill", "base"),
+                     "rl": ("train", "base")}
+    assert [s.definition() for s in off_policy.stages] == [s.definition() for s in on_policy.stages[:2]]

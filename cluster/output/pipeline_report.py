@@ -65,20 +65,25 @@ def write_summary(root: Path, rows: Sequence[Mapping], num_prompts=None) -> str:
 
 
 def summary_table(rows: Sequence[Mapping]) -> str:
-    """Markdown, one row per model: accuracy (and its change from the row before) and mean
-    response length first, then any other held-out metric the models have."""
+    """Markdown, one row per model: accuracy, its change from the model the stage started from
+    (a row's "from": a stage name or "base"; without one, the row before), and mean response
+    length first, then any other held-out metric the models have."""
     others = [(k, t) for k, t in metric_columns(rows) if k not in (ACCURACY, LENGTH)]
-    titles = ["stage", "kind", "accuracy", "change", "mean length", *(t for _, t in others), "model"]
-    lines = ["| " + " | ".join(titles) + " |", "|---|---|" + "---:|" * (3 + len(others)) + "---|"]
-    previous = None
+    titles = ["stage", "kind", "accuracy", "change", "from", "mean length", *(t for _, t in others), "model"]
+    lines = ["| " + " | ".join(titles) + " |", "|---|---|---:|---:|---|" + "---:|" * (1 + len(others)) + "---|"]
+    accuracy_of, previous = {}, None
     for row in rows:
         metrics = row["metrics"]
         accuracy, length = metrics.get(ACCURACY), metrics.get(LENGTH)
-        change = "-" if accuracy is None or previous is None else f"{100 * (accuracy - previous):+.1f}"
-        cells = [_percent(accuracy), change, "-" if length is None else f"{length:.1f}"]
+        start = row.get("from", previous)
+        before = accuracy_of.get(start)
+        change = "-" if accuracy is None or before is None else f"{100 * (accuracy - before):+.1f}"
+        cells = [_percent(accuracy), change, start if before is not None else "-",
+                 "-" if length is None else f"{length:.1f}"]
         cells += [_percent(metrics.get(key)) for key, _ in others]
         lines.append(f"| {row['stage']} | {row['kind']} | " + " | ".join(cells) + f" | {row['model']} |")
-        previous = accuracy if accuracy is not None else previous
+        accuracy_of[row["stage"]] = accuracy
+        previous = row["stage"]
     return "\n".join(lines)
 
 
@@ -87,7 +92,8 @@ def _percent(value) -> str:
 
 
 def plot_summary(path, rows: Sequence[Mapping], num_prompts=None) -> None:
-    """Held-out greedy accuracy (left) and mean response length (right) after each stage."""
+    """Held-out greedy accuracy (left) and mean response length (right) of each stage's model, a
+    bar each."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -100,11 +106,11 @@ def plot_summary(path, rows: Sequence[Mapping], num_prompts=None) -> None:
     for i, (key, title, ylabel, color, fmt) in enumerate(panels, 1):
         axes = figure.add_subplot(1, 2, i)
         points = [(x, row["metrics"][key]) for x, row in enumerate(rows) if row["metrics"].get(key) is not None]
-        if points:
+        if points:  # bars, not a line: stages may branch from one model (distillation's three students)
             xs, ys = zip(*points)
-            axes.plot(xs, ys, marker="o", color=color)
+            axes.bar(xs, ys, color=color, alpha=0.8)
             for x, y in points:
-                axes.annotate(fmt.format(y), (x, y), textcoords="offset points", xytext=(0, 6), ha="center",
+                axes.annotate(fmt.format(y), (x, y), textcoords="offset points", xytext=(0, 3), ha="center",
                               fontsize="small")
         axes.set_xticks(range(len(rows)), labels, fontsize="small")
         axes.set(title=title, ylabel=ylabel)

@@ -20,6 +20,8 @@ _FIGURES = {
         "Response length", "tokens", lambda k: k in ("response_length_mean", "response_length_max")
     ),
     "loss.png": ("Loss (token NLL)", "nats per token", lambda k: k in ("learner/loss", "eval/loss")),
+    "distill.png": ("Student vs teacher (aha distill)", "per sampled token",
+                    lambda k: k in ("distill/reverse_kl", "distill/teacher_agreement")),
     "reflection_rate.png": ("Reflection words", "share of completions", lambda k: k == "reflection_rate"),
     "eval_scaling.png": (
         "Held-out pass@k / maj@k", "accuracy", lambda k: k.startswith(("eval/pass@", "eval/maj@"))

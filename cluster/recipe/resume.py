@@ -19,11 +19,12 @@ RESUMABLE = (
     "run.name", "run.output_dir",  # where the run lives: a moved run directory resumes where it is
     "eval.",  # evaluation cadence and settings: measurement, not training
     "cluster.address", "cluster.num_cpus", "cluster.rollout_cpus", "cluster.rollout_gpus",
-    "cluster.learner_cpus", "cluster.learner_gpus", "cluster.scorer_cpus", "cluster.timeout_s",
+    "cluster.learner_cpus", "cluster.learner_gpus", "cluster.scorer_cpus", "cluster.teacher_cpus",
+    "cluster.teacher_gpus", "cluster.timeout_s",
     "rollout.num_workers", "rollout.max_num_seqs", "rollout.gpu_memory_utilization", "rollout.kv_cache_gb",
     "rollout.enforce_eager", "rollout.sleep_between_steps",
     "reward.num_scorers", "reward.workers_per_scorer", "reward.timeout_s",
-    "learner.cpu_threads",
+    "learner.cpu_threads", "distill.num_teachers", "distill.max_batch_tokens", "distill.cpu_threads",
 )
 
 
