@@ -1,0 +1,271 @@
+"""`aha distill` end to end on CPU: vLLM rollout workers sample the student, a teacher actor scores
+every sampled token, DeepSpeed learns from the reverse KL. Two real runs, as each pays about a
+minute of start-up on 2 cores: a student equal to its teacher learns nothing, then its teacher
+is killed and the run ends in one line; a different student moves towards its teacher. And the
+refusals, which start nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from cluster.output.checkpoints import complete_checkpoints
+from cluster.output.run_log import read_metrics
+
+pytestmark = pytest.mark.stack
+AHA = str(Path(sys.executable).with_name("aha"))
+
+RECIPE = """
+[model]
+path = "{student}"
+{tiny}
+[data]
+train_path = "{out}/data/train.parquet"
+eval_path = ""
+template = "{{prompt}}=? <think>"
+max_prompt_tokens = 32
+[data.synthetic]
+task = "arithmetic"
+train_rows = 64
+eval_rows = 0
+[rollout]
+group_size = 4
+prompts_per_step = 4
+max_new_tokens = 16
+max_model_len = 128
+kv_cache_gb = 0.05
+enforce_eager = true
+[reward]
+weights = {{ arithmetic = 1.0 }}
+workers_per_scorer = 1
+[learner]
+lr = {lr}
+micro_batch_size = 16
+[distill]
+teacher = "{teacher}"
+loss = "{loss}"
+[cluster]
+num_cpus = 4
+rollout_cpus = 1
+learner_cpus = 1
+scorer_cpus = 0.5
+teacher_cpus = 0.5
+timeout_s = {timeout}
+[run]
+output_dir = "{out}/run"
+steps = {steps}
+checkpoint_every = {checkpoint_every}
+"""
+# A student built on the fly (the refusals come before it is built).
+TINY_STUDENT = "[model.tiny]\nhidden_size = 128\nnum_layers = 1\nseed = 0"
+
+
+def _write_recipe(out: Path, *, student, teacher, tiny="", loss="advantage", lr=3e-3, steps=4, checkpoint_every=0,
+                  timeout=300) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "recipe.toml"
+    path.write_text(RECIPE.format(out=out, student=student, tiny=tiny, teacher=teacher, loss=loss, lr=lr, steps=steps,
+                                  checkpoint_every=checkpoint_every, timeout=timeout))
+    return path
+
+
+def _tiny(directory: Path, *, embedding_scale: float = 1.0, **fields) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    from cluster.inputs.tiny_model import build_tiny_model
+    from spec_helpers import tiny_spec
+
+    out = build_tiny_model(directory, tiny_spec(**fields))
+    if embedding_scale != 1.0:  # the embeddings are tied: every logit grows by the factor
+        weights = load_file(out / "model.safetensors")
+        weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"] * embedding_scale
+        save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A random tiny model: its next-token distributions are close to uniform."""
+    return _tiny(tmp_path_factory.mktemp("models") / "teacher", seed=5, num_layers=2)
+
+
+@pytest.fixture(scope="module")
+def peaked_student_dir(tmp_path_factory):
+    """Another seed, one layer fewer, and peaked: its embeddings times 3 make its logits about 3
+    times larger, so its reverse KL to the near-uniform teacher starts near 3 nats. (A peaked
+    teacher and a flat student is the harder way round: the student rarely samples the few tokens
+    the teacher likes, and in a trial the KL did not move in 8 steps; a peaked student
+    samples exactly the tokens the teacher dislikes, and reverse KL, mode-seeking, pushes them
+    down at once.)"""
+    return _tiny(tmp_path_factory.mktemp("models") / "student", seed=0, num_layers=1, embedding_scale=3.0)
+
+
+def _teacher_pids(root_pid: int) -> list[int]:
+    """The Teacher actors among the processes of one run (its own Ray cluster is its children)."""
+    import psutil
+
+    found = []
+    for process in psutil.Process(root_pid).children(recursive=True):
+        try:
+            if " ".join(process.cmdline()).startswith("ray::Teacher"):
+                found.append(process.pid)
+        except psutil.Error:
+            continue  # exited meanwhile
+    return found
+
+
+def _sampled_tokens(run: Path, step: int) -> int:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(run / "rollouts" / f"step-{step:06d}.parquet", columns=["num_tokens"])
+    return sum(table["num_tokens"].to_pylist())
+
+
+def _aha_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("aha: ")]
+
+
+def test_a_student_equal_to_its_teacher_learns_nothing_and_a_dead_teacher_ends_the_run(tmp_path, teacher_dir):
+    # The student is the teacher's own directory. lr is tiny because Adam's step is about lr
+    # per weight however small the gradient: at 3e-3 float noise alone would move the student
+    # off its teacher after step 1; at 1e-7 it stays on it for the steps checked here.
+    recipe = _write_recipe(tmp_path, student=teacher_dir, teacher=teacher_dir, loss="kl", lr=1e-7, steps=40,
+                           checkpoint_every=1, timeout=60)
+    run = tmp_path / "run"
+    process = subprocess.Popen([AHA, "distill", str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=tmp_path, start_new_session=True)
+    try:
+        state = run / "checkpoints" / "version-2" / "driver-state.json"
+        deadline = time.monotonic() + 400
+        while not state.is_file() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ended = process.poll() is not None
+        assert state.is_file(), process.communicate(timeout=60)[1][-4000:] if ended else "timed out"
+        teachers = _teacher_pids(process.pid)
+        assert len(teachers) == 1, teachers
+        os.kill(teachers[0], signal.SIGKILL)
+        killed = time.monotonic()
+        stdout, stderr = process.communicate(timeout=180)
+        took = time.monotonic() - killed
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
+
+    metrics = read_metrics(run)
+    print("identical student: distill/reverse_kl, learner/reverse_kl, learner/grad_norm by step:",
+          [(m["step"], m["distill/reverse_kl"], m.get("learner/reverse_kl"), m["learner/grad_norm"]) for m in metrics])
+    assert len(metrics) >= 2 and [m["step"] for m in metrics] == list(range(1, len(metrics) + 1))
+    for m in metrics:
+        # The engine's (vLLM) and the teacher's (transformers) logprobs of one fp32 model differ
+        # by float noise only: measured about 1e-8 per token on average (one sign or the other).
+        assert abs(m["distill/reverse_kl"]) < 1e-5, m
+        # loss "kl": the gradient is (learner's logp - teacher's logp) * w * grad logp. Learner and
+        # teacher are both transformers fp32 forwards on CPU: measured exactly 0 (their logprobs
+        # agree to the bit); a different student's is above 0.1 (the test below).
+        assert m["learner/grad_norm"] < 1e-5, m
+        assert abs(m["learner/reverse_kl"]) < 1e-5, m
+
+    # The teacher died: the run stops with exit 1 and one line saying so, within cluster.timeout_s.
+    assert process.returncode == 1, stderr[-4000:]
+    lines = _aha_lines(stderr)
+    print(f"teacher killed: the run ended {took:.1f} s later with {lines}")
+    assert len(lines) == 1 and lines[0].startswith("aha: error: teacher 0: the teacher actor died"), stderr[-4000:]
+    assert "Traceback" not in stderr, stderr[-4000:]
+    assert took < 60, took
+    # Only complete checkpoints: every version-N holds its driver state.
+    kept = sorted((run / "checkpoints").glob("version-*"))
+    assert kept and [c.path for c in complete_checkpoints(run / "checkpoints")] == kept
+    assert not (run / "final").exists()
+    assert "[aha] done" not in stdout
+
+
+def test_a_different_student_moves_towards_its_teacher(tmp_path, teacher_dir, peaked_student_dir):
+    recipe = _write_recipe(tmp_path, student=peaked_student_dir, teacher=teacher_dir, loss="advantage", lr=3e-3,
+                           steps=6)
+    done = subprocess.run([AHA, "distill", str(recipe)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    run = tmp_path / "run"
+    metrics = read_metrics(run)
+    kl = [m["distill/reverse_kl"] for m in metrics]
+    print("different student: distill/reverse_kl by step:", kl, "grad_norm:", [m["learner/grad_norm"] for m in metrics])
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    for m in metrics:
+        for key in ("distill/reverse_kl", "distill/teacher_agreement", "distill/teacher_tokens", "time/teacher",
+                    "learner/grad_norm"):
+            assert key in m, key
+        assert 0.0 <= m["distill/teacher_agreement"] <= 1.0
+        # the teacher scored every token the student sampled in the step
+        assert m["distill/teacher_tokens"] == _sampled_tokens(run, m["step"]) > 0
+        assert m["time/teacher"] > 0
+    first, last = sum(kl[:2]) / 2, sum(kl[-2:]) / 2
+    # Measured in three runs: 2.0 to 2.1 over the first two steps, 0.11 to 0.12 over the last two.
+    assert first > 1.0, kl
+    assert last < 0.3 * first, kl
+    assert metrics[0]["learner/grad_norm"] > 0.1
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (run / "final" / name).is_file(), name
+    assert "[aha] done" in done.stdout
+
+
+def _refused(command: str, recipe: Path) -> str:
+    done = subprocess.run([AHA, command, str(recipe)], capture_output=True, text=True, timeout=300,
+                          cwd=recipe.parent)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aha: error: "), done.stderr[-3000:]
+    # Refused before the output directory was claimed (so before Ray or any actor started).
+    assert not (recipe.parent / "run").exists()
+    return lines[0]
+
+
+def test_mistakes_are_refused_before_anything_starts(tmp_path, teacher_dir):
+    import shutil
+
+    other_vocab = tmp_path / "other-vocab"
+    shutil.copytree(teacher_dir, other_vocab)
+    table = json.loads((other_vocab / "tokenizer.json").read_text())
+    vocab = table["model"]["vocab"]
+    vocab["a"], vocab["b"] = vocab["b"], vocab["a"]
+    (other_vocab / "tokenizer.json").write_text(json.dumps(table))
+    not_causal = tmp_path / "not-causal"
+    shutil.copytree(teacher_dir, not_causal)
+    config = json.loads((not_causal / "config.json").read_text())
+    config["architectures"] = ["Qwen2Model"]
+    (not_causal / "config.json").write_text(json.dumps(config))
+
+    def case(name, teacher, command="distill", student=None, tiny=TINY_STUDENT):
+        return command, _write_recipe(tmp_path / name, student=student or tmp_path / name / "student", tiny=tiny,
+                                      teacher=teacher)
+
+    cases = {
+        # the student is an existing directory (the teacher's): its vocabulary is checked at once
+        "vocabulary": case("vocabulary", other_vocab, student=teacher_dir, tiny=""),
+        # a tiny student not built yet: checked against the tokenizer every tiny model has
+        "vocabulary-tiny": case("vocabulary-tiny", other_vocab),
+        "no-teacher": case("no-teacher", ""),
+        "missing": case("missing", tmp_path / "nowhere"),
+        "not-causal": case("not-causal", not_causal),
+        "train": case("train", teacher_dir, command="train"),
+    }
+    with ThreadPoolExecutor(2) as pool:
+        lines = dict(zip(cases, pool.map(lambda item: _refused(*item), cases.values())))
+    print(lines)
+    assert lines["vocabulary"].startswith(f"aha: error: distill.teacher: '{other_vocab}' has another vocabulary")
+    assert lines["vocabulary-tiny"].startswith(f"aha: error: distill.teacher: '{other_vocab}' has another vocabulary")
+    for name in ("vocabulary", "vocabulary-tiny"):
+        assert "token 'a' is id 102 for the student and id 103 for the teacher" in lines[name]
+    assert lines["no-teacher"].startswith("aha: error: distill.teacher: is required")
+    assert lines["missing"] == f"aha: error: distill.teacher: '{tmp_path / 'nowhere'}' does not exist"
+    assert lines["not-causal"].startswith(f"aha: error: distill.teacher: '{not_causal}' is not a causal language model")
+    assert "Qwen2Model" in lines["not-causal"]
+    assert lines["train"].startswith("aha: error: distill.teacher: is set, so this recipe distils: run it with aha "
+                                     "distill")
+    for name in cases:
+        assert not (tmp_path / name / "student").exists(), name  # nor was the student built
