@@ -305,6 +305,7 @@ def _step_metrics(recipe: Recipe, intake: StepIntake, learner: dict, timings: di
     # The learner's idle time: the part of the step it spent waiting for groups or the sync.
     metrics["time/idle"] = max(0.0, timings["step"] - timings["train"])
     metrics["learner_idle_share"] = metrics["time/idle"] / max(timings["step"], 1e-9)
+    metrics["tokens/sampled"] = sum(lengths)  # with learner/tokens (and distill/teacher_tokens): compute spent
     if groups[0].teacher:
         metrics.update(distill_metrics(groups))
     metrics["rollout_tokens_per_s"] = sum(lengths) / max(timings["generate"] + timings["train"], 1e-9)

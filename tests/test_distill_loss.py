@@ -343,3 +343,23 @@ def test_teacher_cpus_count_in_the_cpu_budget():
         recipe_from_dict({"model": {"path": "m"}, "data": {"train_path": "d.parquet"}, "cluster": {"num_cpus": 8,
                           "teacher_cpus": 2.0}, "distill": {"teacher": "t", "num_teachers": 4}})
     assert "teachers 8" in str(info.value), str(info.value)
+
+
+def test_a_student_larger_than_its_teacher_is_a_warning_and_counts_come_from_the_weights(tiny_model_dir, tmp_path):
+    from cluster.distill_job import check_teacher, parameter_count
+    from cluster.inputs.tiny_model import build_tiny_model
+    from spec_helpers import tiny_spec
+
+    small = build_tiny_model(tmp_path / "small", tiny_spec(seed=5, num_layers=1))
+    counted = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(small).parameters())
+    assert parameter_count(small) == counted  # tied embeddings: the head is not a second copy
+    big = parameter_count(tiny_model_dir)
+    assert big > counted and parameter_count(tmp_path) is None
+
+    def recipe(student, teacher):
+        return recipe_from_dict({"model": {"path": str(student)}, "data": {"train_path": "data/train.parquet"},
+                                 "cluster": {"num_cpus": 8}, "distill": {"teacher": str(teacher)}})
+
+    assert check_teacher(recipe(small, tiny_model_dir)) == []
+    assert check_teacher(recipe(tiny_model_dir, small)) == [
+        f"the student ({big:,} parameters) is larger than its teacher ({counted:,}); distilling as asked"]
