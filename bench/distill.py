@@ -103,8 +103,9 @@ def measure_model(model_dir, workload, *, rounds: int, top_k: int, threads: int)
     return {name: tokens / seconds for name, seconds in best.items()}
 
 
-SPLIT = (("generate", "waiting for generation"), ("score", "reward scoring"), ("teacher", "teacher scoring"),
-         ("train", "learner forward/backward + step"), ("sync", "weight push"))
+SPLIT = (("generate", "waiting for generation"), ("score", "reward scoring"),
+         ("teacher", "teacher scoring, not hidden"), ("train", "learner forward/backward + step"),
+         ("sync", "weight push"))
 
 
 def step_split(args) -> None:

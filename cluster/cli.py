@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     distill = sub.add_parser("distill", help="on-policy distillation: the student samples, a frozen teacher "
                              "grades every token (per-token reverse KL)")
-    distill.add_argument("recipe", help="recipe TOML file ([distill] teacher, loss, kl_coef; the student is model.path)")
+    distill.add_argument("recipe", help="recipe TOML file ([distill] teacher, loss, kl_coef; the student is "
+                         "model.path)")
     distill.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
     distill.add_argument("--overwrite", action="store_true",
                          help="start afresh in an output directory whose earlier run has checkpoints (deletes them)")
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.inputs.data import DataError
     from cluster.output.checkpoints import CheckpointError
     from cluster.output.run_dir import RunDirError
+    from cluster.stop import RunStopped, resume_command
 
     parser = build_parser()
     args, overrides = parser.parse_known_args(argv)
@@ -273,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailed as err:  # also a Ray actor's error that wraps one (Ray makes it an instance of both)
         print(f"aha: error: {original_failure(err)}", file=sys.stderr)
         return EXIT_RUN_FAILED
+    except RunStopped as stopped:  # asked to stop (SIGTERM, Ctrl-C): the checkpoint is written
+        print(f"[aha] {stopped}; resume with: {resume_command(sys.argv[1:] if argv is None else argv)}", flush=True)
+        return 0
     except KeyboardInterrupt:
         print("aha: interrupted", file=sys.stderr)
         return 130

@@ -58,8 +58,9 @@ def check_same_vocabulary(recipe: Recipe, student_tokenizer) -> None:
     from cluster.preflight import load_tokenizer
 
     teacher = recipe.distill.teacher
-    teacher_recipe = replace(recipe, model=replace(recipe.model, path=teacher, tokenizer=recipe.distill.teacher_tokenizer,
-                                                   tiny=None, pretrain=None))
+    teacher_model = replace(recipe.model, path=teacher, tokenizer=recipe.distill.teacher_tokenizer, tiny=None,
+                            pretrain=None)
+    teacher_recipe = replace(recipe, model=teacher_model)
     difference = vocabulary_difference(load_tokenizer(teacher_recipe, teacher), student_tokenizer)
     if difference:
         raise RecipeError("distill.teacher", f"'{teacher}' has another vocabulary than the student "
@@ -96,8 +97,8 @@ def vocabulary_difference(teacher, student) -> str | None:
     ours, theirs = student.get_vocab(), teacher.get_vocab()
     if ours == theirs:
         if teacher.eos_token_id != student.eos_token_id:
-            return f"the end-of-sequence token is id {teacher.eos_token_id} for the teacher and {student.eos_token_id} " \
-                   "for the student"
+            return (f"the end-of-sequence token is id {teacher.eos_token_id} for the teacher and "
+                    f"{student.eos_token_id} for the student")
         return None
     size = f"{len(theirs)} tokens for the teacher and {len(ours)} for the student"
     for token, index in sorted(ours.items(), key=lambda item: item[1]):
@@ -132,22 +133,37 @@ def parameter_count(directory: Path) -> int | None:
 # During the run: a group's teacher scores, and the step's distillation metrics.
 
 
-def with_teacher(group: Group, teacher, recipe: Recipe) -> Group:
+class GroupTeacher:
+    """The teacher's part of a distillation step, in two halves so that the teacher scores one
+    group while the next is generating: `submit` sends a group's sequences to a teacher actor,
+    `finish` waits for the scores (bounded by cluster.timeout_s) and returns the group with them."""
+
+    def __init__(self, pool, recipe: Recipe):
+        self.pool, self.distill = pool, recipe.distill
+
+    def submit(self, group: Group):
+        samples = group.samples
+        return group, self.pool.submit([s.prompt_ids for s in samples], [s.completion_ids for s in samples])
+
+    def finish(self, submitted) -> Group:
+        group, pending = submitted
+        return with_teacher_scores(group, self.pool.collect(pending), self.distill)
+
+
+def with_teacher_scores(group: Group, scores: list, distill) -> Group:
     """`group` with the teacher's score of every sampled token and, for distill.loss =
     "advantage", the per-token advantages reward_weight·A − kl_coef·(log π_student − log π_teacher)."""
     import torch
 
     from learner.distill_loss import distill_token_advantages
 
-    samples, distill = group.samples, recipe.distill
-    scores = teacher.score([s.prompt_ids for s in samples], [s.completion_ids for s in samples])
     token_advantages = []
     if distill.loss == "advantage":
         token_advantages = [
             distill_token_advantages(torch.tensor(s.logprobs, dtype=torch.float64),
                                      torch.tensor(score.logprobs, dtype=torch.float64), advantage,
                                      kl_coef=distill.kl_coef, reward_weight=distill.reward_weight).tolist()
-            for s, score, advantage in zip(samples, scores, group.advantages, strict=True)]
+            for s, score, advantage in zip(group.samples, scores, group.advantages, strict=True)]
     return replace(group, teacher=scores, token_advantages=token_advantages)
 
 

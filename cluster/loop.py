@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from cluster.distill_job import check_same_vocabulary, distill_metrics, with_teacher
+from cluster.distill_job import GroupTeacher, check_same_vocabulary, distill_metrics
 from cluster.evaluation import correctness_reward, evaluate_during_run
 from cluster.inputs.data import PromptSampler
 from cluster.inputs.prompts import encode_prompts, load_rows
@@ -33,6 +33,7 @@ from cluster.recipe import Recipe, RecipeError, recipe_to_dict
 from cluster.resume import check_same_data, find_resume_point, train_data_sha256
 from cluster.rollout_pool import GroupStream, push_weights
 from cluster.specs import sampling_spec
+from cluster.stop import RunStopped, StopRequest
 from cluster.system import start_system
 from cluster.wire.errors import RunFailed
 from cluster.wire.samples import Group
@@ -92,7 +93,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
     log = RunLog(out)
     system = start_system(recipe, model_path, tokenizer)
     pool, scorers, learners = system.pool, system.scorers, system.learners
-    teach = (lambda group: with_teacher(group, system.teacher, recipe)) if system.teacher else None
+    teacher = GroupTeacher(system.teacher, recipe) if system.teacher else None
     version, first_step = 0, 1
     if resume_at is not None:
         version = learners.load_checkpoint(str(run_dir.checkpoints), resume_at.checkpoint.tag)
@@ -124,6 +125,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
 
     pending: deque[Batch] = deque()
     bar = tqdm(total=run.steps, initial=first_step - 1, desc="aha train", unit="step", dynamic_ncols=True)
+    stop = StopRequest().install()  # the first SIGTERM / Ctrl-C: finish this step, checkpoint, exit 0
     try:
         for step in range(first_step, run.steps + 1):
             started = time.perf_counter()
@@ -132,7 +134,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
             batch = pending.popleft()
             timings = {"generate": 0.0, "score": 0.0, "train": 0.0}
             intake = StepIntake(wanted=rollout.prompts_per_step, max_dropped=4 * rollout.prompts_per_step)
-            for group, staleness in _scored_groups(batch, scorers, algo.estimator, version, timings, teach):
+            for group, staleness in _scored_groups(batch, scorers, algo.estimator, version, timings, teacher):
                 reason = drop_reason(group.rewards, staleness, max_staleness=algo.max_staleness,
                                      dynamic_sampling=algo.dynamic_sampling)
                 if reason is not None:
@@ -174,14 +176,18 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
                 bar.write(f"[aha] step {step}/{run.steps} reward {metrics['reward_mean']:.3f} "
                           f"acc {metrics['accuracy']:.3f} len {metrics['response_length_mean']:.1f} "
                           f"{metrics['time/step']:.1f}s")
-            if step == run.steps or (run.checkpoint_every and step % run.checkpoint_every == 0):
+            stopping = stop.requested and step < run.steps
+            if step == run.steps or stopping or (run.checkpoint_every and step % run.checkpoint_every == 0):
                 sampler_state = pending[0].sampler_before if pending else sampler.state_dict()
                 saved = learners.save_checkpoint(str(run_dir.checkpoints))
                 complete_checkpoint(saved, {"step": step, "sampler": sampler_state, "weight_version": version,
                                             "train_data_sha256": data_sha256}, run.keep_checkpoints)
+            if stopping:
+                raise RunStopped(f"stopped after step {step} of {run.steps} ({stop.signal}), checkpoint written")
         # The run's model as a Hugging Face directory: the next stage's model.path.
         learners.export_hf(str(out / FINAL_DIR), str(out / MODEL_FILES_DIR))
     finally:
+        stop.restore()
         bar.close()
         plot_run(out)
         log.close()
@@ -255,25 +261,38 @@ def timed(timings: dict[str, float], key: str):
         timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
 
 
-def _scored_groups(batch: Batch, scorers, estimator: str, version: int, timings: dict, teach=None):
+def _scored_groups(batch: Batch, scorers, estimator: str, version: int, timings: dict, teacher=None):
     """Yield `(group, staleness)` for each group of `batch` as it finishes, scored and with
-    its advantages (and, distilling, `teach`'s teacher scores); `staleness` is how many
-    versions behind `version` its oldest sample is."""
-    stream = iter(batch.stream)
+    its advantages; `staleness` is how many versions behind `version` its oldest sample is.
+    Distilling, each group also gets the teacher's scores (`teacher`, a GroupTeacher): a group
+    is sent to the teacher and yielded once the next one has arrived, so that the teacher
+    scores while the engines generate ("time/teacher" is only the wait that was not hidden)."""
+    stream, submitted = iter(batch.stream), None
     while True:
         with timed(timings, "generate"):
             finished = next(stream, None)
         if finished is None:
-            return
+            break
         index, samples = finished
         row = batch.rows[index]
         with timed(timings, "score"):
             scores = scorers.score([s.text for s in samples], row.fields, [len(s.completion_ids) for s in samples])
         group = _scored_group(row, samples, scores, estimator)
-        if teach is not None:
-            with timed(timings, "teacher"):
-                group = teach(group)
-        yield group, version - min(s.weight_version for s in samples)
+        staleness = version - min(s.weight_version for s in samples)
+        if teacher is None:
+            yield group, staleness
+            continue
+        if submitted is not None:
+            yield _taught(teacher, submitted, timings)
+        submitted = teacher.submit(group), staleness
+    if submitted is not None:
+        yield _taught(teacher, submitted, timings)
+
+
+def _taught(teacher, submitted, timings: dict):
+    ticket, staleness = submitted
+    with timed(timings, "teacher"):
+        return teacher.finish(ticket), staleness
 
 
 def _scored_group(row, samples, scores, estimator: str) -> Group:

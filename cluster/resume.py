@@ -37,9 +37,8 @@ def find_resume_point(run_dir: RunDirectory, recipe: Recipe) -> ResumePoint:
     checkpoint = complete_checkpoints(run_dir.checkpoints)[-1]  # claim_output_dir made sure there is one
     state = read_driver_state(checkpoint, recipe.learner.num_ranks)
     dropped = drop_newer_than(run_dir.checkpoints, checkpoint.version)  # an interrupted save's leftovers
-    if dropped:
-        print(f"[aha] resuming from {checkpoint.tag} (step {state['step']}); dropped the incomplete "
-              f"{', '.join(p.name for p in dropped)}", flush=True)
+    leftovers = f"; dropped the incomplete {', '.join(p.name for p in dropped)}" if dropped else ""
+    print(f"[aha] resuming from {checkpoint.tag} (step {state['step']}){leftovers}", flush=True)
     return ResumePoint(checkpoint, state)
 
 

@@ -78,6 +78,7 @@ def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path:
     from cluster.recipe import recipe_to_dict
     from cluster.resume import check_same_data, find_resume_point
     from cluster.rollout_pool import push_weights
+    from cluster.stop import RunStopped, StopRequest
 
     out, sft_cfg, run = run_dir.path, recipe.sft, recipe.run
     resume_at = find_resume_point(run_dir, recipe) if resume else None
@@ -122,6 +123,7 @@ def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path:
     print(f"[aha] SFT on {len(traces.train)} traces: {sft_cfg.epochs} epoch(s), {steps} steps of "
           f"{sft_cfg.batch_size}; output in {out}", flush=True)
     bar = tqdm(total=steps, initial=first_step - 1, desc="aha sft", unit="step", dynamic_ncols=True)
+    stop = StopRequest().install()  # the first SIGTERM / Ctrl-C: finish this step, checkpoint, exit 0
     try:
         for step in range(first_step, steps + 1):
             started = time.perf_counter()
@@ -145,13 +147,17 @@ def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path:
                 bar.write(f"[aha] step {step}/{steps} loss {learner_metrics['loss']:.4f} "
                           f"token acc {learner_metrics['token_accuracy']:.3f} lr {learner_metrics['lr']:.2e} "
                           f"{elapsed:.1f}s")
-            if step == steps or (run.checkpoint_every and step % run.checkpoint_every == 0):
+            stopping = stop.requested and step < steps
+            if step == steps or stopping or (run.checkpoint_every and step % run.checkpoint_every == 0):
                 saved = learners.save_checkpoint(str(run_dir.checkpoints))
                 complete_checkpoint(saved, {"step": step, "sampler": sampler.state_dict(),
                                             "weight_version": learner_metrics["weight_version"],
                                             "train_data_sha256": data_sha256}, run.keep_checkpoints)
+            if stopping:
+                raise RunStopped(f"stopped after step {step} of {steps} ({stop.signal}), checkpoint written")
         learners.export_hf(str(out / FINAL_DIR), str(out / MODEL_FILES_DIR))
     finally:
+        stop.restore()
         bar.close()
         plot_run(out)
         log.close()

@@ -337,6 +337,38 @@ def test_sigkill_and_resume_consume_the_same_prompts_as_an_uninterrupted_run(tmp
     assert json.loads((run / "checkpoints" / "version-3" / "driver-state.json").read_text())["weight_version"] == 3
 
 
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_0_and_resume_finishes(tmp_path):
+    import signal
+    import time
+
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.format(out=tmp_path))
+    run = tmp_path / "run"
+    # What a scheduler does before it pre-empts: SIGTERM to the driver, once step 1 is logged.
+    process = subprocess.Popen([AHA, "train", str(recipe), "--run.steps", "5"], cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while process.poll() is None and time.monotonic() < deadline and \
+            not any(m["step"] >= 1 for m in read_metrics(run)):
+        time.sleep(0.2)
+    assert process.poll() is None, "the run ended before it could be stopped"
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    stopped_at = read_metrics(run)[-1]["step"]
+    assert 1 <= stopped_at < 5
+    assert (f"[aha] stopped after step {stopped_at} of 5 (SIGTERM), checkpoint written; resume with: aha train "
+            f"{recipe} --run.steps 5 --resume") in stdout
+    state = json.loads((run / "checkpoints" / f"version-{stopped_at}" / "driver-state.json").read_text())
+    assert state["step"] == stopped_at and not (run / "final").exists()
+
+    resumed, done = _train(tmp_path, "--run.steps", "5", "--resume")
+    assert f"resuming from version-{stopped_at} (step {stopped_at})" in done.stdout
+    assert [m["step"] for m in read_metrics(resumed)] == [0, 1, 2, 3, 4, 5]
+    assert _consumed(resumed) == _sampler_order(tmp_path, 5)  # nothing lost, nothing twice
+    assert (resumed / "final" / "config.json").is_file()
+
+
 def test_a_fresh_run_refuses_an_output_directory_it_did_not_make(tmp_path):
     # Writing there would mix a run's files with the user's: nothing is touched, and the user
     # is told to pick another directory.
