@@ -272,3 +272,92 @@ def test_mistakes_are_refused_before_anything_starts(tmp_path, teacher_dir):
                                      "distill")
     for name in cases:
         assert not (tmp_path / name / "student").exists(), name  # nor was the student built
+
+
+PIPELINE = """
+[model]
+path = "{out}/student"
+[model.tiny]
+hidden_size = 64
+num_layers = 1
+num_kv_heads = 1
+[data]
+train_path = "{out}/data/train.parquet"
+template = "{{prompt}}=? <think>"
+max_prompt_tokens = 32
+[data.synthetic]
+task = "arithmetic"
+train_rows = 16
+eval_rows = 0
+[rollout]
+max_new_tokens = 8
+max_model_len = 128
+kv_cache_gb = 0.05
+enforce_eager = true
+[reward]
+weights = {{ "even_length:score" = 1.0 }}
+workers_per_scorer = 1
+[learner]
+micro_batch_size = 8
+[sft]
+batch_size = 4
+max_length = 64
+[distill]
+teacher = "{teacher}"
+[cluster]
+num_cpus = 4
+rollout_cpus = 1
+learner_cpus = 1
+scorer_cpus = 0.5
+teacher_cpus = 0.5
+timeout_s = 300
+[pipeline]
+name = "offpolicy"
+output_dir = "{out}/pipe"
+stages = ["traces", "sft"]
+evaluate = false
+[stages.traces]
+kind = "generate"
+model_from = "teacher"
+generate.num_prompts = 6
+generate.samples_per_prompt = 4
+[stages.sft]
+kind = "sft"
+model_from = "base"
+traces_from = "traces"
+"""
+# A random tiny teacher never solves a sum; this reward verifies about half of any texts, so the
+# pipeline has traces to keep and to train on.
+EVEN_LENGTH = "def score(completion, **fields):\n    return 1.0 if len(completion) % 2 == 0 else 0.0\n"
+
+
+def test_off_policy_distillation_pipeline_generate_then_sft_on_tiny_models(tmp_path, teacher_dir):
+    import pyarrow.parquet as pq
+
+    (tmp_path / "even_length.py").write_text(EVEN_LENGTH)
+    recipe = tmp_path / "pipeline.toml"
+    recipe.write_text(PIPELINE.format(out=tmp_path, teacher=teacher_dir))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run([AHA, "pipeline", str(recipe)], capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                          env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    pipe = tmp_path / "pipe"
+    assert f"stage 1/2 traces (generate): starting, from the teacher ({teacher_dir})" in done.stdout
+
+    # The teacher's verified traces: every kept completion passes the reward, written by the teacher.
+    traces = pq.read_table(pipe / "traces" / "traces.parquet").to_pylist()
+    assert traces and all(len(t["completion"]) % 2 == 0 and t["teacher"] == str(teacher_dir) for t in traces)
+    # The student (the base model, a smaller tiny model built here) fine-tuned on exactly them.
+    saved = json.loads((pipe / "sft" / "recipe.json").read_text())
+    assert saved["model"]["path"] == str(tmp_path / "student") and saved["distill"]["teacher"] == ""
+    assert saved["sft"]["train_path"] == str(pipe / "traces" / "traces.parquet")
+    steps = read_metrics(pipe / "sft")
+    trained = sorted(row for m in steps if "trace_rows" in m for row in m["trace_rows"])
+    assert trained == list(range(len(traces)))  # one epoch: every trace once
+    assert (pipe / "sft" / "final" / "config.json").is_file()
+    config = json.loads((pipe / "sft" / "final" / "config.json").read_text())
+    assert config["hidden_size"] == 64 and config["num_hidden_layers"] == 1  # the student, not the teacher
+
+    again = subprocess.run([AHA, "pipeline", str(recipe)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                           env=env)
+    assert again.returncode == 0 and again.stdout.count("skipped, finished before") == 2, again.stdout[-3000:]
