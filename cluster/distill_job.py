@@ -28,9 +28,7 @@ def distill(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) ->
         raise RecipeError("distill.teacher", "is required: aha distill needs the teacher model to learn from "
                           "(a hub id or a local directory such as a run's final/)")
     warnings = check_teacher(recipe)
-    student_tokenizer = _existing_student_tokenizer(recipe)
-    if student_tokenizer is not None:  # else the loop checks it once the tiny student is built
-        check_same_vocabulary(recipe, student_tokenizer)
+    check_same_vocabulary(recipe, _student_tokenizer(recipe))  # before the run directory is claimed
     print_warnings(warnings)
     return train(recipe, resume=resume, overwrite=overwrite, distilling=True)
 
@@ -67,15 +65,12 @@ def check_same_vocabulary(recipe: Recipe, student_tokenizer) -> None:
                           f"'{recipe.model.path}': {difference}; aha distils between models of one tokenizer")
 
 
-def _existing_student_tokenizer(recipe: Recipe):
-    """The student's tokenizer before the run: a tiny model still to build has the one every
-    tiny model is built with, so the check still comes before anything is written."""
+def _student_tokenizer(recipe: Recipe):
+    """The student's tokenizer before the run: model.tokenizer or the model's own, and for a tiny
+    model still to build the one every tiny model is built with."""
     from cluster.preflight import load_tokenizer
 
-    source = recipe.model.tokenizer or recipe.model.path
-    if not Path(source).is_dir() and recipe.model.tiny is not None:
-        if recipe.model.tokenizer:
-            return None  # a tokenizer elsewhere (a hub id): the loop checks it once loaded
+    if not recipe.model.tokenizer and not Path(recipe.model.path).is_dir() and recipe.model.tiny is not None:
         from cluster.inputs.tiny_model import build_tokenizer
 
         return build_tokenizer()

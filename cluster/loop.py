@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from cluster.distill_job import GroupTeacher, check_same_vocabulary, distill_metrics
+from cluster.distill_job import GroupTeacher, distill_metrics
 from cluster.evaluation import correctness_reward, evaluate_during_run
 from cluster.inputs.data import PromptSampler
 from cluster.inputs.prompts import encode_prompts, load_rows
@@ -83,8 +83,6 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
         check_same_data(resume_at, recipe.data.train_path, data_sha256)
     model_path = str(prepare_model(recipe))
     tokenizer = load_tokenizer(recipe, model_path)
-    if recipe.distill.teacher:
-        check_same_vocabulary(recipe, tokenizer)
     print_warnings(warnings + check_prepared(recipe, model_path, tokenizer))  # the last checks before Ray
     rows = load_rows(recipe, recipe.data.train_path)
     algo, rollout, run = recipe.algorithm, recipe.rollout, recipe.run
