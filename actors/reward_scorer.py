@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
+from actors.processes import process_tree
+
 # Spawned, not forked: the scorer lives in a Ray worker with threads of its own.
 _CONTEXT = mp.get_context("spawn")
 
@@ -197,6 +199,10 @@ class RewardScorer:
                 buffer_tokens=self.spec.overlong_buffer_tokens, penalty=self.spec.overlong_penalty)
             weights["overlong"] = 1.0
         return Score(total=weighted_sum(components, weights), components=components, failures=failures)
+
+    def process_ids(self) -> list[tuple[int, float]]:
+        """`(pid, create time)` of this actor's process and its worker processes."""
+        return process_tree()
 
     def worker_pids(self) -> list[int]:
         return [w.process.pid for w in self._workers]

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from actors.processes import process_tree
 from actors.weight_receiver import WeightReceiver
 from cluster.wire.samples import Sample, SamplingSpec
 from cluster.wire.weights import TensorMeta
@@ -231,6 +232,18 @@ class RolloutWorker:
 
     def get_weight_version(self) -> int:
         return self.weight_version
+
+    def health(self) -> int:
+        """The weight version, or EngineDeadError when the engine's process is gone: the
+        driver's probe of a worker that stopped answering."""
+        if self._engine.errored:
+            raise self._engine.dead_error
+        return self.weight_version
+
+    def process_ids(self) -> list[tuple[int, float]]:
+        """`(pid, create time)` of this actor's process and of its engine's: what a replacement
+        kills if the engine outlived its actor, and what fault injection (cluster/chaos.py) kills."""
+        return process_tree()
 
     def shutdown(self) -> None:
         self._engine.shutdown()

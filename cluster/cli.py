@@ -18,7 +18,7 @@ from pathlib import Path
 from cluster.recipe import Recipe, RecipeError, load_recipe, recipe_to_dict
 from cluster.recipe.checks import check_tiny_model
 from cluster.recipe.schema import TASK_NAMES, RolloutConfig, TinyModelConfig
-from cluster.wire.errors import RunFailed, original_failure
+from cluster.wire.errors import RunFailed, RunInterrupted, original_failure
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cluster.chaos import ChaosError
     from cluster.inputs.data import DataError
     from cluster.output.checkpoints import CheckpointError
     from cluster.output.run_dir import RunDirError
@@ -269,11 +270,19 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     try:
         return args.run(args, overrides)
-    except (RecipeError, DataError, RunDirError, CheckpointError) as err:
+    except (RecipeError, DataError, RunDirError, CheckpointError, ChaosError) as err:
         print(f"aha: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RunFailed as err:  # also a Ray actor's error that wraps one (Ray makes it an instance of both)
-        print(f"aha: error: {original_failure(err)}", file=sys.stderr)
+        failure = original_failure(err)
+        print(f"aha: error: {failure}", file=sys.stderr)
+        if isinstance(failure, RunInterrupted) and failure.checkpoint is not None:  # it can go on from there
+            command = sys.argv[1:] if argv is None else argv
+            if failure.checkpoint:
+                print(f"aha: the last complete checkpoint, {failure.checkpoint}, is intact; resume with: "
+                      f"{resume_command(command)}", file=sys.stderr)
+            else:
+                print("aha: no checkpoint was written yet; start the run again (with --overwrite)", file=sys.stderr)
         return EXIT_RUN_FAILED
     except RunStopped as stopped:  # asked to stop (SIGTERM, Ctrl-C): the checkpoint is written
         print(f"[aha] {stopped}; resume with: {resume_command(sys.argv[1:] if argv is None else argv)}", flush=True)

@@ -107,20 +107,23 @@ def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows,
     from cluster.launch import connect_ray
     from cluster.output.eval_report import eval_table, write_eval_outputs
     from cluster.rollout_pool import RolloutPool
+    from cluster.recovery import Recovery
     from cluster.scorer_pool import ScorerPool
     from cluster.specs import engine_spec, scorer_spec
 
     connect_ray(recipe.cluster)
     cluster = recipe.cluster
+    recovery = Recovery(cluster.max_restarts)  # dead workers and scorers are replaced, as in a training run
     scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers, cpus_per_scorer=cluster.scorer_cpus,
-                         timeout_s=cluster.timeout_s)
+                         timeout_s=cluster.timeout_s, recovery=recovery)
     results, records = [], []
     try:
         for number, target in enumerate(targets, 1):
             print(f"[aha] eval {number}/{len(targets)}: {target.label} on {len(rows)} held-out problems", flush=True)
             pool = RolloutPool(engine_spec(target.recipe, target.path), recipe.rollout.num_workers,
                                cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus,
-                               timeout_s=cluster.timeout_s)
+                               timeout_s=cluster.timeout_s, recovery=recovery,
+                               health_timeout_s=cluster.health_timeout_s)
             try:
                 done = evaluate(pool, scorers, tokenizers[target.label], target.recipe, rows)
             finally:

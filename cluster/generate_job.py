@@ -167,6 +167,7 @@ def _sample(recipe: Recipe, inputs: Inputs, todo: list[PromptRow], parts, first:
     from cluster.inputs.prompts import encode_prompts
     from cluster.launch import connect_ray
     from cluster.rollout_pool import GroupStream, RolloutPool
+    from cluster.recovery import Recovery
     from cluster.scorer_pool import ScorerPool
     from cluster.specs import engine_spec, sampling_spec, scorer_spec
 
@@ -174,11 +175,12 @@ def _sample(recipe: Recipe, inputs: Inputs, todo: list[PromptRow], parts, first:
     sampling = replace(sampling_spec(recipe, seed=None), group_size=gen.samples_per_prompt)
     chunks = [todo[i:i + gen.chunk_prompts] for i in range(0, len(todo), gen.chunk_prompts)]
     connect_ray(cluster)
+    recovery = Recovery(cluster.max_restarts)  # dead workers and scorers are replaced, as in a training run
     scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers, cpus_per_scorer=cluster.scorer_cpus,
-                         timeout_s=cluster.timeout_s)
+                         timeout_s=cluster.timeout_s, recovery=recovery)
     pool = RolloutPool(engine_spec(recipe, inputs.model_path), recipe.rollout.num_workers,
                        cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus,
-                       timeout_s=cluster.timeout_s)
+                       timeout_s=cluster.timeout_s, recovery=recovery, health_timeout_s=cluster.health_timeout_s)
     print(f"[aha] generating {gen.samples_per_prompt} completions for each of {len(todo)} prompts "
           f"({len(chunks)} chunks); output in {parts.out}", flush=True)
     stream, owner, scored, written = GroupStream(pool), {}, [dict() for _ in chunks], []

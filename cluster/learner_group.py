@@ -9,6 +9,8 @@ all-gathers require.
 from __future__ import annotations
 
 from cluster.launch import get_all
+from cluster.recovery import is_death, one_line
+from cluster.wire.errors import RunFailed, RunInterrupted
 from cluster.wire.samples import Group
 from learner.batching import TrainSequence, plan_micro_batches
 from learner.learner import Learner
@@ -48,7 +50,31 @@ class LearnerGroup:
         self.info = self._all([r.setup.remote(host, port) for r in self.ranks], "learner set-up")
 
     def _all(self, refs: list, what: str) -> list:
-        return get_all(self._ray, refs, self.timeout_s, what)
+        try:
+            return get_all(self._ray, refs, self.timeout_s, what)
+        except Exception as err:
+            self.raise_if_rank_died(err, what)
+            raise
+
+    def raise_if_rank_died(self, err: BaseException, what: str) -> None:
+        """After a failed call: RunInterrupted naming the rank, if a rank's process is gone.
+
+        A DeepSpeed job cannot take a new rank, so the run stops (and can resume from its last
+        checkpoint). A live rank may be stuck in a collective with the dead one and not answer
+        the probe; only an answer that says "dead" counts.
+        """
+        ray = self._ray
+        probes = [rank.pid.remote() for rank in self.ranks]
+        ready, _ = ray.wait(probes, num_returns=len(probes), timeout=min(10.0, self.timeout_s))
+        for rank, probe in enumerate(probes):
+            if probe not in ready:
+                continue
+            try:
+                ray.get(probe)
+            except Exception as probe_err:
+                if is_death(probe_err):
+                    raise RunInterrupted(f"learner rank {rank} died during {what} ({one_line(err)}); a DeepSpeed "
+                                         "job cannot take a new rank, so the run stops") from None
 
     def accumulate(self, groups: list[list[TrainSequence]], *, end_of_step: bool) -> int:
         """Forward/backward on these groups now, split evenly over the ranks; returns tokens."""
@@ -90,7 +116,17 @@ class LearnerGroup:
         return self._all([r.collect_weights.remote() for r in self.ranks], "weight gather")[0]
 
     def save_checkpoint(self, directory: str) -> str:
-        return self._all([r.save_checkpoint.remote(directory) for r in self.ranks], "checkpoint save")[0]
+        """Every rank saves its part under `directory`; returns the checkpoint's folder. A save
+        that fails (disk full, no permission) is a one-line RunInterrupted: the checkpoints
+        before it are complete and untouched."""
+        from ray.exceptions import RayTaskError
+
+        try:
+            return self._all([r.save_checkpoint.remote(directory) for r in self.ranks], "checkpoint save")[0]
+        except RayTaskError as err:
+            if isinstance(getattr(err, "cause", None), RunFailed):
+                raise
+            raise RunInterrupted(f"the checkpoint could not be written under '{directory}' ({one_line(err)})") from None
 
     def load_checkpoint(self, directory: str, tag: str) -> int:
         """Restore checkpoint `tag` on every rank; returns its weight version. A checkpoint that

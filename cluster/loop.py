@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from cluster.chaos import Chaos
 from cluster.distill_job import GroupTeacher, distill_metrics
 from cluster.evaluation import correctness_reward, evaluate_during_run
 from cluster.inputs.data import PromptSampler
@@ -26,16 +27,15 @@ from cluster.inputs.prompts import encode_prompts, load_rows
 from cluster.learner_group import train_sequences
 from cluster.output.eval_metrics import (group_stats, reflection_rate, response_stats, reward_failure_shares,
                                          reward_failure_warnings)
-from cluster.output.checkpoints import complete_checkpoint
 from cluster.export import save_model_files
 from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, RECIPE_FILE
 from cluster.recipe import Recipe, RecipeError, recipe_to_dict
-from cluster.resume import check_same_data, find_resume_point, train_data_sha256
+from cluster.resume import check_same_data, find_resume_point, last_checkpoint_line, save_checkpoint, train_data_sha256
 from cluster.rollout_pool import GroupStream, push_weights
 from cluster.specs import sampling_spec
 from cluster.stop import RunStopped, StopRequest
 from cluster.system import start_system
-from cluster.wire.errors import RunFailed
+from cluster.wire.errors import RunFailed, RunInterrupted
 from cluster.wire.samples import Group
 from learner.losses import group_advantages
 
@@ -60,13 +60,18 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, dist
     if recipe.distill.teacher and not distilling:
         raise RecipeError("distill.teacher", "is set, so this recipe distils: run it with aha distill (or set "
                           "distill.teacher = \"\" for GRPO)")
+    chaos = Chaos.from_env()  # fault injection for tests and drills; off unless AHA_CHAOS is set
     require_prompt_file(recipe)
     warnings = check_before_start(recipe)  # before the directory is claimed: a mistake leaves nothing
     with claim_output_dir(recipe.output_dir, resume=resume, overwrite=overwrite) as run_dir:
-        return _train(recipe, run_dir, resume, warnings)
+        try:
+            return _train(recipe, run_dir, resume, warnings, chaos)
+        except RunInterrupted as err:
+            err.checkpoint = last_checkpoint_line(run_dir.checkpoints)
+            raise
 
 
-def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
+def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str], chaos: Chaos) -> Path:
     """The loop itself, in the claimed (locked) output directory `run_dir`."""
     from tqdm import tqdm
 
@@ -92,6 +97,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
     system = start_system(recipe, model_path, tokenizer)
     pool, scorers, learners = system.pool, system.scorers, system.learners
     teacher = GroupTeacher(system.teacher, recipe) if system.teacher else None
+    pool.during_push = lambda: chaos.at("push", system)
     version, first_step = 0, 1
     if resume_at is not None:
         version = learners.load_checkpoint(str(run_dir.checkpoints), resume_at.checkpoint.tag)
@@ -126,12 +132,13 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
     stop = StopRequest().install()  # the first SIGTERM / Ctrl-C: finish this step, checkpoint, exit 0
     try:
         for step in range(first_step, run.steps + 1):
-            started = time.perf_counter()
+            started, chaos.step = time.perf_counter(), step
             while len(pending) < 1 + algo.max_staleness:  # on-policy: just this step's batch
                 pending.append(launch())
             batch = pending.popleft()
             timings = {"generate": 0.0, "score": 0.0, "train": 0.0}
             intake = StepIntake(wanted=rollout.prompts_per_step, max_dropped=4 * rollout.prompts_per_step)
+            chaos.at("generate", system)  # fault injection, while this step's groups are being sampled
             for group, staleness in _scored_groups(batch, scorers, algo.estimator, version, timings, teacher):
                 reason = drop_reason(group.rewards, staleness, max_staleness=algo.max_staleness,
                                      dynamic_sampling=algo.dynamic_sampling)
@@ -151,6 +158,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
 
             if rollout.sleep_between_steps:
                 pool.sleep()  # free the engines' GPU memory for the optimizer step (no-op on CPU)
+            chaos.at("train", system)  # fault injection, before the optimizer step
             with timed(timings, "train"):
                 learner_metrics = learners.step()
             version = learner_metrics["weight_version"]
@@ -160,7 +168,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
                 push_weights(learners, pool, version, recipe.cluster.timeout_s)
             timings["step"] = time.perf_counter() - started
 
-            metrics = _step_metrics(recipe, intake, learner_metrics, timings)
+            metrics = {**_step_metrics(recipe, intake, learner_metrics, timings), **system.recovery.step_metrics()}
             for warning in reward_failure_warnings(step, [f for g in intake.accepted for f in g.failures]):
                 bar.write(warning)
             if eval_rows and (step == run.steps or (recipe.eval.every and step % recipe.eval.every == 0)):
@@ -177,9 +185,8 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str]) -> Path:
             stopping = stop.requested and step < run.steps
             if step == run.steps or stopping or (run.checkpoint_every and step % run.checkpoint_every == 0):
                 sampler_state = pending[0].sampler_before if pending else sampler.state_dict()
-                saved = learners.save_checkpoint(str(run_dir.checkpoints))
-                complete_checkpoint(saved, {"step": step, "sampler": sampler_state, "weight_version": version,
-                                            "train_data_sha256": data_sha256}, run.keep_checkpoints)
+                save_checkpoint(learners, run_dir.checkpoints, {"step": step, "sampler": sampler_state,
+                                "weight_version": version, "train_data_sha256": data_sha256}, run.keep_checkpoints)
             if stopping:
                 raise RunStopped(f"stopped after step {step} of {run.steps} ({stop.signal}), checkpoint written")
         # The run's model as a Hugging Face directory: the next stage's model.path.

@@ -10,14 +10,17 @@ the steps since the one before.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.inputs.prepare import file_sha256
-from cluster.output.checkpoints import Checkpoint, complete_checkpoints, drop_newer_than, read_driver_state
+from cluster.output.checkpoints import (DRIVER_STATE, Checkpoint, complete_checkpoint, complete_checkpoints,
+                                       drop_newer_than, read_driver_state, tag_of)
 from cluster.output.run_dir import RECIPE_FILE, RunDirectory, RunDirError
 from cluster.recipe import Recipe, recipe_to_dict
 from cluster.recipe.resume import RESUMABLE, resume_conflicts
+from cluster.wire.errors import RunInterrupted
 
 
 @dataclass(frozen=True)
@@ -68,3 +71,37 @@ def check_same_data(point: ResumePoint, data_path: str, data_sha256: str) -> Non
     if saved is not None and saved != data_sha256:
         raise RunDirError(f"--resume: data file '{data_path}' changed since {point.checkpoint.tag} "
                           "was saved (its content hash differs); resume needs the same training data")
+
+
+def save_checkpoint(learners, checkpoints: Path, state: dict, keep: int) -> None:
+    """Every learner rank saves its part, then the driver's `state` marks the checkpoint complete
+    and older ones are pruned. A save that fails (disk full, no permission) is a one-line
+    RunInterrupted; its half-written folder is removed and the checkpoints before it stay whole."""
+    tag = tag_of(state["weight_version"])
+    try:
+        saved = learners.save_checkpoint(str(checkpoints))
+        complete_checkpoint(saved, state, keep)
+    except OSError as err:  # the driver state itself could not be written
+        _remove_incomplete(checkpoints / tag)
+        raise RunInterrupted(f"the checkpoint could not be written to '{checkpoints / tag}' "
+                             f"({type(err).__name__}: {err})") from None
+    except RunInterrupted:
+        _remove_incomplete(checkpoints / tag)
+        raise
+
+
+def _remove_incomplete(folder: Path) -> None:
+    if folder.is_dir() and not (folder / DRIVER_STATE).is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def last_checkpoint_line(checkpoints: Path) -> str:
+    """Where a stopped run resumes from, as a phrase; empty when there is no complete checkpoint."""
+    complete = complete_checkpoints(checkpoints)
+    if not complete:
+        return ""
+    try:
+        step = json.loads(complete[-1].state_path.read_text(encoding="utf-8"))["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return complete[-1].tag
+    return f"{complete[-1].tag} (step {step})"

@@ -2,42 +2,61 @@
 
 Prompts are spread over the workers round-robin; the groups come back as one stream, each as
 soon as it is done, whichever worker made it. The pool also links the workers to the learner
-for weight sync: learner rank 0 is rank 0 of the weight group, worker i is rank i + 1.
+for weight sync: learner rank 0 is rank 0 of the weight group, worker i is rank i + 1. A
+worker that dies is replaced in its own placement bundle, brought onto the current weights,
+and its unfinished prompts are sampled again (cluster/recovery.py counts what that cost).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from actors.rollout_worker import EngineSpec, RolloutWorker
 from cluster.launch import get_all
+from cluster.recovery import Recovery, is_death, one_line
 from cluster.wire.samples import Sample, SamplingSpec
 
-
 class RolloutPool:
-    """Launch, feed and update the N rollout workers."""
+    """Launch, feed, update and, when one dies, replace the N rollout workers.
+
+    Worker i lives in bundle i of the pool's placement group, and so does its replacement.
+    `incarnations[i]` counts worker i's replacements: a failure reported by an older one is
+    already dealt with. Once linked to the learner (`link_weights`), a replacement joins a new
+    weight group with the survivors and every engine gets the current weights before it takes
+    work; `version` is the weight version the engines are on (None: the model's own files).
+    """
 
     def __init__(self, spec: EngineSpec, num_workers: int, *, cpus_per_worker: float,
-                 gpus_per_worker: float, timeout_s: float):
+                 gpus_per_worker: float, timeout_s: float, recovery: Recovery | None = None,
+                 health_timeout_s: float = 30.0):
         import ray
         from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        self._ray, self.timeout_s = ray, timeout_s
+        self._ray, self.timeout_s, self.spec = ray, timeout_s, spec
+        self.health_timeout_s = min(health_timeout_s, timeout_s)
         self.tensor_parallel = spec.tensor_parallel_size
+        self.recovery = recovery or Recovery(max_restarts=0)
         bundle = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
         # PACK keeps a small job on one node; on a cluster Ray spreads what does not fit.
         self.placement = placement_group([dict(bundle) for _ in range(num_workers)], strategy="PACK")
         get_all(ray, [self.placement.ready()], timeout_s,
                 f"placing {num_workers} rollout workers ({bundle} each; is the cluster big enough?)")
-        actor = ray.remote(RolloutWorker)
-        self.workers = [
-            actor.options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
-                          scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, index)).remote(spec)
-            for index in range(num_workers)
-        ]
-        get_all(ray, [w.get_weight_version.remote() for w in self.workers], timeout_s, "rollout engine start")
+        self._actor = ray.remote(RolloutWorker)
+        self._resources = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker}
+        self.workers = [self._launch(index) for index in range(num_workers)]
+        self.incarnations = [0] * num_workers
+        self._processes = get_all(ray, [w.process_ids.remote() for w in self.workers], timeout_s,
+                                  "rollout engine start")
+        self.learners, self.version = None, None  # set by link_weights and push_weights
+        self.during_push = None  # a fault-injection hook (cluster/chaos.py), called mid-broadcast
+
+    def _launch(self, index: int):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        strategy = PlacementGroupSchedulingStrategy(self.placement, index)
+        return self._actor.options(**self._resources, scheduling_strategy=strategy).remote(self.spec)
 
     def stream(self, prompts: list[list[int]], sampling: SamplingSpec) -> "GroupStream":
         """Start sampling a group per prompt now; iterate the result for `(prompt index, group)`
@@ -45,6 +64,51 @@ class RolloutPool:
         stream = GroupStream(self)
         stream.add(prompts, sampling)
         return stream
+
+    # -- failures ---------------------------------------------------------------------------
+
+    def dead_workers(self) -> list[tuple[int, int, BaseException]]:
+        """`(index, incarnation, why)` of each worker that is gone or cannot answer a health probe."""
+        ray = self._ray
+        refs = [w.health.remote() for w in self.workers]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.health_timeout_s)
+        dead = []
+        for index, ref in enumerate(refs):
+            try:
+                if ref not in ready:
+                    raise TimeoutError(f"no answer to a health probe within {self.health_timeout_s:g} s")
+                ray.get(ref)
+            except Exception as err:  # another error is not this probe's to judge
+                if isinstance(err, TimeoutError) or is_death(err):
+                    dead.append((index, self.incarnations[index], err))
+        return dead
+
+    def replace_dead(self, dead: list[tuple[int, int, BaseException]]) -> None:
+        """Replace each `(index, incarnation, why)` worker not yet replaced by a new one in its
+        placement bundle; then re-link the weight group and push the current weights, so that
+        every engine is on `version` before it takes work. Past cluster.max_restarts: RunInterrupted."""
+        dead = [(index, why) for index, incarnation, why in dead if self.incarnations[index] == incarnation]
+        if not dead:
+            return
+        started = time.perf_counter()
+        for index, why in dead:
+            self.recovery.allow_restart("rollout", f"rollout worker {index} died ({one_line(why)})")
+            self._ray.kill(self.workers[index], no_restart=True)
+            kill_leftovers(self._processes[index])  # an engine process that outlived its actor holds memory
+            self.workers[index] = self._launch(index)
+            self.incarnations[index] += 1
+        started_up = get_all(self._ray, [self.workers[index].process_ids.remote() for index, _ in dead],
+                             self.timeout_s, "replacement rollout engine start")
+        for (index, _), processes in zip(dead, started_up):
+            self._processes[index] = processes
+        if self.learners is not None:
+            link_weights(self.learners, self, self.timeout_s)
+            if self.version is not None:
+                push_weights(self.learners, self, self.version, self.timeout_s)
+        names = ", ".join(str(index) for index, _ in dead)
+        self.recovery.recovered(started, f"rollout worker {names} replaced, on weight version {self.version or 0}")
+
+    # -- weights ------------------------------------------------------------------------------
 
     def link_refs(self, host: str, port: int) -> list:
         """Start joining the learner's weight group; returns the calls' refs. Engine i's
@@ -79,59 +143,144 @@ class RolloutPool:
         remove_placement_group(self.placement)
 
 
+def kill_leftovers(processes: list[tuple[int, float]]) -> None:
+    """SIGKILL the processes `(pid, create_time)` of a dead worker that are still there (its
+    engine's, when only the actor died); a pid since taken by another process is left alone.
+    Only this node's processes can be seen; on other nodes Ray's own clean-up has to do."""
+    import psutil
+
+    for pid, created in processes:
+        try:
+            process = psutil.Process(pid)
+            if abs(process.create_time() - created) < 1e-3:
+                process.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+@dataclass
+class _Shard:
+    """The prompts one streaming call samples, on worker `worker` (that incarnation of it)."""
+
+    worker: int
+    incarnation: int
+    indices: list[int]
+
+
 class GroupStream:
     """Groups of one or more batches of prompts, spread over the workers, merged as they finish.
 
-    Each wait is bounded by the pool's timeout: a worker that makes no progress for that long
-    is an error, not a hang.
+    Each wait is bounded by the pool's timeout. A worker that dies, or that cannot answer a
+    health probe (sent whenever no group has come for the pool's health timeout), is replaced
+    (`RolloutPool.replace_dead`) and the prompts it had not finished are sampled again under
+    their own indices: each index still yields exactly one group, made by one weight version.
     """
 
     def __init__(self, pool: RolloutPool):
         self._pool, self._streams, self._count, self._turn = pool, {}, 0, 0
+        self._prompts: dict[int, tuple[list[int], SamplingSpec]] = {}
+        self._delivered: set[int] = set()
 
     def add(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[int]:
         """Launch more prompts now; returns the indices their groups will carry."""
-        workers = self._pool.workers
         indices = list(range(self._count, self._count + len(prompts)))
         self._count += len(prompts)
-        shards: dict[int, list[int]] = {}
-        for index in indices:  # round-robin continues across calls
-            shards.setdefault(self._turn % len(workers), []).append(index)
-            self._turn += 1
-        for w, shard in shards.items():
-            local = [prompts[i - indices[0]] for i in shard]
-            gen = workers[w].stream_groups.options(num_returns="streaming").remote(local, sampling)
-            self._streams[gen] = shard
+        for index, prompt in zip(indices, prompts):
+            self._prompts[index] = (prompt, sampling)
+        self._launch(indices)
         return indices
 
+    def _launch(self, indices: list[int]) -> None:
+        pool = self._pool
+        shards: dict[int, list[int]] = {}
+        for index in indices:  # round-robin continues across calls
+            shards.setdefault(self._turn % len(pool.workers), []).append(index)
+            self._turn += 1
+        for w, shard in shards.items():
+            prompts = [self._prompts[i][0] for i in shard]
+            settings = [self._prompts[i][1] for i in shard]
+            shared = all(s is settings[0] for s in settings)
+            gen = pool.workers[w].stream_groups.options(num_returns="streaming").remote(
+                prompts, settings[0] if shared else settings)
+            self._streams[gen] = _Shard(w, pool.incarnations[w], shard)
+
     def __iter__(self) -> Iterator[tuple[int, list[Sample]]]:
-        ray, timeout = self._pool._ray, self._pool.timeout_s
+        ray, pool = self._pool._ray, self._pool
+        deadline = time.monotonic() + pool.timeout_s
         while self._streams:
-            ready, _ = ray.wait(list(self._streams), num_returns=1, timeout=timeout)
-            if not ready:
-                raise TimeoutError(f"no rollout group finished within {timeout:g} s (cluster.timeout_s)")
+            wait_s = max(min(pool.health_timeout_s, deadline - time.monotonic()), 0.0)
+            ready, _ = ray.wait(list(self._streams), num_returns=1, timeout=wait_s)
+            if not ready:  # a quiet spell: a hung worker is found long before the timeout
+                if self._replace_unresponsive():
+                    deadline = time.monotonic() + pool.timeout_s
+                elif time.monotonic() >= deadline:
+                    raise TimeoutError(f"no rollout group finished within {pool.timeout_s:g} s (cluster.timeout_s)")
+                continue
+            deadline = time.monotonic() + pool.timeout_s
             gen = ready[0]
             try:
-                position, group = ray.get(next(gen), timeout=timeout)
+                position, group = ray.get(next(gen), timeout=pool.timeout_s)
             except StopIteration:
                 del self._streams[gen]
                 continue
-            yield self._streams[gen][position], group
+            except Exception as err:
+                if not is_death(err):
+                    raise
+                shard = self._streams[gen]
+                self._pool.replace_dead([(shard.worker, shard.incarnation, err)])
+                self._requeue([gen])
+                continue
+            index = self._streams[gen].indices[position]
+            self._delivered.add(index)
+            yield index, group
+
+    def _replace_unresponsive(self) -> bool:
+        """Replace the workers that fail a health probe and re-queue their prompts; whether any did."""
+        dead = self._pool.dead_workers()
+        if dead:
+            self._pool.replace_dead(dead)
+            gone = {(index, incarnation) for index, incarnation, _ in dead}
+            self._requeue([gen for gen, shard in self._streams.items() if (shard.worker, shard.incarnation) in gone])
+        return bool(dead)
+
+    def _requeue(self, gens: list) -> None:
+        """Sample again, on the current workers, the prompts these dead streams had not finished."""
+        lost = [index for gen in gens for index in self._streams.pop(gen).indices if index not in self._delivered]
+        if lost:
+            self._pool.recovery.requeued(len(lost))
+            self._launch(lost)
 
 
 def link_weights(learners, pool: RolloutPool, timeout_s: float) -> None:
-    """Build the weight group between learner rank 0 and every rollout worker (once per run)."""
+    """Build the weight group between learner rank 0 and every rollout worker: once per run,
+    and again with the survivors whenever a worker is replaced."""
     ray = pool._ray
     host, port = get_all(ray, [learners.ranks[0].rendezvous_address.remote()], timeout_s, "weight rendezvous")[0]
     opened = learners.ranks[0].open_weight_group.remote(port, pool.weight_world_size)
     get_all(ray, [opened, *pool.link_refs(host, port)], timeout_s, "weight group set-up")
+    pool.learners = learners
 
 
 def push_weights(learners, pool: RolloutPool, version: int, timeout_s: float, bucket_bytes: int = 64 << 20) -> float:
-    """Broadcast the learner's current weights into every engine; returns the seconds it took."""
+    """Broadcast the learner's current weights into every engine; returns the seconds it took.
+
+    A worker that dies during the broadcast is replaced and the broadcast made again to every
+    engine, so that all end on `version` (a survivor may have loaded part of it).
+    """
     ray, start = pool._ray, time.perf_counter()
-    manifest = get_all(ray, [learners.ranks[0].weight_manifest.remote()], timeout_s, "weight manifest")[0]
-    receiving = pool.update_refs(manifest, version, bucket_bytes)
-    sending = [rank.broadcast_weights.remote(bucket_bytes) for rank in learners.ranks]
-    get_all(ray, [*sending, *receiving], timeout_s, "weight broadcast")
+    try:
+        manifest = get_all(ray, [learners.ranks[0].weight_manifest.remote()], timeout_s, "weight manifest")[0]
+        receiving = pool.update_refs(manifest, version, bucket_bytes)
+        sending = [rank.broadcast_weights.remote(bucket_bytes) for rank in learners.ranks]
+        if pool.during_push is not None:
+            pool.during_push()
+        get_all(ray, [*sending, *receiving], timeout_s, "weight broadcast")
+    except Exception as err:
+        learners.raise_if_rank_died(err, "weight broadcast")  # a dead rank cannot be replaced: the run stops
+        dead = pool.dead_workers()
+        if not dead:
+            raise
+        pool.version = version  # what the replacement and the survivors must end on
+        pool.replace_dead(dead)
+    pool.version = version
     return time.perf_counter() - start

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.recipe import Recipe, RecipeError
+from cluster.resume import last_checkpoint_line
+from cluster.wire.errors import RunInterrupted
 
 
 @dataclass
@@ -57,7 +59,11 @@ def sft(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Pat
     tokenizer = load_tokenizer(recipe, model_path)
     traces = encode_trace_sets(recipe, tokenizer)
     with claim_output_dir(recipe.output_dir, resume=resume, overwrite=overwrite) as run_dir:
-        return _sft(recipe, run_dir, resume, warnings, model_path, tokenizer, traces)
+        try:
+            return _sft(recipe, run_dir, resume, warnings, model_path, tokenizer, traces)
+        except RunInterrupted as err:
+            err.checkpoint = last_checkpoint_line(run_dir.checkpoints)
+            raise
 
 
 def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path: str, tokenizer,
@@ -70,13 +76,12 @@ def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path:
     from cluster.inputs.data import PromptSampler
     from cluster.inputs.prepare import file_sha256
     from cluster.inputs.prompts import load_rows
-    from cluster.output.checkpoints import complete_checkpoint
     from cluster.output.plots import plot_run, print_run_end
     from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, RECIPE_FILE
     from cluster.output.run_log import RunLog
     from cluster.preflight import check_prepared, print_warnings
     from cluster.recipe import recipe_to_dict
-    from cluster.resume import check_same_data, find_resume_point
+    from cluster.resume import check_same_data, find_resume_point, save_checkpoint
     from cluster.rollout_pool import push_weights
     from cluster.stop import RunStopped, StopRequest
 
@@ -149,10 +154,9 @@ def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path:
                           f"{elapsed:.1f}s")
             stopping = stop.requested and step < steps
             if step == steps or stopping or (run.checkpoint_every and step % run.checkpoint_every == 0):
-                saved = learners.save_checkpoint(str(run_dir.checkpoints))
-                complete_checkpoint(saved, {"step": step, "sampler": sampler.state_dict(),
-                                            "weight_version": learner_metrics["weight_version"],
-                                            "train_data_sha256": data_sha256}, run.keep_checkpoints)
+                save_checkpoint(learners, run_dir.checkpoints, {"step": step, "sampler": sampler.state_dict(),
+                                "weight_version": learner_metrics["weight_version"],
+                                "train_data_sha256": data_sha256}, run.keep_checkpoints)
             if stopping:
                 raise RunStopped(f"stopped after step {step} of {steps} ({stop.signal}), checkpoint written")
         learners.export_hf(str(out / FINAL_DIR), str(out / MODEL_FILES_DIR))
@@ -210,6 +214,7 @@ def _start(recipe: Recipe, model_path: str, steps: int, *, with_rollout: bool):
     from cluster.launch import connect_ray
     from cluster.learner_group import LearnerGroup
     from cluster.rollout_pool import RolloutPool, link_weights
+    from cluster.recovery import Recovery
     from cluster.scorer_pool import ScorerPool
     from cluster.specs import engine_spec, learner_spec, scorer_spec
     from cluster.system import System
@@ -222,11 +227,12 @@ def _start(recipe: Recipe, model_path: str, steps: int, *, with_rollout: bool):
     system = System(learners=learners)
     if with_rollout:
         try:
+            recovery = Recovery(cluster.max_restarts)
             system.pool = RolloutPool(engine_spec(recipe, model_path), recipe.rollout.num_workers,
                                       cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus,
-                                      timeout_s=timeout)
+                                      timeout_s=timeout, recovery=recovery, health_timeout_s=cluster.health_timeout_s)
             system.scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers,
-                                        cpus_per_scorer=cluster.scorer_cpus, timeout_s=timeout)
+                                        cpus_per_scorer=cluster.scorer_cpus, timeout_s=timeout, recovery=recovery)
             link_weights(learners, system.pool, timeout)
         except BaseException:
             system.shutdown()

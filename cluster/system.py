@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from cluster.launch import connect_ray
 from cluster.learner_group import LearnerGroup
 from cluster.recipe import Recipe
+from cluster.recovery import Recovery
 from cluster.rollout_pool import RolloutPool, link_weights
 from cluster.scorer_pool import ScorerPool
 from cluster.specs import engine_spec, learner_spec, scorer_spec
@@ -26,6 +27,7 @@ class System:
     scorers: ScorerPool | None = None
     tokenizer: object = None
     teacher: object = None  # a TeacherPool (cluster/teacher_pool.py) when the job distils
+    recovery: Recovery | None = None  # restarts of the pool's and the scorers' actors, for the metrics
 
     def shutdown(self) -> None:
         for part in (self.learners, self.scorers, self.pool, self.teacher):
@@ -42,10 +44,12 @@ def start_system(recipe: Recipe, model_path: str, tokenizer) -> System:
     a distill.teacher gets its teacher actors too (`aha distill`)."""
     connect_ray(recipe.cluster)
     cluster, timeout = recipe.cluster, recipe.cluster.timeout_s
+    recovery = Recovery(cluster.max_restarts)
     pool = RolloutPool(engine_spec(recipe, model_path), recipe.rollout.num_workers,
-                       cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus, timeout_s=timeout)
+                       cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus, timeout_s=timeout,
+                       recovery=recovery, health_timeout_s=cluster.health_timeout_s)
     scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers, cpus_per_scorer=cluster.scorer_cpus,
-                         timeout_s=timeout)
+                         timeout_s=timeout, recovery=recovery)
     teacher = None
     if recipe.distill.teacher:
         from cluster.specs import teacher_spec
@@ -58,4 +62,5 @@ def start_system(recipe: Recipe, model_path: str, tokenizer) -> System:
     learners = LearnerGroup(learner_spec(recipe, model_path, objective=objective), recipe.learner.num_ranks,
                             cpus_per_rank=cluster.learner_cpus, gpus_per_rank=cluster.learner_gpus, timeout_s=timeout)
     link_weights(learners, pool, timeout)
-    return System(pool=pool, scorers=scorers, learners=learners, tokenizer=tokenizer, teacher=teacher)
+    return System(pool=pool, scorers=scorers, learners=learners, tokenizer=tokenizer, teacher=teacher,
+                  recovery=recovery)

@@ -83,6 +83,10 @@ class Learner:
 
     # -- set-up -------------------------------------------------------------------------
 
+    def pid(self) -> int:
+        """This rank's process id: a liveness probe, and what fault injection (cluster/chaos.py) kills."""
+        return os.getpid()
+
     def rendezvous_address(self) -> tuple[str, int]:
         """Called on rank 0: an address and free port where the process group meets."""
         try:

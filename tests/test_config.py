@@ -257,6 +257,8 @@ BAD = [
                                     "--cluster.num_cpus", "8"], "rollout.prompts_per_step"),
     ("temperature-inf", "rollout.temperature = inf", [], "rollout.temperature"),
     ("timeout-nan", "cluster.timeout_s = nan", [], "cluster.timeout_s"),
+    ("negative-restarts", "cluster.max_restarts = -1", [], "cluster.max_restarts"),
+    ("health-timeout-zero", "", ["--cluster.health_timeout_s", "0"], "cluster.health_timeout_s"),
     ("override-trailing-toml", "", ["--rollout.group_size", "4\nfoo = 5"], "rollout.group_size"),
     ("run-name-slash", 'run.name = "a/b"', [], "run.name"),
     ("run-name-dotdot", 'run.name = ".."', [], "run.name"),

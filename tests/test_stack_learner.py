@@ -15,8 +15,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from cluster.learner_group import LearnerGroup
-from cluster.output.checkpoints import CheckpointError
-from cluster.wire.errors import RunFailed, original_failure
+from cluster.output.checkpoints import CheckpointError, complete_checkpoints
+from cluster.resume import save_checkpoint
+from cluster.wire.errors import RunFailed, RunInterrupted, original_failure
 from learner.batching import TrainSequence, collate, token_logprobs
 from learner.spec import LearnerSpec
 from spec_helpers import learner_spec
@@ -131,15 +132,24 @@ def test_checkpoint_round_trip_continues_exactly_and_exports_to_transformers(tin
     first, second = groups[:2], groups[2:]
     # Never stopped: two steps in a row.
     learners = LearnerGroup(spec, 2, cpus_per_rank=1, gpus_per_rank=0, timeout_s=300)
+    checkpoints = tmp_path / "ckpt"
     try:
         _train_step(learners, first)
-        saved = learners.save_checkpoint(str(tmp_path / "ckpt"))
+        save_checkpoint(learners, checkpoints, {"step": 1, "sampler": {}, "weight_version": 1}, keep=3)
         uninterrupted = _train_step(learners, second)
         expected = learners.weights()
         exported = learners.export_hf(str(tmp_path / "hf"))
+        # A save that fails half-way (here rank 1 cannot write its optimizer file, as on a full
+        # disk): one line, the half-written folder gone, the checkpoint before it whole.
+        (checkpoints / "version-2" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").mkdir(parents=True)
+        with pytest.raises(RunInterrupted) as failed:
+            save_checkpoint(learners, checkpoints, {"step": 2, "sampler": {}, "weight_version": 2}, keep=3)
     finally:
         learners.shutdown()
-    assert saved.endswith("version-1")
+    assert str(failed.value).startswith(f"the checkpoint could not be written under '{checkpoints}' (")
+    assert "\n" not in str(failed.value) and "Is a directory" in str(failed.value)
+    assert not (checkpoints / "version-2").exists()
+    assert [c.tag for c in complete_checkpoints(checkpoints)] == ["version-1"]
     # Stopped after one step: a fresh group resumes from the checkpoint and takes the second.
     resumed = LearnerGroup(spec, 2, cpus_per_rank=1, gpus_per_rank=0, timeout_s=300)
     try:

@@ -253,6 +253,8 @@ def _check_cluster(recipe, local_cpus: int) -> None:
     cluster, learner, rollout = recipe.cluster, recipe.learner, recipe.rollout
     _require(cluster.num_cpus >= 0, "cluster.num_cpus", "must be >= 0 (0: this machine's count)")
     _require(cluster.timeout_s > 0, "cluster.timeout_s", "must be > 0")
+    _require(cluster.max_restarts >= 0, "cluster.max_restarts", "must be >= 0 (0: a dead actor stops the run)")
+    _require(cluster.health_timeout_s > 0, "cluster.health_timeout_s", "must be > 0")
     for role in ("rollout", "learner", "scorer", "teacher"):
         _require(getattr(cluster, f"{role}_cpus") > 0, f"cluster.{role}_cpus", "must be > 0")
     for role in ("rollout", "learner", "teacher"):

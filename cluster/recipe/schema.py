@@ -201,6 +201,11 @@ class ClusterConfig:
     teacher_cpus: float = 1.0  # per teacher actor (aha distill)
     teacher_gpus: float = 0.0
     timeout_s: float = 600.0  # any wait on a peer actor
+    # Dead rollout workers / reward scorers replaced per role and run before it stops (resumable).
+    max_restarts: int = 3
+    # While no group arrives for this long the workers are probed; one that cannot answer within
+    # it counts as dead (hung) and is replaced.
+    health_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)

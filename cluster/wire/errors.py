@@ -22,3 +22,12 @@ def original_failure(err: RunFailed) -> RunFailed:
     """
     cause = getattr(err, "cause", None)
     return cause if isinstance(cause, RunFailed) else err
+
+
+class RunInterrupted(RunFailed):
+    """A run that cannot go on, but can resume from its last complete checkpoint, which is intact:
+    an actor it cannot do without died (a learner rank, or a role past cluster.max_restarts),
+    or a checkpoint could not be written. A driver that checkpoints fills in `checkpoint` (where
+    the run would resume from; empty: none yet) and the CLI adds the command to run next."""
+
+    checkpoint: str | None = None
