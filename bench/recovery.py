@@ -37,6 +37,7 @@ num_layers = 2
 train_path = "{out}/data/train.parquet"
 eval_path = ""
 template = "r1_zero"
+max_prompt_tokens = 400
 [data.synthetic]
 task = "arithmetic"
 train_rows = 256
