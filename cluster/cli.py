@@ -49,6 +49,45 @@ def _run_job(driver, args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Where each role's actors would go: on `--cluster` (a description file or NxG[xC]), on the
+    running cluster at cluster.address, or on this machine. Starts no actor."""
+    from cluster.launch import connect_ray, offered_cpus
+    from cluster.placement_plan import describe_nodes, live_cluster, parse_cluster
+    from cluster.recipe.placement import ClusterSpec, NodeSpec, describe, plan_placement
+
+    recipe = _recipe(args, overrides)
+    if args.cluster:
+        cluster, where = parse_cluster(args.cluster), f"--cluster {args.cluster}"
+    elif recipe.cluster.address:
+        cluster, _ = live_cluster(connect_ray(recipe.cluster))
+        where = f"the running cluster at {recipe.cluster.address}"
+    else:
+        cluster, where = ClusterSpec((NodeSpec(cpus=offered_cpus(recipe.cluster), gpus=_local_gpus()),)), "this machine"
+    placement = plan_placement(recipe, cluster)
+    print(f"placement of {args.recipe} on {where}:")
+    print(describe(placement))
+    print(describe_nodes(placement))
+    return 0
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def cmd_submit(args: argparse.Namespace, overrides: list[str]) -> int:
+    """An aha command on a running Ray cluster as a Ray job (cluster/submit.py)."""
+    from cluster.submit import env_pairs, submit
+
+    # Checked as the job will load it (joining its cluster): a mistake is one line, nothing sent.
+    recipe = _recipe(args, [*overrides, "--cluster.address", "auto"])
+    return submit(args.command, recipe, Path(args.recipe), overrides, address=args.address, python=args.python,
+                  env=env_pairs(args.env), follow=args.follow, timeout_s=args.timeout,
+                  submission_id=args.submission_id)
+
+
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     """Run the GRPO loop of a recipe (locally, or on the Ray cluster at cluster.address)."""
     from cluster.loop import train
@@ -179,6 +218,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start afresh in an output directory whose earlier run has checkpoints (deletes them)")
     train.set_defaults(run=cmd_train)
 
+    plan = sub.add_parser("plan", help="print where each role's actors go on a cluster (starts nothing)")
+    plan.add_argument("recipe", help="recipe TOML file")
+    plan.add_argument("--cluster", default="", help="a cluster description (deploy/clusters/*.toml) or NxG[xC]: "
+                      "N nodes of G GPUs (and C CPUs, default 16 per GPU); default: the running cluster at "
+                      "cluster.address, else this machine")
+    plan.set_defaults(run=cmd_plan)
+
+    from cluster.submit import COMMANDS, default_address
+
+    submit = sub.add_parser("submit", help="run an aha command on a running Ray cluster as a Ray job")
+    submit.add_argument("recipe", help="recipe TOML file, inside this directory (it is shipped as the job's)")
+    submit.add_argument("--command", choices=COMMANDS, default="train", help="the aha command to run (train)")
+    submit.add_argument("--address", default=default_address(),
+                        help="the cluster's job API (dashboard) URL; default: $RAY_ADDRESS or %(default)s")
+    submit.add_argument("--python", default="python", help="the cluster's Python that has aha's dependencies")
+    submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for the job (repeatable)")
+    submit.add_argument("--follow", action="store_true", help="stream the job's logs; exit with its status")
+    submit.add_argument("--timeout", type=float, default=0.0,
+                        help="with --follow: stop following after this many seconds (0: until the job ends)")
+    submit.add_argument("--submission-id", default="", help="the job's id (default: Ray makes one)")
+    submit.set_defaults(run=cmd_submit)
+
     generate = sub.add_parser("generate", help="rejection sampling: sample completions of the recipe's prompts, "
                               "keep the verified ones as a trace data set")
     generate.add_argument("recipe", help="recipe TOML file ([generate], data.train_path, [rollout], [reward])")
@@ -261,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from cluster.chaos import ChaosError
+    from cluster.recipe.placement import ClusterSpecError, PlacementError
     from cluster.inputs.data import DataError
     from cluster.output.checkpoints import CheckpointError
     from cluster.output.run_dir import RunDirError
@@ -270,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     try:
         return args.run(args, overrides)
-    except (RecipeError, DataError, RunDirError, CheckpointError, ChaosError) as err:
+    except (RecipeError, DataError, RunDirError, CheckpointError, ChaosError, PlacementError, ClusterSpecError) as err:
         print(f"aha: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RunFailed as err:  # also a Ray actor's error that wraps one (Ray makes it an instance of both)

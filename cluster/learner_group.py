@@ -9,6 +9,7 @@ all-gathers require.
 from __future__ import annotations
 
 from cluster.launch import get_all
+from cluster.placement_plan import label_selectors
 from cluster.recovery import is_death, one_line
 from cluster.wire.errors import RunFailed, RunInterrupted
 from cluster.wire.samples import Group
@@ -36,16 +37,25 @@ class LearnerGroup:
     """Launch, drive and shut down the R learner ranks."""
 
     def __init__(self, spec: LearnerSpec, num_ranks: int, *, cpus_per_rank: float, gpus_per_rank: float,
-                 timeout_s: float):
+                 timeout_s: float, nodes: list[str] | None = None):
         import ray
 
         self._ray, self.timeout_s, self.num_ranks, self.spec = ray, timeout_s, num_ranks, spec
         actor = ray.remote(Learner)
         options = {"num_cpus": cpus_per_rank, "num_gpus": gpus_per_rank}
-        self.ranks = [
-            actor.options(**options).remote(spec, rank, num_ranks)
-            for rank in range(num_ranks)
-        ]
+        self.placement = None
+        if nodes:  # the run's plan (cluster/placement_plan.py): rank r's bundle on node nodes[r]
+            from ray.util.placement_group import placement_group
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            bundle = {"CPU": cpus_per_rank, **({"GPU": gpus_per_rank} if gpus_per_rank else {})}
+            self.placement = placement_group([dict(bundle) for _ in range(num_ranks)], strategy="PACK",
+                                             bundle_label_selector=label_selectors(nodes))
+            self._all([self.placement.ready()], f"placing {num_ranks} learner ranks ({bundle} each)")
+            self.ranks = [actor.options(**options, scheduling_strategy=PlacementGroupSchedulingStrategy(
+                self.placement, rank)).remote(spec, rank, num_ranks) for rank in range(num_ranks)]
+        else:
+            self.ranks = [actor.options(**options).remote(spec, rank, num_ranks) for rank in range(num_ranks)]
         host, port = self._all([self.ranks[0].rendezvous_address.remote()], "learner rendezvous")[0]
         self.info = self._all([r.setup.remote(host, port) for r in self.ranks], "learner set-up")
 
@@ -115,6 +125,29 @@ class LearnerGroup:
         """Every parameter by HF name, gathered to rank 0 and copied to the driver."""
         return self._all([r.collect_weights.remote() for r in self.ranks], "weight gather")[0]
 
+    def check_shared_storage(self, directory) -> None:
+        """Every rank reads a file the driver wrote in `directory` and writes one back: on a
+        multi-node cluster the run directory must be storage every node mounts at the same path
+        (the ranks write checkpoints and the final model there). RunFailed, one line, if not."""
+        import secrets
+        from pathlib import Path
+
+        marker, token = Path(directory) / ".aha-storage-check", secrets.token_hex(8)
+        marker.write_text(token, encoding="utf-8")
+        try:
+            problems = [p for p in self._all([r.probe_storage.remote(str(marker), token) for r in self.ranks],
+                                             "shared storage check") if p]
+            for rank in range(self.num_ranks):
+                written = Path(f"{marker}.rank{rank}")
+                if not problems and (not written.is_file() or written.read_text(encoding="utf-8") != token):
+                    problems.append(f"learner rank {rank} wrote its file where the driver cannot see it")
+        finally:
+            for path in Path(directory).glob(".aha-storage-check*"):
+                path.unlink(missing_ok=True)
+        if problems:
+            raise RunFailed(f"run.output_dir '{directory}' is not storage every node shares: {problems[0]}; mount "
+                            "it at the same path on every node (or set run.output_dir to such a mount)")
+
     def save_checkpoint(self, directory: str) -> str:
         """Every rank saves its part under `directory`; returns the checkpoint's folder. A save
         that fails (disk full, no permission) is a one-line RunInterrupted: the checkpoints
@@ -151,3 +184,7 @@ class LearnerGroup:
     def shutdown(self) -> None:
         for rank in self.ranks:
             self._ray.kill(rank)
+        if self.placement is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.placement)

@@ -28,9 +28,10 @@ from cluster.learner_group import train_sequences
 from cluster.output.eval_metrics import (group_stats, reflection_rate, response_stats, reward_failure_shares,
                                          reward_failure_warnings)
 from cluster.export import save_model_files
-from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, RECIPE_FILE
+from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, PLACEMENT_FILE, RECIPE_FILE
 from cluster.recipe import Recipe, RecipeError, recipe_to_dict
 from cluster.resume import check_same_data, find_resume_point, last_checkpoint_line, save_checkpoint, train_data_sha256
+from cluster.placement_plan import placement_record
 from cluster.rollout_pool import GroupStream, push_weights
 from cluster.specs import sampling_spec
 from cluster.stop import RunStopped, StopRequest
@@ -97,6 +98,8 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str], chaos: Ch
     system = start_system(recipe, model_path, tokenizer)
     pool, scorers, learners = system.pool, system.scorers, system.learners
     teacher = GroupTeacher(system.teacher, recipe) if system.teacher else None
+    (out / PLACEMENT_FILE).write_text(json.dumps(placement_record(system), indent=2))
+    learners.check_shared_storage(out)  # the ranks write checkpoints there, maybe from other nodes
     pool.during_push = lambda: chaos.at("push", system)
     version, first_step = 0, 1
     if resume_at is not None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from actors.rollout_worker import EngineSpec, RolloutWorker
 from cluster.launch import get_all
+from cluster.placement_plan import label_selectors
 from cluster.recovery import Recovery, is_death, one_line
 from cluster.wire.samples import Sample, SamplingSpec
 
@@ -30,7 +31,7 @@ class RolloutPool:
 
     def __init__(self, spec: EngineSpec, num_workers: int, *, cpus_per_worker: float,
                  gpus_per_worker: float, timeout_s: float, recovery: Recovery | None = None,
-                 health_timeout_s: float = 30.0):
+                 health_timeout_s: float = 30.0, nodes: list[str] | None = None):
         import ray
         from ray.util.placement_group import placement_group
 
@@ -39,8 +40,10 @@ class RolloutPool:
         self.tensor_parallel = spec.tensor_parallel_size
         self.recovery = recovery or Recovery(max_restarts=0)
         bundle = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
-        # PACK keeps a small job on one node; on a cluster Ray spreads what does not fit.
-        self.placement = placement_group([dict(bundle) for _ in range(num_workers)], strategy="PACK")
+        # `nodes` (the run's plan, cluster/placement_plan.py) pins worker i's bundle to its node;
+        # without it, PACK keeps a small job on one node and Ray spreads what does not fit.
+        self.placement = placement_group([dict(bundle) for _ in range(num_workers)], strategy="PACK",
+                                         bundle_label_selector=label_selectors(nodes) if nodes else None)
         get_all(ray, [self.placement.ready()], timeout_s,
                 f"placing {num_workers} rollout workers ({bundle} each; is the cluster big enough?)")
         self._actor = ray.remote(RolloutWorker)

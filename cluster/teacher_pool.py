@@ -30,12 +30,15 @@ class TeacherPool:
     """N teacher actors, used round-robin; every wait bounded."""
 
     def __init__(self, spec: TeacherSpec, num_teachers: int, *, cpus_per_teacher: float, gpus_per_teacher: float,
-                 timeout_s: float):
+                 timeout_s: float, nodes: list[str] | None = None):
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self._ray, self.timeout_s = ray, timeout_s
         actor = ray.remote(Teacher).options(num_cpus=cpus_per_teacher, num_gpus=gpus_per_teacher)
-        self.teachers = [actor.remote(spec) for _ in range(num_teachers)]
+        # `nodes`: the run's plan (cluster/placement_plan.py) puts teacher i on node nodes[i].
+        pinned = [{"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)} for node in nodes or []]
+        self.teachers = [actor.options(**(pinned[i] if pinned else {})).remote(spec) for i in range(num_teachers)]
         try:
             with _one_line_failures("teacher start"):
                 self.infos: list[TeacherInfo] = get_all(ray, [t.model_info.remote() for t in self.teachers],

@@ -87,6 +87,20 @@ class Learner:
         """This rank's process id: a liveness probe, and what fault injection (cluster/chaos.py) kills."""
         return os.getpid()
 
+    def probe_storage(self, marker: str, expected: str) -> str:
+        """Read the driver's `marker` file and write this rank's copy beside it (`<marker>.rank<R>`):
+        whether the run directory is the same storage here as on the driver. '' or why not."""
+        where = f"learner rank {self.rank} on {socket.gethostname()}"
+        try:
+            with open(marker, encoding="utf-8") as file:
+                if file.read() != expected:
+                    return f"{where} reads other content in '{marker}'"
+            with open(f"{marker}.rank{self.rank}", "w", encoding="utf-8") as file:
+                file.write(expected)
+        except OSError as err:
+            return f"{where} cannot use '{marker}' ({err.strerror})"
+        return ""
+
     def rendezvous_address(self) -> tuple[str, int]:
         """Called on rank 0: an address and free port where the process group meets."""
         try:

@@ -75,3 +75,18 @@ def test_learner_spec_follows_the_recipe():
     spec = learner_spec(recipe, recipe.model.path)
     assert (spec.model_path, spec.zero_stage, spec.kl_coef, spec.total_steps) == ("runs/demo/base-model", 3, 0.05, 7)
     assert (spec.clip_high, spec.max_new_tokens, spec.lr) == (recipe.algorithm.clip_high, 48, recipe.learner.lr)
+
+
+def test_a_rank_tells_whether_it_sees_the_drivers_run_directory(tmp_path):
+    from learner.learner import Learner
+
+    recipe = load_recipe(Path(__file__).parent.parent / "deploy/recipes/arith-zero-cpu.toml")
+    rank = Learner(learner_spec(recipe, recipe.model.path), rank=1, world_size=2)  # no set-up needed
+    marker = tmp_path / ".aha-storage-check"
+    marker.write_text("token")
+    assert rank.probe_storage(str(marker), "token") == ""
+    assert (tmp_path / ".aha-storage-check.rank1").read_text() == "token"
+    assert rank.probe_storage(str(marker), "other").startswith("learner rank 1 on ")
+    assert "reads other content" in rank.probe_storage(str(marker), "other")
+    missing = rank.probe_storage(str(tmp_path / "elsewhere" / "m"), "token")  # another node's disk
+    assert "cannot use" in missing and "No such file or directory" in missing

@@ -1,12 +1,16 @@
-"""aha on an existing Ray cluster, submitted the way users submit it.
+"""aha on an existing two-node Ray cluster, submitted the way users submit it.
 
 A head is started with `ray start --head` and token authentication (the token lives in this
-test's temporary HOME, never the user's), then `ray job submit --working-dir <repo>` runs
-`aha train` with `cluster.address = "auto"`: the driver joins the cluster, the roles are Ray
-actors of that cluster, and two steps of the loop run end to end.
+test's temporary HOME, never the user's), and a second node joins it with `ray start
+--address`, both on loopback with 3 CPUs each. `aha plan` against the running cluster says the
+rollout worker and the learner rank go on the head and the scorer on the second node (the
+head's CPUs are all taken); `aha submit --follow` runs `aha train` as a Ray job, whose driver
+joins the cluster; the run's placement.json shows each bundle placed on the node the plan
+named, and two steps of the loop run end to end. The cluster is killed also when the test fails.
 """
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -24,6 +28,7 @@ from cluster.output.run_log import read_metrics
 
 pytestmark = pytest.mark.stack
 RAY = str(Path(sys.executable).with_name("ray"))
+AHA = str(Path(sys.executable).with_name("aha"))
 REPO = Path(__file__).resolve().parent.parent
 
 RECIPE = """
@@ -41,6 +46,7 @@ task = "chain_sum"
 train_rows = 32
 eval_rows = 0
 [rollout]
+num_workers = 1
 group_size = 4
 prompts_per_step = 2
 max_new_tokens = 8
@@ -55,7 +61,7 @@ num_ranks = 1
 micro_batch_size = 8
 [cluster]
 address = "auto"
-rollout_cpus = 1
+rollout_cpus = 2
 learner_cpus = 1
 scorer_cpus = 0.5
 timeout_s = 300
@@ -72,8 +78,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def ray_head(tmp_path):
-    """A token-protected Ray head on free ports; killed with its whole process group after."""
+def two_nodes(tmp_path):
+    """A token-protected Ray head and a second node, 3 CPUs each, on free ports; both killed
+    with their process groups after, whatever the test did."""
     home = tmp_path / "home"
     home.mkdir()
     env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
@@ -82,26 +89,43 @@ def ray_head(tmp_path):
     # A short session directory: Ray's unix sockets live in it, and pytest's tmp_path can be too
     # long for a socket path (108 bytes).
     ray_dir = tempfile.mkdtemp(prefix="aha-ray-", dir="/tmp")
-    head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=4", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={ray_dir}",
-         "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    jobs_url = f"http://127.0.0.1:{dashboard}"
+    started = []
     try:
-        deadline = time.monotonic() + 120
-        while subprocess.run([RAY, "job", "list", "--address", jobs_url], env=env,
-                             capture_output=True, timeout=60).returncode != 0:
-            assert head.poll() is None, "ray start --head exited"
-            assert time.monotonic() < deadline, "the Ray head's job server did not come up within 120 s"
-            time.sleep(2)
-        yield env, jobs_url
+        started.append(subprocess.Popen(
+            [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=3", "--include-dashboard=true",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={ray_dir}",
+             "--disable-usage-stats"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        jobs_url = f"http://127.0.0.1:{dashboard}"
+        _wait_until(lambda: subprocess.run([RAY, "job", "list", "--address", jobs_url], env=env,
+                                           capture_output=True, timeout=60).returncode == 0,
+                    started[0], "the Ray head's job server")
+        started.append(subprocess.Popen(
+            [RAY, "start", "--block", f"--address=127.0.0.1:{port}", "--num-cpus=3", "--disable-usage-stats"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        _wait_until(lambda: _alive_nodes(env, port) == 2, started[1], "the second node")
+        yield env, jobs_url, f"127.0.0.1:{port}"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
-        head.wait(timeout=30)
-        _kill_processes_mentioning(ray_dir)  # Ray daemons that left the head's process group
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+        _kill_processes_mentioning(ray_dir)  # Ray daemons that left the processes' groups
         shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def _wait_until(condition, process, what: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.poll() is None, f"{what}: ray start exited"
+        assert time.monotonic() < deadline, f"{what} did not come up within {timeout_s:g} s"
+        time.sleep(2)
+
+
+def _alive_nodes(env, port) -> int:
+    done = subprocess.run([RAY, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    return done.stdout.count("node_") if done.returncode == 0 else 0
 
 
 def _kill_processes_mentioning(text: str, timeout_s: float = 30.0) -> None:
@@ -121,36 +145,50 @@ def _kill_processes_mentioning(text: str, timeout_s: float = 30.0) -> None:
         time.sleep(0.5)
 
 
-def test_a_job_submitted_to_a_token_protected_cluster_trains(tmp_path, ray_head):
-    env, jobs_url = ray_head
+def test_aha_submit_to_a_token_protected_two_node_cluster_places_actors_as_planned_and_trains(tmp_path, two_nodes):
+    env, jobs_url, gcs = two_nodes
     # Without the token the cluster's job API refuses the client.
     no_token = {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     refused = subprocess.run([RAY, "job", "list", "--address", jobs_url], env=no_token,
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0
 
-    recipe = tmp_path / "recipe.toml"
+    # aha submit ships the repository, so the recipe goes inside it for the test's length (not in
+    # a git-ignored folder: Ray's packaging leaves out what .gitignore lists).
+    recipe = REPO / ".aha-test-recipes" / f"{tmp_path.name}.toml"
+    recipe.parent.mkdir(exist_ok=True)
     recipe.write_text(RECIPE.format(out=tmp_path))
-    runtime_env = '{"excludes": [".venv/", ".git/", "runs/", ".whl/", "__pycache__/"]}'
-    # The head's job agent registers a little after its job server answers: on a busy machine a
-    # first submission can be refused with "No available agent"; nothing was submitted then.
-    deadline = time.monotonic() + 180
-    while True:
-        submitted = subprocess.run(
-            [RAY, "job", "submit", "--address", jobs_url, "--submission-id", "aha-test-job",
-             "--working-dir", str(REPO), "--runtime-env-json", runtime_env, "--",
-             sys.executable, "-m", "cluster.cli", "train", str(recipe)],
-            env=env, capture_output=True, text=True, timeout=600)
-        if "No available agent to submit job" not in submitted.stderr or time.monotonic() > deadline:
-            break
-        time.sleep(3)
-    logs = submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    try:
+        planned = subprocess.run([AHA, "plan", str(recipe), "--cluster.address", gcs], env=env, cwd=REPO,
+                                 capture_output=True, text=True, timeout=180)
+        assert planned.returncode == 0, planned.stdout[-2000:] + planned.stderr[-2000:]
+        assert "node 0: rollout 0; learner 0 (free: 0 GPUs, 0 CPUs)" in planned.stdout, planned.stdout
+        assert "node 1: scorer 0 (free: 0 GPUs, 2.5 CPUs)" in planned.stdout, planned.stdout
+        # The head's job agent registers a little after its job server answers: on a busy machine a
+        # first submission can be refused with "No available agent"; nothing was submitted then.
+        deadline = time.monotonic() + 180
+        while True:
+            submitted = subprocess.run(
+                [AHA, "submit", str(recipe), "--address", jobs_url, "--python", sys.executable, "--follow",
+                 "--timeout", "900", "--submission-id", "aha-test-job"],
+                env=env, cwd=REPO, capture_output=True, text=True, timeout=1000)
+            if "No available agent to submit job" not in submitted.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+    finally:
+        recipe.unlink()
+        with contextlib.suppress(OSError):
+            recipe.parent.rmdir()
+    logs = submitted.stdout[-4000:] + submitted.stderr[-3000:]
     assert submitted.returncode == 0, logs
-    status = subprocess.run([RAY, "job", "status", "--address", jobs_url, "aha-test-job"], env=env,
-                            capture_output=True, text=True, timeout=60)
-    assert "Job 'aha-test-job' succeeded" in status.stdout, logs + status.stdout + status.stderr
+    assert "[aha] submitted job aha-test-job" in submitted.stdout and "[aha] job aha-test-job: SUCCEEDED" in logs
     assert "[aha] done" in submitted.stdout, logs
-    metrics = read_metrics(tmp_path / "run")
+    run = tmp_path / "run"
+    placement = json.loads((run / "placement.json").read_text())
+    head, second = (node["id"] for node in placement["nodes"])
+    assert placement["planned"] == {"rollout": [head], "learner": [head], "scorer": [second]}
+    assert placement["placed"] == placement["planned"]  # every bundle sat where the plan said
+    metrics = read_metrics(run)
     assert [m["step"] for m in metrics] == [1, 2]
     assert metrics[-1]["learner/weight_version"] == 2
-    assert (tmp_path / "run" / "checkpoints" / "version-2" / "driver-state.json").is_file()  # complete
+    assert (run / "checkpoints" / "version-2" / "driver-state.json").is_file()  # complete

@@ -39,8 +39,9 @@ EVAL_OUTPUTS = (EVAL_FILE, "eval.md", "eval.png", "completions.parquet")
 GENERATE_OUTPUTS = (RECIPE_FILE, PARTS_DIR, PROGRESS_FILE, TRACES_FILE, REJECTED_FILE, SUMMARY_FILE, REPORT_FILE)
 # What a run writes into its directory: the only names a fresh start may replace. An evaluation
 # written into a run's directory described that run's model, so a fresh start replaces it too.
+PLACEMENT_FILE = "placement.json"  # where each role's actors were planned and placed
 RUN_OUTPUTS = (METRICS_FILE, RECIPE_FILE, "rollouts", HELDOUT_DIR, "checkpoints", "plots", "tb", FINAL_DIR,
-               MODEL_FILES_DIR, *EVAL_OUTPUTS)
+               MODEL_FILES_DIR, PLACEMENT_FILE, *EVAL_OUTPUTS)
 
 
 class RunDirError(ValueError):

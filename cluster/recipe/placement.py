@@ -10,10 +10,9 @@ Bundles are assigned first-fit decreasing, GPU bundles first (they are the scarc
 resource; CPU-only scorers fill the gaps). GPUs are tracked per device, so fractional bundles
 (two roles sharing one GPU) are checked the way Ray assigns them: a fraction never spans devices.
 
-Pure Python, no Ray import. A run does not use this plan yet: today only the rollout pool
-creates a placement group (PACK, one bundle per worker) and the learner ranks and scorers are
-plain actors that Ray places; this checks that the recipe's bundles could fit the described
-cluster at all.
+Pure Python, no Ray import. `aha train` and `aha distill` place their actors by this plan:
+cluster/placement_plan.py reads the running cluster into a ClusterSpec, plans on it and pins
+each role's placement-group bundles to the planned nodes; `aha plan` prints it.
 """
 
 from __future__ import annotations

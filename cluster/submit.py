@@ -1,0 +1,120 @@
+"""`aha submit`: an aha job on a running Ray cluster, through Ray's job submission API.
+
+The recipe is checked here first (a mistake is one line before anything is sent). The job is
+the same aha command with `--cluster.address auto`, so its driver joins the cluster it runs
+on; the repository is shipped as the job's working directory (without the virtualenv, git,
+runs and caches) and the recipe must be inside it. A run's outputs must go to a path every
+node sees: a relative `run.output_dir` would land in the job's temporary working directory
+on the head, which Ray deletes, so it is refused. Token authentication works as for `ray job
+submit`: RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH in the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+from cluster.recipe import Recipe, RecipeError
+from cluster.wire.errors import RunFailed
+
+COMMANDS = ("train", "distill", "sft", "generate")
+EXCLUDES = [".venv/", ".git/", "runs/", ".whl/", "__pycache__/", ".pytest_cache/", "*.egg-info/"]
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+
+
+def job_entrypoint(command: str, recipe_path: Path, overrides: list[str], python: str, working_dir: Path) -> str:
+    """The shell command the cluster runs: the aha command on the recipe, as a path inside the
+    shipped working directory, joining the cluster it runs on."""
+    try:
+        inside = recipe_path.resolve().relative_to(working_dir.resolve())
+    except ValueError:
+        raise RecipeError("", f"the recipe '{recipe_path}' is outside the working directory '{working_dir}' that "
+                          "is shipped to the cluster; move it inside, or run aha submit from a directory "
+                          "that holds it") from None
+    if _git_ignored(inside, working_dir):
+        raise RecipeError("", f"the recipe '{recipe_path}' is git-ignored, and Ray leaves what .gitignore lists out "
+                          "of the working directory it ships; move the recipe, or take it out of .gitignore")
+    return shlex.join([python, "-m", "cluster.cli", command, str(inside), *overrides, "--cluster.address", "auto"])
+
+
+def _git_ignored(path: Path, working_dir: Path) -> bool:
+    """Whether git (if there is a repository and a git) ignores `path` under `working_dir`."""
+    try:
+        done = subprocess.run(["git", "-C", str(working_dir), "check-ignore", "-q", str(path)], capture_output=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def check_output_on_shared_storage(recipe: Recipe, command: str) -> None:
+    """A relative output directory would be written inside the job's temporary working directory."""
+    output = recipe.output_dir
+    if not Path(output).is_absolute():
+        raise RecipeError("run.output_dir", f"is '{output}', a relative path: on the cluster it would be written "
+                          "inside the job's temporary working directory, which Ray deletes; give an absolute "
+                          "path on storage every node mounts")
+
+
+def submit(command: str, recipe: Recipe, recipe_path: Path, overrides: list[str], *, address: str, python: str,
+           env: dict[str, str], follow: bool, timeout_s: float, submission_id: str = "") -> int:
+    """Submit the job; print its id and where its output goes; with `follow`, stream its logs and
+    return 0 if it succeeded, 1 otherwise (a timeout stops following, not the job)."""
+    from ray.job_submission import JobSubmissionClient
+
+    check_output_on_shared_storage(recipe, command)
+    working_dir = Path.cwd()
+    entrypoint = job_entrypoint(command, recipe_path, overrides, python, working_dir)
+    client = JobSubmissionClient(address)
+    runtime_env = {"working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": env}
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id or None)
+    print(f"[aha] submitted job {job_id} to {address}: {entrypoint}", flush=True)
+    print(f"[aha] the run's output: {recipe.output_dir} (on the cluster's storage)", flush=True)
+    print(f"[aha] follow it with: ray job logs --address {address} --follow {job_id}", flush=True)
+    if not follow:
+        return 0
+    status = asyncio.run(_follow(client, job_id, timeout_s))
+    print(f"[aha] job {job_id}: {status}", flush=True)
+    if status not in TERMINAL:
+        raise RunFailed(f"job {job_id} was still {status} after --timeout {timeout_s:g} s; it goes on running "
+                        f"(ray job stop --address {address} {job_id} stops it)")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+async def _follow(client, job_id: str, timeout_s: float) -> str:
+    """Print the job's logs as they come until it ends (or `timeout_s` > 0 passes); its status."""
+    async def tail():
+        async for lines in client.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    try:
+        await asyncio.wait_for(tail(), timeout=timeout_s or None)
+    except asyncio.TimeoutError:
+        pass
+    # The log stream ends with the job; its final status may take a moment to be recorded.
+    deadline = time.monotonic() + 30
+    status = client.get_job_status(job_id).value
+    while status not in TERMINAL and time.monotonic() < deadline and not timeout_s:
+        await asyncio.sleep(1)
+        status = client.get_job_status(job_id).value
+    return status
+
+
+def env_pairs(pairs: list[str]) -> dict[str, str]:
+    """`KEY=VALUE` strings from --env as a dict; RecipeError naming a malformed one."""
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not key.replace("_", "a").isalnum():
+            raise RecipeError("", f"--env {pair!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def default_address() -> str:
+    return os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
