@@ -180,6 +180,25 @@ def test_two_nodes_take_the_big_bundles_first():
         placement.node_of("learner", 8)
 
 
+def test_learner_ranks_pack_strictly_or_spread_as_the_recipe_asks():
+    # 4 one-GPU ranks, 4 one-GPU workers on two 8-GPU nodes.
+    two = cluster_spec_from_toml(TWO_NODES)
+    packed = plan_placement(recipe("math-dapo.toml"), two)
+    assert [packed.node_of("learner", i) for i in range(4)] == [0, 0, 0, 0]  # first fit: node 0
+    spread = plan_placement(recipe("math-dapo.toml", "--cluster.learner_placement", "spread"), two)
+    assert [spread.node_of("learner", i) for i in range(4)] == [1, 1, 1, 1]  # node 1 has the most idle GPUs
+    # Workers take 6 of node 0's GPUs: 4 ranks no longer fit there together.
+    six = ("--rollout.num_workers", "6", "--learner.num_ranks", "4", "--cluster.scorer_cpus", "1")
+    first_fit = plan_placement(recipe("math-dapo.toml", *six), two)
+    assert [first_fit.node_of("learner", i) for i in range(4)] == [0, 0, 1, 1]  # split over the nodes
+    strict = plan_placement(recipe("math-dapo.toml", *six, "--cluster.learner_placement", "strict_pack"), two)
+    assert [strict.node_of("learner", i) for i in range(4)] == [1, 1, 1, 1]  # one node, the one with room
+    one = cluster_spec_from_toml(ONE_NODE)
+    with pytest.raises(PlacementError, match="learner: cluster.learner_placement = 'strict_pack' needs all 4 ranks"):
+        plan_placement(recipe("math-dapo.toml", "--rollout.num_workers", "6", "--cluster.learner_placement",
+                              "strict_pack"), one)
+
+
 def test_decreasing_order_lets_a_big_rank_go_first():
     # In role order the two rollout workers would take node 0's GPUs and leave the 24-CPU
     # learner rank nowhere to go; largest first, the rank takes node 0 and a worker moves to 1.

@@ -289,20 +289,53 @@ def plan_placement(recipe, cluster: ClusterSpec) -> Placement:
     """Assign every bundle of `recipe` to a node of `cluster`, first-fit decreasing.
 
     Bundles are taken largest first (GPUs, then CPUs; ties keep the order rollout, learner,
-    scorer) and each goes to the first node with room. Raises PlacementError, one line naming
-    the role, what one of its actors needs and what the cluster has, when a bundle fits nowhere.
+    scorer) and each goes to the first node with room; learner ranks follow
+    `cluster.learner_placement` ("strict_pack": all on the first node that holds them all,
+    "spread": each on the node with the most idle GPUs, then CPUs). Raises PlacementError, one
+    line naming the role, what one of its actors needs and what the cluster has, when a bundle
+    fits nowhere.
     """
     bundles = role_bundles(recipe)
     rooms = [_Room(node.cpus, [1.0] * int(node.gpus)) for node in cluster.nodes]
     hosted: list[list[Bundle]] = [[] for _ in cluster.nodes]
+    mode = recipe.cluster.learner_placement
+    ranks = [b for b in bundles if b.role == "learner"]
     for bundle in sorted(bundles, key=lambda b: (-b.gpus, -b.cpus)):  # sorted() is stable
-        node = next((i for i, room in enumerate(rooms) if room.take(bundle)), None)
+        if bundle.role == "learner" and mode == "strict_pack":
+            if bundle is ranks[0]:  # all ranks at once, on the first node that holds them all
+                node = _node_for_all(ranks, rooms)
+                if node is None:
+                    need = _resources(sum(b.cpus for b in ranks), sum(b.gpus for b in ranks))
+                    raise PlacementError(f"learner: cluster.learner_placement = 'strict_pack' needs all {len(ranks)} "
+                                         f"ranks ({need}) on one node, and no node has that left")
+                hosted[node].extend(ranks)
+            continue
+        if bundle.role == "learner" and mode == "spread":
+            node = _emptiest_node_taking(bundle, rooms)
+        else:
+            node = next((i for i, room in enumerate(rooms) if room.take(bundle)), None)
         if node is None:
             raise PlacementError(_no_room(bundle, bundles, cluster))
         hosted[node].append(bundle)
     return Placement(tuple(
         NodePlacement(i, spec, tuple(sorted(hosted[i], key=lambda b: (ROLES.index(b.role), b.index))))
         for i, spec in enumerate(cluster.nodes)))
+
+
+def _node_for_all(bundles: list[Bundle], rooms: list[_Room]) -> int | None:
+    """The first node with room for every one of `bundles`, which are then reserved there."""
+    for index, room in enumerate(rooms):
+        trial = _Room(room.cpus, list(room.devices))
+        if all(trial.take(b) for b in bundles):
+            rooms[index] = trial
+            return index
+    return None
+
+
+def _emptiest_node_taking(bundle: Bundle, rooms: list[_Room]) -> int | None:
+    """Reserve `bundle` on the node with the most idle GPUs (then CPUs) that takes it."""
+    order = sorted(range(len(rooms)), key=lambda i: (-sum(f >= 1 - _EPS for f in rooms[i].devices), -rooms[i].cpus, i))
+    return next((i for i in order if rooms[i].take(bundle)), None)
 
 
 def _no_room(bundle: Bundle, bundles: list[Bundle], cluster: ClusterSpec) -> str:

@@ -21,7 +21,7 @@ RESUMABLE = (
     "cluster.address", "cluster.num_cpus", "cluster.rollout_cpus", "cluster.rollout_gpus",
     "cluster.learner_cpus", "cluster.learner_gpus", "cluster.scorer_cpus", "cluster.teacher_cpus",
     "cluster.teacher_gpus", "cluster.timeout_s", "cluster.max_restarts",
-    "cluster.health_timeout_s",
+    "cluster.health_timeout_s", "cluster.learner_placement",
     "rollout.num_workers", "rollout.max_num_seqs", "rollout.gpu_memory_utilization", "rollout.kv_cache_gb",
     "rollout.enforce_eager", "rollout.sleep_between_steps",
     "reward.num_scorers", "reward.workers_per_scorer", "reward.timeout_s",

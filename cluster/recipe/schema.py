@@ -201,6 +201,9 @@ class ClusterConfig:
     teacher_cpus: float = 1.0  # per teacher actor (aha distill)
     teacher_gpus: float = 0.0
     timeout_s: float = 600.0  # any wait on a peer actor
+    # Learner ranks across nodes: "pack" fills a node before the next (first fit), "strict_pack"
+    # puts every rank on one node or refuses the plan, "spread" puts each on the emptiest node.
+    learner_placement: Literal["pack", "strict_pack", "spread"] = "pack"
     # Dead rollout workers / reward scorers replaced per role and run before it stops (resumable).
     max_restarts: int = 3
     # While no group arrives for this long the workers are probed; one that cannot answer within
