@@ -35,10 +35,11 @@ class TeacherPool:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self._ray, self.timeout_s = ray, timeout_s
-        actor = ray.remote(Teacher).options(num_cpus=cpus_per_teacher, num_gpus=gpus_per_teacher)
+        actor, resources = ray.remote(Teacher), {"num_cpus": cpus_per_teacher, "num_gpus": gpus_per_teacher}
         # `nodes`: the run's plan (cluster/placement_plan.py) puts teacher i on node nodes[i].
         pinned = [{"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)} for node in nodes or []]
-        self.teachers = [actor.options(**(pinned[i] if pinned else {})).remote(spec) for i in range(num_teachers)]
+        self.teachers = [actor.options(**resources, **(pinned[i] if pinned else {})).remote(spec)
+                         for i in range(num_teachers)]
         try:
             with _one_line_failures("teacher start"):
                 self.infos: list[TeacherInfo] = get_all(ray, [t.model_info.remote() for t in self.teachers],
