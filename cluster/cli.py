@@ -54,7 +54,7 @@ def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
     running cluster at cluster.address, or on this machine. Starts no actor."""
     from cluster.launch import connect_ray, offered_cpus
     from cluster.placement_plan import describe_nodes, live_cluster, parse_cluster
-    from cluster.recipe.placement import ClusterSpec, NodeSpec, describe, plan_placement
+    from cluster.recipe.placement import ClusterSpec, NodeSpec, describe, job_roles, plan_placement
 
     recipe = _recipe(args, overrides)
     if args.cluster:
@@ -64,8 +64,8 @@ def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
         where = f"the running cluster at {recipe.cluster.address}"
     else:
         cluster, where = ClusterSpec((NodeSpec(cpus=offered_cpus(recipe.cluster), gpus=_local_gpus()),)), "this machine"
-    placement = plan_placement(recipe, cluster)
-    print(f"placement of {args.recipe} on {where}:")
+    placement = plan_placement(recipe, cluster, job_roles(recipe, args.command))
+    print(f"placement of aha {args.command} {args.recipe} on {where}:")
     print(describe(placement))
     print(describe_nodes(placement))
     return 0
@@ -79,11 +79,18 @@ def _local_gpus() -> int:
 
 def cmd_submit(args: argparse.Namespace, overrides: list[str]) -> int:
     """An aha command on a running Ray cluster as a Ray job (cluster/submit.py)."""
-    from cluster.submit import env_pairs, submit
+    from cluster.submit import check_output_on_shared_storage, env_pairs, submit
 
     # Checked as the job will load it (joining its cluster): a mistake is one line, nothing sent.
-    recipe = _recipe(args, [*overrides, "--cluster.address", "auto"])
-    return submit(args.command, recipe, Path(args.recipe), overrides, address=args.address, python=args.python,
+    joined = [*overrides, "--cluster.address", "auto"]
+    if args.command == "pipeline":
+        from cluster.recipe.pipeline import load_pipeline
+
+        output_dir, key = load_pipeline(args.recipe, joined).output_dir, "pipeline.output_dir"
+    else:
+        output_dir, key = _recipe(args, joined).output_dir, "run.output_dir"
+    check_output_on_shared_storage(output_dir, key)
+    return submit(args.command, output_dir, Path(args.recipe), overrides, address=args.address, python=args.python,
                   env=env_pairs(args.env), follow=args.follow, timeout_s=args.timeout,
                   submission_id=args.submission_id)
 
@@ -218,11 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start afresh in an output directory whose earlier run has checkpoints (deletes them)")
     train.set_defaults(run=cmd_train)
 
+    from cluster.recipe.placement import JOBS
+
     plan = sub.add_parser("plan", help="print where each role's actors go on a cluster (starts nothing)")
     plan.add_argument("recipe", help="recipe TOML file")
     plan.add_argument("--cluster", default="", help="a cluster description (deploy/clusters/*.toml) or NxG[xC]: "
                       "N nodes of G GPUs (and C CPUs, default 16 per GPU); default: the running cluster at "
                       "cluster.address, else this machine")
+    plan.add_argument("--command", choices=JOBS, default="train",
+                      help="the aha command whose actors to place (train; sft starts rollout workers and scorers "
+                      "only with data.eval_path, generate and eval no learner)")
     plan.set_defaults(run=cmd_plan)
 
     from cluster.submit import COMMANDS, default_address

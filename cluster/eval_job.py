@@ -106,16 +106,17 @@ def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows,
     from cluster.evaluation import evaluate
     from cluster.launch import connect_ray
     from cluster.output.eval_report import eval_table, write_eval_outputs
+    from cluster.placement_plan import placement_record, plan_run
     from cluster.rollout_pool import RolloutPool
     from cluster.recovery import Recovery
     from cluster.scorer_pool import ScorerPool
     from cluster.specs import engine_spec, scorer_spec
 
-    connect_ray(recipe.cluster)
     cluster = recipe.cluster
+    plan = plan_run(recipe, connect_ray(cluster), "eval")  # a plan that cannot fit is one line here
     recovery = Recovery(cluster.max_restarts)  # dead workers and scorers are replaced, as in a training run
     scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers, cpus_per_scorer=cluster.scorer_cpus,
-                         timeout_s=cluster.timeout_s, recovery=recovery)
+                         timeout_s=cluster.timeout_s, recovery=recovery, nodes=plan.nodes_of("scorer"))
     results, records = [], []
     try:
         for number, target in enumerate(targets, 1):
@@ -123,12 +124,13 @@ def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows,
             pool = RolloutPool(engine_spec(target.recipe, target.path), recipe.rollout.num_workers,
                                cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus,
                                timeout_s=cluster.timeout_s, recovery=recovery,
-                               health_timeout_s=cluster.health_timeout_s)
+                               health_timeout_s=cluster.health_timeout_s, nodes=plan.nodes_of("rollout"))
             try:
+                placed = placement_record(plan, {"rollout": pool.placement, "scorer": scorers.placement})
                 done = evaluate(pool, scorers, tokenizers[target.label], target.recipe, rows)
             finally:
                 _close(pool, cluster.timeout_s)
-            results.append({"model": target.label, "path": target.path, "metrics": done.metrics})
+            results.append({"model": target.label, "path": target.path, "metrics": done.metrics, "placement": placed})
             records += [{"model": target.label, **record} for record in done.records]
             write_eval_outputs(out, eval_settings(recipe, len(rows)), results, records)
             print(f"[aha] {target.label}: {_summary(done.metrics)}", flush=True)

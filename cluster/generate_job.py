@@ -166,6 +166,8 @@ def _sample(recipe: Recipe, inputs: Inputs, todo: list[PromptRow], parts, first:
 
     from cluster.inputs.prompts import encode_prompts
     from cluster.launch import connect_ray
+    from cluster.output.run_dir import PLACEMENT_FILE
+    from cluster.placement_plan import plan_run, write_placement
     from cluster.rollout_pool import GroupStream, RolloutPool
     from cluster.recovery import Recovery
     from cluster.scorer_pool import ScorerPool
@@ -174,13 +176,18 @@ def _sample(recipe: Recipe, inputs: Inputs, todo: list[PromptRow], parts, first:
     gen, cluster = recipe.generate, recipe.cluster
     sampling = replace(sampling_spec(recipe, seed=None), group_size=gen.samples_per_prompt)
     chunks = [todo[i:i + gen.chunk_prompts] for i in range(0, len(todo), gen.chunk_prompts)]
-    connect_ray(cluster)
+    plan = plan_run(recipe, connect_ray(cluster), "generate")  # a plan that cannot fit is one line here
     recovery = Recovery(cluster.max_restarts)  # dead workers and scorers are replaced, as in a training run
     scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers, cpus_per_scorer=cluster.scorer_cpus,
-                         timeout_s=cluster.timeout_s, recovery=recovery)
-    pool = RolloutPool(engine_spec(recipe, inputs.model_path), recipe.rollout.num_workers,
-                       cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus,
-                       timeout_s=cluster.timeout_s, recovery=recovery, health_timeout_s=cluster.health_timeout_s)
+                         timeout_s=cluster.timeout_s, recovery=recovery, nodes=plan.nodes_of("scorer"))
+    try:
+        pool = RolloutPool(engine_spec(recipe, inputs.model_path), recipe.rollout.num_workers,
+                           cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus,
+                           timeout_s=cluster.timeout_s, recovery=recovery, health_timeout_s=cluster.health_timeout_s,
+                           nodes=plan.nodes_of("rollout"))
+    except BaseException:
+        scorers.shutdown()
+        raise
     print(f"[aha] generating {gen.samples_per_prompt} completions for each of {len(todo)} prompts "
           f"({len(chunks)} chunks); output in {parts.out}", flush=True)
     stream, owner, scored, written = GroupStream(pool), {}, [dict() for _ in chunks], []
@@ -196,6 +203,7 @@ def _sample(recipe: Recipe, inputs: Inputs, todo: list[PromptRow], parts, first:
     bar = tqdm(total=total, initial=total - len(todo), desc="aha generate", unit="prompt", dynamic_ncols=True)
     started = time.perf_counter()
     try:
+        write_placement(parts.out / PLACEMENT_FILE, plan, {"rollout": pool.placement, "scorer": scorers.placement})
         while launched < min(len(chunks), 1 + LOOKAHEAD_CHUNKS):
             launch()
         for index, samples in stream:

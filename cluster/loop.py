@@ -30,13 +30,14 @@ from cluster.output.eval_metrics import (group_stats, reflection_rate, response_
 from cluster.export import save_model_files
 from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, PLACEMENT_FILE, RECIPE_FILE
 from cluster.recipe import Recipe, RecipeError, recipe_to_dict
-from cluster.resume import check_same_data, find_resume_point, last_checkpoint_line, save_checkpoint, train_data_sha256
-from cluster.placement_plan import placement_record
+from cluster.resume import (check_same_data, find_resume_point, naming_last_checkpoint, save_checkpoint,
+                            train_data_sha256)
+from cluster.placement_plan import write_placement
 from cluster.rollout_pool import GroupStream, push_weights
 from cluster.specs import sampling_spec
 from cluster.stop import RunStopped, StopRequest
 from cluster.system import start_system
-from cluster.wire.errors import RunFailed, RunInterrupted
+from cluster.wire.errors import RunFailed
 from cluster.wire.samples import Group
 from learner.losses import group_advantages
 
@@ -65,11 +66,8 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, dist
     require_prompt_file(recipe)
     warnings = check_before_start(recipe)  # before the directory is claimed: a mistake leaves nothing
     with claim_output_dir(recipe.output_dir, resume=resume, overwrite=overwrite) as run_dir:
-        try:
+        with naming_last_checkpoint(run_dir.checkpoints):
             return _train(recipe, run_dir, resume, warnings, chaos)
-        except RunInterrupted as err:
-            err.checkpoint = last_checkpoint_line(run_dir.checkpoints)
-            raise
 
 
 def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str], chaos: Chaos) -> Path:
@@ -96,44 +94,46 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str], chaos: Ch
     sampling = sampling_spec(recipe, seed=None)
     log = RunLog(out)
     system = start_system(recipe, model_path, tokenizer)
-    pool, scorers, learners = system.pool, system.scorers, system.learners
-    teacher = GroupTeacher(system.teacher, recipe) if system.teacher else None
-    (out / PLACEMENT_FILE).write_text(json.dumps(placement_record(system), indent=2))
-    learners.check_shared_storage(out)  # the ranks write checkpoints there, maybe from other nodes
-    pool.during_push = lambda: chaos.at("push", system)
-    version, first_step = 0, 1
-    if resume_at is not None:
-        version = learners.load_checkpoint(str(run_dir.checkpoints), resume_at.checkpoint.tag)
-        sampler.load_state_dict(resume_at.state["sampler"])
-        first_step = resume_at.step + 1
-        log.truncate_after(resume_at.step)
-        push_weights(learners, pool, version, recipe.cluster.timeout_s)
-    else:
-        (out / RECIPE_FILE).write_text(json.dumps(recipe_to_dict(recipe), indent=2))
-        save_model_files(out / MODEL_FILES_DIR, model_path, tokenizer, trust_remote_code=recipe.model.trust_remote_code)
-    eval_rows = load_rows(recipe, recipe.data.eval_path) if recipe.data.eval_path else []
-    if eval_rows and resume_at is None:
-        before = evaluate_during_run(pool, scorers, tokenizer, recipe, eval_rows, out, 0)
-        log.log_step(0, before)
-        print(f"[aha] held-out accuracy before RL: {before['eval/accuracy']:.3f} "
-              f"on {before['eval/num_prompts']:.0f} problems", flush=True)
-    print(f"[aha] training {run.steps} steps; output in {out}", flush=True)
-
-    def launch() -> Batch:
-        before = sampler.state_dict()
-        drawn = sampler.next_batch(rollout.prompts_per_step)
-        return Batch(stream=pool.stream(encode_prompts(recipe, tokenizer, drawn), sampling),
-                     rows=drawn, sampler_before=before)
-
-    def replace_dropped(batch: Batch) -> None:
-        drawn = sampler.next_batch(1)
-        batch.rows.extend(drawn)
-        batch.stream.add(encode_prompts(recipe, tokenizer, drawn), sampling)
-
-    pending: deque[Batch] = deque()
-    bar = tqdm(total=run.steps, initial=first_step - 1, desc="aha train", unit="step", dynamic_ncols=True)
-    stop = StopRequest().install()  # the first SIGTERM / Ctrl-C: finish this step, checkpoint, exit 0
+    bar = stop = None  # made just before the first step; the finally closes what was made
     try:
+        pool, scorers, learners = system.pool, system.scorers, system.learners
+        teacher = GroupTeacher(system.teacher, recipe) if system.teacher else None
+        write_placement(out / PLACEMENT_FILE, system.plan, system.placement_groups())
+        learners.check_shared_storage(out)  # the ranks write checkpoints there, maybe from other nodes
+        pool.during_push = lambda: chaos.at("push", system)
+        version, first_step = 0, 1
+        if resume_at is not None:
+            version = learners.load_checkpoint(str(run_dir.checkpoints), resume_at.checkpoint.tag)
+            sampler.load_state_dict(resume_at.state["sampler"])
+            first_step = resume_at.step + 1
+            log.truncate_after(resume_at.step)
+            push_weights(learners, pool, version, recipe.cluster.timeout_s)
+        else:
+            (out / RECIPE_FILE).write_text(json.dumps(recipe_to_dict(recipe), indent=2))
+            save_model_files(out / MODEL_FILES_DIR, model_path, tokenizer,
+                             trust_remote_code=recipe.model.trust_remote_code)
+        eval_rows = load_rows(recipe, recipe.data.eval_path) if recipe.data.eval_path else []
+        if eval_rows and resume_at is None:
+            before = evaluate_during_run(pool, scorers, tokenizer, recipe, eval_rows, out, 0)
+            log.log_step(0, before)
+            print(f"[aha] held-out accuracy before RL: {before['eval/accuracy']:.3f} "
+                  f"on {before['eval/num_prompts']:.0f} problems", flush=True)
+        print(f"[aha] training {run.steps} steps; output in {out}", flush=True)
+
+        def launch() -> Batch:
+            before = sampler.state_dict()
+            drawn = sampler.next_batch(rollout.prompts_per_step)
+            return Batch(stream=pool.stream(encode_prompts(recipe, tokenizer, drawn), sampling),
+                         rows=drawn, sampler_before=before)
+
+        def replace_dropped(batch: Batch) -> None:
+            drawn = sampler.next_batch(1)
+            batch.rows.extend(drawn)
+            batch.stream.add(encode_prompts(recipe, tokenizer, drawn), sampling)
+
+        pending: deque[Batch] = deque()
+        bar = tqdm(total=run.steps, initial=first_step - 1, desc="aha train", unit="step", dynamic_ncols=True)
+        stop = StopRequest().install()  # the first SIGTERM / Ctrl-C: finish this step, checkpoint, exit 0
         for step in range(first_step, run.steps + 1):
             started, chaos.step = time.perf_counter(), step
             while len(pending) < 1 + algo.max_staleness:  # on-policy: just this step's batch
@@ -195,8 +195,9 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str], chaos: Ch
         # The run's model as a Hugging Face directory: the next stage's model.path.
         learners.export_hf(str(out / FINAL_DIR), str(out / MODEL_FILES_DIR))
     finally:
-        stop.restore()
-        bar.close()
+        if stop is not None:
+            stop.restore()
+            bar.close()
         plot_run(out)
         log.close()
         system.shutdown()

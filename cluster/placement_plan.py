@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from cluster.recipe.placement import (ROLES, ClusterSpec, ClusterSpecError, NodeSpec, Placement, cluster_spec_from_toml,
-                                      plan_placement)
+                                      job_roles, plan_placement)
 
 NODE_ID_LABEL = "ray.io/node-id"  # every Ray node carries it; a bundle selecting it lands there
 _SHORTHAND = re.compile(r"^(\d+)x(\d+)(?:x(\d+))?$")
@@ -59,31 +59,39 @@ def live_cluster(ray) -> tuple[ClusterSpec, tuple[str, ...]]:
     return ClusterSpec(nodes), tuple(n["NodeID"] for n in alive)
 
 
-def plan_run(recipe, ray) -> RunPlan:
-    """The plan of `recipe` on the cluster Ray is connected to; PlacementError (one line) if it
-    cannot fit."""
+def plan_run(recipe, ray, job: str) -> RunPlan:
+    """The plan of the roles aha command `job` starts for `recipe` (`job_roles`), on the cluster
+    Ray is connected to; PlacementError (one line) if it cannot fit."""
     spec, node_ids = live_cluster(ray)
-    return RunPlan(plan_placement(recipe, spec), node_ids)
+    return RunPlan(plan_placement(recipe, spec, job_roles(recipe, job)), node_ids)
 
 
-def placement_record(system) -> dict:
+def placement_record(plan: RunPlan, groups: dict[str, object]) -> dict:
     """What `placement.json` holds: each node (id, CPUs, GPUs), and per role the node each
-    actor was planned on and the node Ray placed its bundle on (they must agree)."""
+    actor was planned on and the node Ray placed its bundle on (they must agree). `groups`:
+    role -> the placement group its actors were started in (None: a role the job has not)."""
     from ray.util.placement_group import placement_group_table
 
     def placed(group) -> list[str]:
         table = placement_group_table(group)["bundles_to_node_id"]
         return [table[index] for index in sorted(table)]
 
-    plan = system.plan
-    groups = {"rollout": system.pool.placement if system.pool else None,
-              "learner": system.learners.placement, "scorer": system.scorers.placement if system.scorers else None}
     return {
         "nodes": [{"id": node_id, "cpus": node.spec.cpus, "gpus": node.spec.gpus}
                   for node_id, node in zip(plan.node_ids, plan.placement.nodes)],
         "planned": {role: plan.nodes_of(role) for role in ROLES if plan.placement.bundles(role)},
         "placed": {role: placed(group) for role, group in groups.items() if group is not None},
     }
+
+
+def write_placement(path, plan: RunPlan, groups: dict[str, object]) -> dict:
+    """Write `placement_record` to `path` (placement.json) and return it."""
+    import json
+    from pathlib import Path
+
+    record = placement_record(plan, groups)
+    Path(path).write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
 
 def label_selectors(node_ids: list[str]) -> list[dict[str, str]]:

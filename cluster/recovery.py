@@ -34,7 +34,8 @@ def is_death(err: BaseException) -> bool:
 
 def one_line(err: BaseException) -> str:
     """An error as `Class: first line of its text` (Ray's texts carry whole tracebacks)."""
-    cause = getattr(err, "cause", None) or err
+    cause = getattr(err, "cause", None)
+    cause = cause if isinstance(cause, BaseException) else err  # Ray's RayTaskError carries the remote one
     text = cause.args[0] if cause.args and isinstance(cause.args[0], str) else str(cause)
     lines = text.strip().splitlines()
     return f"{type(cause).__name__}: {lines[0][:200]}" if lines else type(cause).__name__

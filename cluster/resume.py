@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,3 +106,14 @@ def last_checkpoint_line(checkpoints: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         return complete[-1].tag
     return f"{complete[-1].tag} (step {step})"
+
+
+@contextmanager
+def naming_last_checkpoint(checkpoints: Path):
+    """A run stopped by a dead rank or a failed save (RunInterrupted) leaves the CLI to say
+    where it resumes from: fill in the newest complete checkpoint as the error leaves."""
+    try:
+        yield
+    except RunInterrupted as err:
+        err.checkpoint = last_checkpoint_line(checkpoints)
+        raise

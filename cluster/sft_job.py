@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.recipe import Recipe, RecipeError
-from cluster.resume import last_checkpoint_line
-from cluster.wire.errors import RunInterrupted
+from cluster.resume import naming_last_checkpoint
 
 
 @dataclass
@@ -59,11 +58,8 @@ def sft(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Pat
     tokenizer = load_tokenizer(recipe, model_path)
     traces = encode_trace_sets(recipe, tokenizer)
     with claim_output_dir(recipe.output_dir, resume=resume, overwrite=overwrite) as run_dir:
-        try:
+        with naming_last_checkpoint(run_dir.checkpoints):
             return _sft(recipe, run_dir, resume, warnings, model_path, tokenizer, traces)
-        except RunInterrupted as err:
-            err.checkpoint = last_checkpoint_line(run_dir.checkpoints)
-            raise
 
 
 def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path: str, tokenizer,
@@ -77,13 +73,15 @@ def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path:
     from cluster.inputs.prepare import file_sha256
     from cluster.inputs.prompts import load_rows
     from cluster.output.plots import plot_run, print_run_end
-    from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, RECIPE_FILE
+    from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, PLACEMENT_FILE, RECIPE_FILE
     from cluster.output.run_log import RunLog
     from cluster.preflight import check_prepared, print_warnings
     from cluster.recipe import recipe_to_dict
     from cluster.resume import check_same_data, find_resume_point, save_checkpoint
     from cluster.rollout_pool import push_weights
+    from cluster.placement_plan import write_placement
     from cluster.stop import RunStopped, StopRequest
+    from cluster.system import start_system
 
     out, sft_cfg, run = run_dir.path, recipe.sft, recipe.run
     resume_at = find_resume_point(run_dir, recipe) if resume else None
@@ -100,36 +98,41 @@ def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path:
               "(sft.too_long = \"skip\")", flush=True)
     sampler = PromptSampler(list(range(len(traces.train))), seed=run.seed, shuffle=sft_cfg.shuffle)
     log = RunLog(out)
-    system = _start(recipe, model_path, steps, with_rollout=bool(eval_rows))
-    learners = system.learners
-    first_step = 1
-    if resume_at is not None:
-        learners.load_checkpoint(str(run_dir.checkpoints), resume_at.checkpoint.tag)
-        sampler.load_state_dict(resume_at.state["sampler"])
-        first_step = resume_at.step + 1
-        log.truncate_after(resume_at.step)
-    else:
-        (out / RECIPE_FILE).write_text(json.dumps(recipe_to_dict(recipe), indent=2))
-        save_model_files(out / MODEL_FILES_DIR, model_path, tokenizer, trust_remote_code=recipe.model.trust_remote_code)
-
-    def held_out(step: int) -> dict:
-        """Held-out loss on the traces; held-out accuracy through the engines, given the weights."""
-        metrics = {"eval/loss": learners.held_out_nll(traces.held_out)} if traces.held_out else {}
-        if eval_rows:
-            if step > 0 or resume_at is not None:
-                push_weights(learners, system.pool, step, recipe.cluster.timeout_s)
-            metrics.update(evaluate_during_run(system.pool, system.scorers, tokenizer, recipe, eval_rows, out, step))
-        return metrics
-
-    if resume_at is None and (traces.held_out or eval_rows):
-        before = held_out(0)
-        log.log_step(0, before)
-        print(f"[aha] before SFT: {_held_out_line(before)}", flush=True)
-    print(f"[aha] SFT on {len(traces.train)} traces: {sft_cfg.epochs} epoch(s), {steps} steps of "
-          f"{sft_cfg.batch_size}; output in {out}", flush=True)
-    bar = tqdm(total=steps, initial=first_step - 1, desc="aha sft", unit="step", dynamic_ncols=True)
-    stop = StopRequest().install()  # the first SIGTERM / Ctrl-C: finish this step, checkpoint, exit 0
+    system = start_system(recipe, model_path, tokenizer, "sft", total_steps=steps)
+    bar = stop = None  # made just before the first step; the finally closes what was made
     try:
+        learners = system.learners
+        write_placement(out / PLACEMENT_FILE, system.plan, system.placement_groups())
+        learners.check_shared_storage(out)  # the ranks write checkpoints there, maybe from other nodes
+        first_step = 1
+        if resume_at is not None:
+            learners.load_checkpoint(str(run_dir.checkpoints), resume_at.checkpoint.tag)
+            sampler.load_state_dict(resume_at.state["sampler"])
+            first_step = resume_at.step + 1
+            log.truncate_after(resume_at.step)
+        else:
+            (out / RECIPE_FILE).write_text(json.dumps(recipe_to_dict(recipe), indent=2))
+            save_model_files(out / MODEL_FILES_DIR, model_path, tokenizer,
+                             trust_remote_code=recipe.model.trust_remote_code)
+
+        def held_out(step: int) -> dict:
+            """Held-out loss on the traces; held-out accuracy through the engines, given the weights."""
+            metrics = {"eval/loss": learners.held_out_nll(traces.held_out)} if traces.held_out else {}
+            if eval_rows:
+                if step > 0 or resume_at is not None:
+                    push_weights(learners, system.pool, step, recipe.cluster.timeout_s)
+                metrics.update(evaluate_during_run(system.pool, system.scorers, tokenizer, recipe, eval_rows, out,
+                                                   step))
+            return metrics
+
+        if resume_at is None and (traces.held_out or eval_rows):
+            before = held_out(0)
+            log.log_step(0, before)
+            print(f"[aha] before SFT: {_held_out_line(before)}", flush=True)
+        print(f"[aha] SFT on {len(traces.train)} traces: {sft_cfg.epochs} epoch(s), {steps} steps of "
+              f"{sft_cfg.batch_size}; output in {out}", flush=True)
+        bar = tqdm(total=steps, initial=first_step - 1, desc="aha sft", unit="step", dynamic_ncols=True)
+        stop = StopRequest().install()  # the first SIGTERM / Ctrl-C: finish this step, checkpoint, exit 0
         for step in range(first_step, steps + 1):
             started = time.perf_counter()
             order = sampler.next_batch(step_size(step, len(traces.train), sft_cfg.epochs, sft_cfg.batch_size))
@@ -161,8 +164,9 @@ def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path:
                 raise RunStopped(f"stopped after step {step} of {steps} ({stop.signal}), checkpoint written")
         learners.export_hf(str(out / FINAL_DIR), str(out / MODEL_FILES_DIR))
     finally:
-        stop.restore()
-        bar.close()
+        if stop is not None:
+            stop.restore()
+            bar.close()
         plot_run(out)
         log.close()
         system.shutdown()
@@ -206,38 +210,6 @@ def encode_trace_sets(recipe: Recipe, tokenizer) -> TraceSets:
         rows_of[name] = [t.index for t in kept]
     return TraceSets(train=sets["train"], train_rows=rows_of.get("train", []), held_out=sets["held_out"],
                      skipped=skipped)
-
-
-def _start(recipe: Recipe, model_path: str, steps: int, *, with_rollout: bool):
-    """Start Ray and the learner group (SFT objective, schedule over `steps`), and the rollout
-    pool and scorers when held-out accuracy is measured."""
-    from cluster.launch import connect_ray
-    from cluster.learner_group import LearnerGroup
-    from cluster.rollout_pool import RolloutPool, link_weights
-    from cluster.recovery import Recovery
-    from cluster.scorer_pool import ScorerPool
-    from cluster.specs import engine_spec, learner_spec, scorer_spec
-    from cluster.system import System
-
-    connect_ray(recipe.cluster)
-    cluster, timeout = recipe.cluster, recipe.cluster.timeout_s
-    learners = LearnerGroup(learner_spec(recipe, model_path, objective="sft", total_steps=steps),
-                            recipe.learner.num_ranks, cpus_per_rank=cluster.learner_cpus,
-                            gpus_per_rank=cluster.learner_gpus, timeout_s=timeout)
-    system = System(learners=learners)
-    if with_rollout:
-        try:
-            recovery = Recovery(cluster.max_restarts)
-            system.pool = RolloutPool(engine_spec(recipe, model_path), recipe.rollout.num_workers,
-                                      cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus,
-                                      timeout_s=timeout, recovery=recovery, health_timeout_s=cluster.health_timeout_s)
-            system.scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers,
-                                        cpus_per_scorer=cluster.scorer_cpus, timeout_s=timeout, recovery=recovery)
-            link_weights(learners, system.pool, timeout)
-        except BaseException:
-            system.shutdown()
-            raise
-    return system
 
 
 def _held_out_line(metrics: dict) -> str:

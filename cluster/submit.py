@@ -18,10 +18,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from cluster.recipe import Recipe, RecipeError
+from cluster.recipe import RecipeError
 from cluster.wire.errors import RunFailed
 
-COMMANDS = ("train", "distill", "sft", "generate")
+COMMANDS = ("train", "distill", "sft", "generate", "pipeline")
 EXCLUDES = [".venv/", ".git/", "runs/", ".whl/", "__pycache__/", ".pytest_cache/", "*.egg-info/"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -52,29 +52,28 @@ def _git_ignored(path: Path, working_dir: Path) -> bool:
     return done.returncode == 0
 
 
-def check_output_on_shared_storage(recipe: Recipe, command: str) -> None:
+def check_output_on_shared_storage(output: Path, key: str = "run.output_dir") -> None:
     """A relative output directory would be written inside the job's temporary working directory."""
-    output = recipe.output_dir
     if not Path(output).is_absolute():
-        raise RecipeError("run.output_dir", f"is '{output}', a relative path: on the cluster it would be written "
+        raise RecipeError(key, f"is '{output}', a relative path: on the cluster it would be written "
                           "inside the job's temporary working directory, which Ray deletes; give an absolute "
                           "path on storage every node mounts")
 
 
-def submit(command: str, recipe: Recipe, recipe_path: Path, overrides: list[str], *, address: str, python: str,
+def submit(command: str, output_dir: Path, recipe_path: Path, overrides: list[str], *, address: str, python: str,
            env: dict[str, str], follow: bool, timeout_s: float, submission_id: str = "") -> int:
-    """Submit the job; print its id and where its output goes; with `follow`, stream its logs and
-    return 0 if it succeeded, 1 otherwise (a timeout stops following, not the job)."""
+    """Submit the job; print its id and where its output (`output_dir`, checked by the caller
+    with `check_output_on_shared_storage`) goes; with `follow`, stream its logs and return 0 if
+    it succeeded, 1 otherwise (a timeout stops following, not the job)."""
     from ray.job_submission import JobSubmissionClient
 
-    check_output_on_shared_storage(recipe, command)
     working_dir = Path.cwd()
     entrypoint = job_entrypoint(command, recipe_path, overrides, python, working_dir)
     client = JobSubmissionClient(address)
     runtime_env = {"working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": env}
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id or None)
     print(f"[aha] submitted job {job_id} to {address}: {entrypoint}", flush=True)
-    print(f"[aha] the run's output: {recipe.output_dir} (on the cluster's storage)", flush=True)
+    print(f"[aha] the run's output: {output_dir} (on the cluster's storage)", flush=True)
     print(f"[aha] follow it with: ray job logs --address {address} --follow {job_id}", flush=True)
     if not follow:
         return 0

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from cluster.launch import connect_ray
 from cluster.learner_group import LearnerGroup
 from cluster.placement_plan import RunPlan, plan_run
+from cluster.recipe.placement import job_roles
 from cluster.recipe import Recipe
 from cluster.recovery import Recovery
 from cluster.rollout_pool import RolloutPool, link_weights
@@ -23,13 +24,19 @@ class System:
     """The running actors of a job; a job without rollouts (SFT without held-out accuracy) has
     no pool and no scorers."""
 
-    learners: LearnerGroup
+    learners: LearnerGroup | None  # None only while start_system is still starting the actors
     pool: RolloutPool | None = None
     scorers: ScorerPool | None = None
     tokenizer: object = None
     teacher: object = None  # a TeacherPool (cluster/teacher_pool.py) when the job distils
     recovery: Recovery | None = None  # restarts of the pool's and the scorers' actors, for the metrics
     plan: RunPlan | None = None  # where each role's actors were placed
+
+    def placement_groups(self) -> dict[str, object]:
+        """Each role's placement group (None for a role this job has not), for placement.json."""
+        return {"rollout": self.pool.placement if self.pool else None,
+                "learner": self.learners.placement if self.learners else None,
+                "scorer": self.scorers.placement if self.scorers else None}
 
     def shutdown(self) -> None:
         for part in (self.learners, self.scorers, self.pool, self.teacher):
@@ -41,31 +48,50 @@ class System:
                 print(f"[aha] shutdown of {type(part).__name__} failed: {err}")
 
 
-def start_system(recipe: Recipe, model_path: str, tokenizer) -> System:
-    """Start Ray (or join the cluster) and every actor of the run; link weights. A recipe with
-    a distill.teacher gets its teacher actors too (`aha distill`)."""
+def start_system(recipe: Recipe, model_path: str, tokenizer, job: str = "train", *,
+                 total_steps: int | None = None) -> System:
+    """Start Ray (or join the cluster) and the actors aha command `job` needs (`job_roles`),
+    each pinned where the run's plan puts it; link weights. `aha distill` gets its teacher
+    actors too; `aha sft` gets rollout workers and scorers only to measure held-out accuracy,
+    and a learner schedule of `total_steps`."""
     ray = connect_ray(recipe.cluster)
     # Where every actor goes, on the cluster as it is; a plan that cannot fit is one line here.
-    plan = plan_run(recipe, ray)
+    plan = plan_run(recipe, ray, job)
+    roles = job_roles(recipe, job)
     cluster, timeout = recipe.cluster, recipe.cluster.timeout_s
-    recovery = Recovery(cluster.max_restarts)
-    pool = RolloutPool(engine_spec(recipe, model_path), recipe.rollout.num_workers,
-                       cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus, timeout_s=timeout,
-                       recovery=recovery, health_timeout_s=cluster.health_timeout_s, nodes=plan.nodes_of("rollout"))
-    scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers, cpus_per_scorer=cluster.scorer_cpus,
-                         timeout_s=timeout, recovery=recovery, nodes=plan.nodes_of("scorer"))
-    teacher = None
-    if recipe.distill.teacher:
-        from cluster.specs import teacher_spec
-        from cluster.teacher_pool import TeacherPool
+    system = System(learners=None, tokenizer=tokenizer, recovery=Recovery(cluster.max_restarts), plan=plan)
+    try:  # an actor that cannot start leaves the ones already started shut down, not orphaned
+        if "rollout" in roles:
+            system.pool = RolloutPool(engine_spec(recipe, model_path), recipe.rollout.num_workers,
+                                      cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus,
+                                      timeout_s=timeout, recovery=system.recovery,
+                                      health_timeout_s=cluster.health_timeout_s, nodes=plan.nodes_of("rollout"))
+            system.scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers,
+                                        cpus_per_scorer=cluster.scorer_cpus, timeout_s=timeout,
+                                        recovery=system.recovery, nodes=plan.nodes_of("scorer"))
+        if "teacher" in roles and recipe.distill.teacher:
+            from cluster.specs import teacher_spec
+            from cluster.teacher_pool import TeacherPool
 
-        teacher = TeacherPool(teacher_spec(recipe), recipe.distill.num_teachers, cpus_per_teacher=cluster.teacher_cpus,
-                              gpus_per_teacher=cluster.teacher_gpus, timeout_s=timeout, nodes=plan.nodes_of("teacher"))
-    # The pure distillation loss is an objective of its own; the advantage form is GRPO's loss.
-    objective = "distill" if recipe.distill.teacher and recipe.distill.loss == "kl" else "grpo"
-    learners = LearnerGroup(learner_spec(recipe, model_path, objective=objective), recipe.learner.num_ranks,
-                            cpus_per_rank=cluster.learner_cpus, gpus_per_rank=cluster.learner_gpus, timeout_s=timeout,
-                            nodes=plan.nodes_of("learner"))
-    link_weights(learners, pool, timeout)
-    return System(pool=pool, scorers=scorers, learners=learners, tokenizer=tokenizer, teacher=teacher,
-                  recovery=recovery, plan=plan)
+            system.teacher = TeacherPool(teacher_spec(recipe), recipe.distill.num_teachers,
+                                         cpus_per_teacher=cluster.teacher_cpus, gpus_per_teacher=cluster.teacher_gpus,
+                                         timeout_s=timeout, nodes=plan.nodes_of("teacher"))
+        system.learners = LearnerGroup(learner_spec(recipe, model_path, objective=_objective(recipe, job),
+                                                    total_steps=total_steps),
+                                       recipe.learner.num_ranks, cpus_per_rank=cluster.learner_cpus,
+                                       gpus_per_rank=cluster.learner_gpus, timeout_s=timeout,
+                                       nodes=plan.nodes_of("learner"))
+        if system.pool is not None:
+            link_weights(system.learners, system.pool, timeout)
+    except BaseException:
+        system.shutdown()
+        raise
+    return system
+
+
+def _objective(recipe: Recipe, job: str) -> str:
+    """The learner's objective: SFT's; the pure distillation loss (an objective of its own); or
+    GRPO's loss, which the advantage form of distillation uses too."""
+    if job == "sft":
+        return "sft"
+    return "distill" if recipe.distill.teacher and recipe.distill.loss == "kl" else "grpo"

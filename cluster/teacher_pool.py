@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from actors.teacher import Teacher
 from cluster.launch import get_all, get_with_timeout
+from cluster.recovery import one_line
 from cluster.wire.errors import RunFailed
 from cluster.wire.teacher import TeacherInfo, TeacherScore, TeacherSpec
 
@@ -79,18 +80,12 @@ def _one_line_failures(what: str):
     except RayActorError as err:
         origin = err.args[0] if err.args else None
         if isinstance(origin, RayTaskError):  # Ray's form of "its __init__ raised"
-            raise RunFailed(f"{what}: the teacher could not start: {_one_line(origin.cause)}") from None
-        raise RunFailed(f"{what}: the teacher actor died ({_one_line(err, name=False)}); see the Ray logs") from None
+            raise RunFailed(f"{what}: the teacher could not start: {one_line(origin)}") from None
+        raise RunFailed(f"{what}: the teacher actor died ({one_line(err)}); see the Ray logs") from None
     except RayTaskError as err:
         # Ray re-raises the remote error with the whole traceback as its text; the cause
         # (e.g. a token id outside the teacher's vocabulary) has the one line.
-        raise RunFailed(f"{what}: {_one_line(err.cause)}") from None
+        raise RunFailed(f"{what}: {one_line(err)}") from None
     except TimeoutError as err:  # after RayTaskError: a remote TimeoutError is one too
         raise RunFailed(str(err)) from None
 
-
-def _one_line(err: BaseException, name: bool = True) -> str:
-    """The first line of an error's text, after its class name."""
-    lines = str(err).strip().splitlines()
-    text = lines[0] if lines else ""
-    return f"{type(err).__name__}: {text}" if name or not text else text

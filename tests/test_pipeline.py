@@ -3,6 +3,7 @@ run (cluster/pipeline.py), on plain files: no engines. The real stack runs in
 tests/test_stack_pipeline.py."""
 
 import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -115,6 +116,16 @@ def test_the_output_root_defaults_to_runs_name_and_the_name_to_the_file(tmp_path
     pipeline = load_pipeline(recipe, ["--rollout.group_size", "4"])
     assert pipeline.name == "my-chain" and pipeline.output_dir == Path("runs/my-chain")
     assert all(s.recipe.rollout.group_size == 4 for s in pipeline.stages)  # overrides apply to the base
+    # The pipeline's own settings can be overridden too (aha submit needs an absolute output root).
+    moved = load_pipeline(recipe, ["--pipeline.output_dir", "/mnt/runs/chain", "--pipeline.evaluate=false",
+                                   "--rollout.group_size", "4"])
+    assert moved.output_dir == Path("/mnt/runs/chain") and not moved.evaluate
+    assert all(str(s.output_dir).startswith("/mnt/runs/chain/") for s in moved.stages)
+    for bad, message in ((["--pipeline.root", "x"], "pipeline.root: unknown key (known: name, output_dir"),
+                         (["--pipeline.evaluate", "yes"], "pipeline.evaluate: expected true or false"),
+                         (["--pipeline.name"], "pipeline.name: override has no value")):
+        with pytest.raises(RecipeError, match=f"^{re.escape(message)}"):
+            load_pipeline(recipe, bad)
 
 
 @pytest.mark.parametrize("edits, expected", [

@@ -6,7 +6,7 @@ import pytest
 from cluster.cli import main
 from cluster.placement_plan import RunPlan, _ranges, describe_nodes, label_selectors, live_cluster, parse_cluster
 from cluster.recipe import load_recipe
-from cluster.recipe.placement import ClusterSpecError, NodeSpec, plan_placement
+from cluster.recipe.placement import ClusterSpecError, NodeSpec, PlacementError, job_roles, plan_placement
 from test_recipes import REPO
 
 GSM8K = REPO / "deploy/recipes/gsm8k-qwen2.5-1.5b.toml"
@@ -66,3 +66,23 @@ def test_aha_plan_prints_the_plan_or_one_line(capsys):
     assert len(err) == 1 and err[0].startswith("aha: error: learner: rank 0 of 4 needs 1 GPU and 8 CPUs")
     assert main(["plan", str(GSM8K), "--cluster", "2x"]) == 2
     assert "neither a cluster file nor NxG" in capsys.readouterr().err
+
+
+def test_each_job_plans_only_the_roles_it_starts(capsys):
+    recipe = load_recipe(GSM8K)
+    assert job_roles(recipe, "train") == job_roles(recipe, "distill") == ("rollout", "learner", "teacher", "scorer")
+    assert job_roles(recipe, "generate") == job_roles(recipe, "eval") == ("rollout", "scorer")
+    assert job_roles(recipe, "sft") == ("rollout", "learner", "teacher", "scorer")  # the recipe has data.eval_path
+    assert job_roles(load_recipe(GSM8K, ["--data.eval_path", ""]), "sft") == ("learner",)
+    with pytest.raises(ValueError, match="unknown job 'export'"):
+        job_roles(recipe, "export")
+    # Without the learner ranks, the 4 workers and 2 scorers fit a node the whole job does not.
+    with pytest.raises(PlacementError, match="^learner: rank 0 of 4"):
+        plan_placement(recipe, parse_cluster("1x4x48"))
+    placement = plan_placement(recipe, parse_cluster("1x4x48"), job_roles(recipe, "generate"))
+    assert [b.role for b in placement.bundles()] == ["rollout"] * 4 + ["scorer"] * 2
+    assert main(["plan", str(GSM8K), "--cluster", "1x4x48", "--command", "generate"]) == 0
+    out = capsys.readouterr().out
+    assert "placement of aha generate" in out and "node 0: rollout 0-3; scorer 0-1 (free: 0 GPUs, 0 CPUs)" in out
+    assert main(["plan", str(GSM8K), "--cluster", "1x4x48", "--command", "sft", "--data.eval_path", ""]) == 0
+    assert "node 0: learner 0-3 (free: 0 GPUs, 16 CPUs)" in capsys.readouterr().out

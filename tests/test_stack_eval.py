@@ -77,6 +77,9 @@ def test_two_models_side_by_side_match_a_hand_count(tmp_path, tiny_model_dir, mo
 
     document = json.loads((out / "eval.json").read_text())
     assert [m["model"] for m in document["models"]] == models
+    for result in document["models"]:  # each model's engines placed by the plan, and no learner
+        assert set(result["placement"]["planned"]) == {"rollout", "scorer"}
+        assert result["placement"]["placed"] == result["placement"]["planned"]
     table = (out / "eval.md").read_text().splitlines()
     assert [line.split(" | ")[0] for line in table[2:]] == [f"| {m}" for m in models]  # one row per model
     assert "\n".join(table) in done.stdout

@@ -137,6 +137,8 @@ def test_generate_killed_and_resumed_keeps_exactly_the_verified_traces_once(tmp_
         else:
             assert row["rejected"] == "incorrect" and not verified, row
     assert 0 < len(traces) < NUM_PROMPTS * K  # something kept, something dropped
+    placement = json.loads((out / "placement.json").read_text())  # placed by the plan, and no learner
+    assert set(placement["planned"]) == {"rollout", "scorer"} and placement["placed"] == placement["planned"]
     reasons = Counter(r["rejected"] for r in rejected)
     assert reasons["duplicate"] > 0 and set(reasons) <= {"duplicate", "incorrect"}, reasons
     expected = ["prompt", "completion", "messages", "prompt_index", "sample_index", "reward", "reward/generate_coin:score",

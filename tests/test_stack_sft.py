@@ -106,6 +106,11 @@ def test_sft_learns_reaches_the_engines_and_exports_final(tmp_path):
     assert metrics[-1]["learner/token_accuracy"] > 0.5 and metrics[-1]["learner/lr"] == pytest.approx(3e-3)
     assert (run / "plots" / "loss.png").is_file() and any((run / "tb").iterdir())
     assert "before SFT" in done.stdout and "[aha] done: model" in done.stdout
+    # Placed by the plan: with held-out accuracy, SFT starts engines and scorers beside the ranks.
+    placement = json.loads((run / "placement.json").read_text())
+    node = placement["nodes"][0]["id"]
+    assert placement["planned"] == {"rollout": [node], "learner": [node] * 2, "scorer": [node]}
+    assert placement["placed"] == placement["planned"]
 
     # final/ is a Hugging Face model whose held-out NLL, in plain transformers, is the logged one.
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -32,14 +32,15 @@ RECIPE_FILE = "recipe.json"
 FINAL_DIR = "final"  # the trained model as a Hugging Face directory
 MODEL_FILES_DIR = "model-files"  # the base model's config and tokenizer, to export checkpoints with
 EVAL_FILE = "eval.json"
+PLACEMENT_FILE = "placement.json"  # where each role's actors were planned and placed
 # What `aha eval` writes: the metrics, the table, the side-by-side plot, one row per completion.
 EVAL_OUTPUTS = (EVAL_FILE, "eval.md", "eval.png", "completions.parquet")
 # What `aha generate` writes (cluster/output/trace_parts.py): parts and progress as it goes, then
 # the merged traces and the summary.
-GENERATE_OUTPUTS = (RECIPE_FILE, PARTS_DIR, PROGRESS_FILE, TRACES_FILE, REJECTED_FILE, SUMMARY_FILE, REPORT_FILE)
+GENERATE_OUTPUTS = (RECIPE_FILE, PARTS_DIR, PROGRESS_FILE, TRACES_FILE, REJECTED_FILE, SUMMARY_FILE, REPORT_FILE,
+                    PLACEMENT_FILE)
 # What a run writes into its directory: the only names a fresh start may replace. An evaluation
 # written into a run's directory described that run's model, so a fresh start replaces it too.
-PLACEMENT_FILE = "placement.json"  # where each role's actors were planned and placed
 RUN_OUTPUTS = (METRICS_FILE, RECIPE_FILE, "rollouts", HELDOUT_DIR, "checkpoints", "plots", "tb", FINAL_DIR,
                MODEL_FILES_DIR, PLACEMENT_FILE, *EVAL_OUTPUTS)
 

@@ -125,9 +125,40 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
     """Read a pipeline recipe; `overrides` (`--section.key value`) apply to the base recipe."""
     file = Path(path)
     table = read_recipe_table(file)
-    for dotted, value in parse_overrides(list(overrides)):
+    own, rest = _pipeline_overrides(list(overrides))
+    for dotted, value in parse_overrides(rest):
         apply_override(table, dotted, value)
+    if own:
+        settings = table.get("pipeline")
+        table["pipeline"] = {**(settings if isinstance(settings, dict) else {}), **own}
     return pipeline_from_dict(table, default_name=file.stem)
+
+
+def _pipeline_overrides(args: list[str]) -> tuple[dict, list[str]]:
+    """Split `--pipeline.<key> value` (or `=value`) off the base recipe's overrides: the name
+    and output_dir verbatim, evaluate as true/false, stages as a comma-separated list."""
+    own, rest, i = {}, [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--pipeline."):
+            rest.append(arg)
+            i += 1
+            continue
+        key, sep, raw = arg[len("--pipeline."):].partition("=")
+        if not sep:
+            if i + 1 >= len(args):
+                raise RecipeError(f"pipeline.{key}", "override has no value")
+            raw, i = args[i + 1], i + 1
+        if key not in PIPELINE_KEYS:
+            raise RecipeError(f"pipeline.{key_text(key)}", f"unknown key (known: {', '.join(PIPELINE_KEYS)})")
+        if key == "evaluate":
+            if raw not in ("true", "false"):
+                raise RecipeError("pipeline.evaluate", f"expected true or false, got {raw!r}")
+            own[key] = raw == "true"
+        else:
+            own[key] = [name.strip() for name in raw.split(",") if name.strip()] if key == "stages" else raw
+        i += 1
+    return own, rest
 
 
 def pipeline_from_dict(table: dict, *, default_name: str = "pipeline") -> Pipeline:

@@ -10,9 +10,10 @@ Bundles are assigned first-fit decreasing, GPU bundles first (they are the scarc
 resource; CPU-only scorers fill the gaps). GPUs are tracked per device, so fractional bundles
 (two roles sharing one GPU) are checked the way Ray assigns them: a fraction never spans devices.
 
-Pure Python, no Ray import. `aha train` and `aha distill` place their actors by this plan:
-cluster/placement_plan.py reads the running cluster into a ClusterSpec, plans on it and pins
-each role's placement-group bundles to the planned nodes; `aha plan` prints it.
+Pure Python, no Ray import. Every aha job places its actors by this plan, for the roles it
+starts (`job_roles`): cluster/placement_plan.py reads the running cluster into a ClusterSpec,
+plans on it and pins each role's placement-group bundles to the planned nodes; `aha plan`
+prints it.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from pathlib import Path
 __all__ = [
     "Bundle", "ClusterSpec", "ClusterSpecError", "NodePlacement", "NodeSpec", "Placement",
     "PlacementError", "cluster_spec_from_dict", "cluster_spec_from_toml", "describe",
-    "plan_placement", "role_bundles",
+    "job_roles", "plan_placement", "role_bundles",
 ]
 
 ROLES = ("rollout", "learner", "teacher", "scorer")
 _UNIT = {"rollout": "worker", "learner": "rank", "teacher": "teacher", "scorer": "scorer"}
 _EPS = 1e-9  # float slack: 0.1 + 0.2 must fit in 0.3
 _NODE_KEYS = ("cpus", "gpus", "memory_gb", "count")
+JOBS = ("train", "distill", "sft", "generate", "eval")
 
 
 class PlacementError(ValueError):
@@ -184,9 +186,22 @@ def _check_gpu_requests(recipe) -> None:
             f"{rollout.gpu_memory_utilization:g} lets vLLM take more of its memory than that")
 
 
-def role_bundles(recipe) -> list[Bundle]:
-    """Every bundle the recipe needs, role by role (rollout, learner, teacher when distilling,
-    scorer), after checks."""
+def job_roles(recipe, job: str) -> tuple[str, ...]:
+    """The roles the aha command `job` starts for `recipe`: training jobs start them all (a
+    teacher only with distill.teacher); SFT starts rollout workers and scorers only to measure
+    held-out accuracy (data.eval_path); generate and eval train nothing."""
+    if job in ("train", "distill"):
+        return ROLES
+    if job == "sft":
+        return ROLES if recipe.data.eval_path else ("learner",)
+    if job in ("generate", "eval"):
+        return ("rollout", "scorer")
+    raise ValueError(f"unknown job {job!r}; one of {', '.join(JOBS)}")
+
+
+def role_bundles(recipe, roles: tuple[str, ...] = ROLES) -> list[Bundle]:
+    """Every bundle the recipe needs for `roles`, role by role (rollout, learner, teacher when
+    distilling, scorer), after checks."""
     _check_gpu_requests(recipe)
     cluster = recipe.cluster
     asks = {
@@ -196,7 +211,7 @@ def role_bundles(recipe) -> list[Bundle]:
                     cluster.teacher_gpus),
         "scorer": (recipe.reward.num_scorers, cluster.scorer_cpus, 0.0),
     }
-    return [Bundle(role, i, cpus, gpus) for role in ROLES
+    return [Bundle(role, i, cpus, gpus) for role in ROLES if role in roles
             for count, cpus, gpus in [asks[role]] for i in range(count)]
 
 
@@ -285,8 +300,8 @@ class _Room:
         return True
 
 
-def plan_placement(recipe, cluster: ClusterSpec) -> Placement:
-    """Assign every bundle of `recipe` to a node of `cluster`, first-fit decreasing.
+def plan_placement(recipe, cluster: ClusterSpec, roles: tuple[str, ...] = ROLES) -> Placement:
+    """Assign every bundle of `recipe`'s `roles` to a node of `cluster`, first-fit decreasing.
 
     Bundles are taken largest first (GPUs, then CPUs; ties keep the order rollout, learner,
     scorer) and each goes to the first node with room; learner ranks follow
@@ -295,7 +310,7 @@ def plan_placement(recipe, cluster: ClusterSpec) -> Placement:
     line naming the role, what one of its actors needs and what the cluster has, when a bundle
     fits nowhere.
     """
-    bundles = role_bundles(recipe)
+    bundles = role_bundles(recipe, roles)
     rooms = [_Room(node.cpus, [1.0] * int(node.gpus)) for node in cluster.nodes]
     hosted: list[list[Bundle]] = [[] for _ in cluster.nodes]
     mode = recipe.cluster.learner_placement
