@@ -1,24 +1,42 @@
-"""The whole loop: steps/s and time split, on-policy against async (staleness 1), same recipe,
-same run. Prints the ratio and the learner's idle share (the part of a step the learner
-spends waiting for groups or weight sync rather than training).
+"""The whole loop: step time, its split and its overhead, and time to first step by phase.
 
-    .venv/bin/python bench/loop.py [--steps 5] [--design-workload] [--learner-threads N] [--max-num-seqs N]
+For each workload, aha trains a few steps (on-policy); then, in the same process, the last
+step's very work is done again without aha: its prompts through vLLM's offline
+`LLM.generate` (one request per completion, each exactly as long as aha's), and its tokens
+through plain torch forward/backward/AdamW (bench/learner.py's baseline, padded
+micro-batches). The overhead is the step time minus those two: what the actors, Ray calls,
+scoring, the weight push and the bookkeeping add. `--async` also runs staleness 1 and prints
+its ratio to on-policy.
 
-`--design-workload` is DESIGN.md's target shape (hidden 512, 8 layers, 16 prompts x 8
-completions x 128 tokens); the default is a smaller one that finishes in a few minutes.
+    .venv/bin/python bench/loop.py [--workload demo|small|design] [--steps 5] [--async]
+                                   [--learner-threads N] [--max-num-seqs N]
+
+Workloads: `demo` is `make demo`'s RL recipe (deploy/recipes/arith-zero-cpu.toml, its cached
+base model and data under runs/demo, made first if missing; its held-out evaluation before RL
+counts in the time to first step); `small` a 256-wide 4-layer model, 8 prompts x 8 x 64 tokens;
+`design` DESIGN.md's target shape (hidden 512, 8 layers, 16 prompts x 8 x 128 tokens).
+Targets (issue 16): overhead <= 20% of the demo's step, design <= 30 s/step, demo's time to
+first step <= 20 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 # Run as a script, this folder comes first on sys.path and bench/learner.py would shadow the
 # `learner` package; the project's packages must win.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_RECIPE = REPO / "deploy/recipes/arith-zero-cpu.toml"
+SHAPES = {"small": dict(hidden=256, layers=4, prompts=8, tokens=64),
+          "design": dict(hidden=512, layers=8, prompts=16, tokens=128)}
 
 RECIPE = """
 [model]
@@ -65,45 +83,140 @@ steps = {steps}
 """
 
 
-def measure(recipe_path: Path, name: str, staleness: int) -> dict:
-    from cluster.recipe import load_recipe
+def run_aha(recipe, name: str, staleness: int) -> tuple[dict, list[dict], Path]:
+    """Train `recipe`; the mean split over steps 2.., the first step's start-up phases, the run."""
     from cluster.loop import train
     from cluster.output.run_log import read_metrics
+    from cluster.recipe.load import recipe_from_dict, recipe_to_dict
 
-    recipe = load_recipe(recipe_path, ["--run.output_dir", str(recipe_path.parent / name),
-                                       "--algorithm.max_staleness", str(staleness)])
-    metrics = read_metrics(train(recipe))[1:]  # the first step carries start-up costs
-    split = {key: statistics.mean(m[f"time/{key}"] for m in metrics)
-             for key in ("step", "generate", "score", "train", "sync")}
-    split["learner_idle_share"] = 1 - split["train"] / split["step"]
-    return split
+    table = recipe_to_dict(recipe)
+    table["run"]["output_dir"] = str(Path(table["run"]["output_dir"]).with_name(name))
+    table["algorithm"]["max_staleness"] = staleness
+    out = train(recipe_from_dict(table))
+    steps = [m for m in read_metrics(out) if m["step"] >= 1]
+    later = steps[1:] or steps  # the first step carries start-up costs
+    split = {key: statistics.mean(m.get(f"time/{key}", 0.0) for m in later)
+             for key in ("step", "generate", "score", "train", "sync", "learner_busy")}
+    split["learner_idle_share"] = statistics.mean(m["learner_idle_share"] for m in later)
+    split["learner_calls"] = statistics.mean(m.get("learner/accumulate_calls", 0) for m in later)
+    startup = {k.removeprefix("startup/"): v for k, v in steps[0].items() if k.startswith("startup/")}
+    return split, startup, out
+
+
+def last_step_work(recipe, out: Path):
+    """The last step's prompts (token ids, one entry per completion) and completion lengths."""
+    import pyarrow.parquet as pq
+
+    from cluster.inputs.data import PromptRow
+    from cluster.inputs.prompts import encode_prompts
+    from cluster.preflight import load_tokenizer
+
+    last = sorted((out / "rollouts").glob("step-*.parquet"))[-1]
+    rows = pq.read_table(last, columns=["prompt", "num_tokens"]).to_pylist()
+    tokenizer = load_tokenizer(recipe, str(out / "model-files"))
+    prompts = encode_prompts(recipe, tokenizer, [PromptRow(index=i, prompt=r["prompt"], fields={})
+                                                 for i, r in enumerate(rows)])
+    return prompts, [max(int(r["num_tokens"]), 1) for r in rows]
+
+
+def raw_generate_s(recipe, model_path: str, prompts: list[list[int]], lengths: list[int]) -> float:
+    """Seconds for vLLM's offline `LLM.generate` to sample exactly these completions (same
+    engine settings as the rollout worker's, after a warm-up call)."""
+    from vllm import LLM, SamplingParams
+
+    from cluster.specs import engine_spec
+
+    spec = engine_spec(recipe, model_path)
+    llm = LLM(model=model_path, dtype="float32", max_model_len=spec.max_model_len, seed=spec.seed,
+              kv_cache_memory_bytes=int(spec.kv_cache_gb * 2**30), enforce_eager=spec.enforce_eager,
+              enable_chunked_prefill=False, **({"max_num_seqs": spec.max_num_seqs} if spec.max_num_seqs else {}))
+    params = [SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=1.0, logprobs=0)
+              for n in lengths]
+    requests = [{"prompt_token_ids": p} for p in prompts]
+    llm.generate(requests[:4], params[:4], use_tqdm=False)  # warm-up
+    started = time.perf_counter()
+    llm.generate(requests, params, use_tqdm=False)
+    elapsed = time.perf_counter() - started
+    llm.llm_engine.engine_core.shutdown()
+    return elapsed
+
+
+def plain_train_s(recipe, model_path: str, prompts: list[list[int]], lengths: list[int]) -> float:
+    """Seconds for one plain-torch forward/backward/AdamW step on the same tokens."""
+    import random
+
+    from learner.batching import TrainSequence
+
+    learner_bench = _load("learner.py")
+    rng = random.Random(0)
+    sequences = [TrainSequence(prompt_ids=p, completion_ids=[rng.randrange(10, 100) for _ in range(n)],
+                               behaviour_logprobs=[-5.0] * n, advantage=rng.choice([-1.0, 1.0]))
+                 for p, n in zip(prompts, lengths)]
+    tokens = sum(lengths)
+    tokens_per_s = learner_bench.plain_torch_tokens_per_s(model_path, sequences, recipe.learner.micro_batch_size,
+                                                          steps=2, lr=recipe.learner.lr)
+    return tokens / tokens_per_s
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"aha_bench_{name[:-3]}", Path(__file__).with_name(name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def workload_recipe(args, tmp: str):
+    from cluster.recipe import load_recipe
+
+    common = ["--run.steps", str(args.steps), "--learner.cpu_threads", str(args.learner_threads),
+              "--rollout.max_num_seqs", str(args.max_num_seqs)]
+    if args.workload == "demo":
+        # The demo's own recipe, its cached base model and data (relative to the repository).
+        return load_recipe(DEMO_RECIPE, [*common, "--run.output_dir", f"{tmp}/run", "--eval.every", "0"])
+    path = Path(tmp) / "recipe.toml"
+    path.write_text(RECIPE.format(out=tmp, name="run", steps=args.steps, threads=args.learner_threads,
+                                  max_num_seqs=args.max_num_seqs, **SHAPES[args.workload]))
+    return load_recipe(path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", choices=("demo", "small", "design"), default="demo")
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--design-workload", action="store_true")
+    parser.add_argument("--async", dest="run_async", action="store_true", help="also run staleness 1")
     parser.add_argument("--max-num-seqs", type=int, default=0,
                         help="rollout.max_num_seqs (0: vLLM's default, every sequence at once)")
     parser.add_argument("--learner-threads", type=int, default=0,
                         help="learner.cpu_threads (0: Ray's default, one per reserved CPU)")
     args = parser.parse_args()
-    shape = dict(hidden=512, layers=8, prompts=16, tokens=128) if args.design_workload else \
-        dict(hidden=256, layers=4, prompts=8, tokens=64)
+    if args.workload == "demo":
+        import os
+
+        os.chdir(REPO)  # the demo recipe's paths are relative to the repository
     with tempfile.TemporaryDirectory() as tmp:
-        recipe = Path(tmp) / "recipe.toml"
-        recipe.write_text(RECIPE.format(out=tmp, name="run", steps=args.steps, threads=args.learner_threads,
-                                      max_num_seqs=args.max_num_seqs, **shape))
-        on_policy = measure(recipe, "on-policy", 0)
-        asynchronous = measure(recipe, "async", 1)
-    print(f"workload: {shape}, learner threads {args.learner_threads or 'Ray default'}, "
-          f"max_num_seqs {args.max_num_seqs or 'vLLM default'}; "
-          f"mean over steps 2..{args.steps}")
-    for label, split in (("on-policy", on_policy), ("async (staleness 1)", asynchronous)):
-        print(f"  {label:<20} {1 / split['step']:.3f} steps/s; step {split['step']:.1f}s of which waiting for groups "
-              f"{split['generate']:.1f}s + score {split['score']:.1f}s + train {split['train']:.1f}s + "
-              f"sync {split['sync']:.1f}s; learner idle {split['learner_idle_share']:.0%}")
-    print(f"ratio async / on-policy steps/s: {on_policy['step'] / asynchronous['step']:.2f}")
+        recipe = workload_recipe(args, tmp)
+        split, startup, out = run_aha(recipe, "on-policy", 0)
+        asynchronous = run_aha(recipe, "async", 1)[0] if args.run_async else None
+        model_path = recipe.model.path  # the base model: the same shape, so the same cost
+        prompts, lengths = last_step_work(recipe, out)
+        generate_s = raw_generate_s(recipe, model_path, prompts, lengths)
+        train_s = plain_train_s(recipe, model_path, prompts, lengths)
+    overhead = split["step"] - generate_s - train_s
+    print(f"workload {args.workload}: {recipe.rollout.prompts_per_step} prompts x {recipe.rollout.group_size} "
+          f"completions, {sum(lengths)} completion tokens in the last step; mean over steps 2..{args.steps}")
+    print(f"  aha on-policy: step {split['step']:.2f} s = waiting for groups {split['generate']:.2f} + "
+          f"score {split['score']:.2f} + train {split['train']:.2f} + sync {split['sync']:.2f} (+ the rest); "
+          f"learner busy {split['learner_busy']:.2f} s in {split['learner_calls']:.1f} calls, "
+          f"idle {split['learner_idle_share']:.0%}")
+    print(f"  the same work without aha: LLM.generate {generate_s:.2f} s + plain torch step {train_s:.2f} s "
+          f"= {generate_s + train_s:.2f} s")
+    print(f"  overhead: {overhead:.2f} s = {overhead / split['step']:.0%} of the step "
+          f"(ratio step / (generate + train) = {split['step'] / (generate_s + train_s):.2f})")
+    print(f"  time to first step: {startup.get('to_first_step', 0.0):.1f} s = "
+          + " + ".join(f"{phase} {seconds:.1f}" for phase, seconds in startup.items() if phase != "to_first_step"))
+    if asynchronous is not None:
+        print(f"  async (staleness 1): step {asynchronous['step']:.2f} s; ratio async / on-policy steps/s "
+              f"{split['step'] / asynchronous['step']:.2f}")
 
 
 if __name__ == "__main__":

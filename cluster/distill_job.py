@@ -129,19 +129,21 @@ def parameter_count(directory: Path) -> int | None:
 
 
 class GroupTeacher:
-    """The teacher's part of a distillation step, in two halves so that the teacher scores one
-    group while the next is generating: `submit` sends a group's sequences to a teacher actor,
-    `finish` waits for the scores (bounded by cluster.timeout_s) and returns the group with them."""
+    """The teacher's part of a distillation step, in two halves so that the teacher scores a
+    group while the engines generate the next: `submit` sends a group's sequences to a teacher
+    actor as the group arrives, `finish` waits for the scores (bounded by cluster.timeout_s)
+    and returns the scored group with them."""
 
     def __init__(self, pool, recipe: Recipe):
         self.pool, self.distill = pool, recipe.distill
 
-    def submit(self, group: Group):
-        samples = group.samples
-        return group, self.pool.submit([s.prompt_ids for s in samples], [s.completion_ids for s in samples])
+    def submit(self, samples: list):
+        return self.pool.submit([s.prompt_ids for s in samples], [s.completion_ids for s in samples])
 
-    def finish(self, submitted) -> Group:
-        group, pending = submitted
+    def ready(self, pending) -> bool:
+        return self.pool.ready(pending)
+
+    def finish(self, group: Group, pending) -> Group:
         return with_teacher_scores(group, self.pool.collect(pending), self.distill)
 
 

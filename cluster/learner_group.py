@@ -88,20 +88,38 @@ class LearnerGroup:
 
     def accumulate(self, groups: list[list[TrainSequence]], *, end_of_step: bool) -> int:
         """Forward/backward on these groups now, split evenly over the ranks; returns tokens."""
-        if not groups or len(groups) % self.num_ranks:
-            raise ValueError(f"{len(groups)} groups cannot be split evenly over {self.num_ranks} learner ranks")
-        per_rank = len(groups) // self.num_ranks
-        shards = [[s for g in groups[r * per_rank:(r + 1) * per_rank] for s in g] for r in range(self.num_ranks)]
-        return self.accumulate_shards(shards, end_of_step=end_of_step)
+        return self.finish(self.submit(groups, end_of_step=end_of_step))
 
     def accumulate_shards(self, shards: list[list[TrainSequence]], *, end_of_step: bool) -> int:
         """Forward/backward on rank r's `shards[r]` now; returns the target tokens processed.
         Shards may differ in size and lengths: every rank runs as many micro-batches as the
         busiest (ZeRO-3's per-layer gathers are collective), the others top up with empty ones."""
+        return self.finish(self.submit_shards(shards, end_of_step=end_of_step))
+
+    def submit(self, groups: list[list[TrainSequence]], *, end_of_step: bool) -> list:
+        """`accumulate`, returning at once: the call's refs, one per rank, for `finish` (and for
+        `ray.wait`, so the driver can score and take groups while the ranks compute)."""
+        if not groups or len(groups) % self.num_ranks:
+            raise ValueError(f"{len(groups)} groups cannot be split evenly over {self.num_ranks} learner ranks")
+        per_rank = len(groups) // self.num_ranks
+        return self.submit_shards([[s for g in groups[r * per_rank:(r + 1) * per_rank] for s in g]
+                                   for r in range(self.num_ranks)], end_of_step=end_of_step)
+
+    def submit_shards(self, shards: list[list[TrainSequence]], *, end_of_step: bool) -> list:
         if len(shards) != self.num_ranks:
             raise ValueError(f"{len(shards)} shards for {self.num_ranks} learner ranks")
         most = self.most_micro_batches(shards)
-        refs = [rank.accumulate.remote(shard, end_of_step, most) for rank, shard in zip(self.ranks, shards)]
+        return [rank.accumulate.remote(shard, end_of_step, most) for rank, shard in zip(self.ranks, shards)]
+
+    def answered(self, refs: list) -> bool:
+        """Whether any rank has answered the call `refs` (from `submit`), without waiting. The
+        ranks' calls are collective, so the others follow at once; or one failed, which
+        `finish` raises rather than waiting for peers stuck in a collective with it."""
+        done, _ = self._ray.wait(refs, num_returns=1, timeout=0)
+        return bool(done)
+
+    def finish(self, refs: list) -> int:
+        """Wait for the call `refs` (bounded, a dead rank named); the target tokens processed."""
         return sum(self._all(refs, "learner forward/backward"))
 
     def most_micro_batches(self, shards: list[list[TrainSequence]]) -> int:

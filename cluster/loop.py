@@ -1,8 +1,9 @@
 """The R1-Zero GRPO loop: sample -> score -> group -> learn -> sync weights -> log/checkpoint.
 
-`train` is the whole loop, readable top to bottom. Groups stream: each finished group is
-scored, turned into group-relative advantages and, once the learner ranks each have one,
-trained on at once (forward/backward), while the rest of the step is still generating. The
+`train` is the whole loop, readable top to bottom. Groups stream: each finished group is sent
+to the scorers at once and, scored and turned into group-relative advantages, waits for the
+learner; whenever the learner is free it takes every group waiting in one forward/backward
+call (cluster/intake.py), while the rest of the step is still generating and scoring. The
 optimizer steps when the step's groups are all in. With `algorithm.max_staleness = s >= 1`
 the next `s` steps' prompts are already generating while the learner trains (async mode);
 a group made by weights more than `s` versions old is dropped and counted.
@@ -12,17 +13,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter, deque
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from cluster.chaos import Chaos
 from cluster.distill_job import GroupTeacher, distill_metrics
 from cluster.evaluation import correctness_reward, evaluate_during_run
 from cluster.inputs.data import PromptSampler
+from cluster.intake import ScoresInFlight, StepIntake, drop_reason
 from cluster.inputs.prompts import encode_prompts, load_rows
 from cluster.learner_group import train_sequences
 from cluster.output.eval_metrics import (group_stats, reflection_rate, response_stats, reward_failure_shares,
@@ -37,9 +38,7 @@ from cluster.rollout_pool import GroupStream, push_weights
 from cluster.specs import sampling_spec
 from cluster.stop import RunStopped, StopRequest
 from cluster.system import start_system
-from cluster.wire.errors import RunFailed
 from cluster.wire.samples import Group
-from learner.losses import group_advantages
 
 
 @dataclass
@@ -79,7 +78,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str], chaos: Ch
     from cluster.output.run_log import RunLog, summary_line
     from cluster.preflight import check_prepared, load_tokenizer, print_warnings
 
-    out = run_dir.path
+    out, begun = run_dir.path, time.perf_counter()
     resume_at = find_resume_point(run_dir, recipe) if resume else None
     prepare_data(recipe)  # first: the held-out prompts are kept out of the training data
     data_sha256 = train_data_sha256(recipe)  # recorded with each checkpoint; resume needs the same file
@@ -93,7 +92,9 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str], chaos: Ch
     sampler = PromptSampler(rows, seed=run.seed, shuffle=recipe.data.shuffle)
     sampling = sampling_spec(recipe, seed=None)
     log = RunLog(out)
+    startup = {"inputs": time.perf_counter() - begun}  # seconds per phase, logged with the first step
     system = start_system(recipe, model_path, tokenizer)
+    startup.update(system.startup)
     bar = stop = None  # made just before the first step; the finally closes what was made
     try:
         pool, scorers, learners = system.pool, system.scorers, system.learners
@@ -114,7 +115,9 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str], chaos: Ch
                              trust_remote_code=recipe.model.trust_remote_code)
         eval_rows = load_rows(recipe, recipe.data.eval_path) if recipe.data.eval_path else []
         if eval_rows and resume_at is None:
+            evaluating = time.perf_counter()
             before = evaluate_during_run(pool, scorers, tokenizer, recipe, eval_rows, out, 0)
+            startup["first_evaluation"] = time.perf_counter() - evaluating
             log.log_step(0, before)
             print(f"[aha] held-out accuracy before RL: {before['eval/accuracy']:.3f} "
                   f"on {before['eval/num_prompts']:.0f} problems", flush=True)
@@ -141,23 +144,39 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str], chaos: Ch
             batch = pending.popleft()
             timings = {"generate": 0.0, "score": 0.0, "train": 0.0}
             intake = StepIntake(wanted=rollout.prompts_per_step, max_dropped=4 * rollout.prompts_per_step)
+            scoring = ScoresInFlight(scorers, algo.estimator, teacher)
+            learning = None  # the learner's call in flight: one at a time, handed every group waiting
             chaos.at("generate", system)  # fault injection, while this step's groups are being sampled
-            for group, staleness in _scored_groups(batch, scorers, algo.estimator, version, timings, teacher):
-                reason = drop_reason(group.rewards, staleness, max_staleness=algo.max_staleness,
-                                     dynamic_sampling=algo.dynamic_sampling)
-                if reason is not None:
-                    intake.drop(reason, step)
-                    replace_dropped(batch)
-                    continue
-                intake.accept(group, staleness)
-                if len(intake.untrained) == recipe.learner.num_ranks:  # one group per rank: train now
+            while not intake.full:
+                with timed(timings, "generate"):  # waiting for a group, a score or the learner
+                    arrived = batch.stream.next_group(also=[*scoring.refs(), *(learning or [])])
+                if arrived is not None:
+                    index, samples = arrived
+                    scoring.submit(batch.rows[index], samples)
+                for group in scoring.take_ready(timings):
+                    staleness = version - min(s.weight_version for s in group.samples)
+                    reason = drop_reason(group.rewards, staleness, max_staleness=algo.max_staleness,
+                                         dynamic_sampling=algo.dynamic_sampling)
+                    if reason is not None:
+                        intake.drop(reason, step)
+                        replace_dropped(batch)
+                    else:
+                        intake.accept(group, staleness)
+                idle = batch.stream.ended and not scoring.pending  # nothing to do but wait for the learner
+                if learning is not None and (idle or learners.answered(learning)):
                     with timed(timings, "train"):
-                        learners.accumulate([train_sequences(g) for g in intake.take_untrained()],
-                                            end_of_step=intake.full)
-                if intake.full:
-                    break
-            if not intake.full:
-                raise RuntimeError(f"step {step}: the rollout stream ended after {len(intake.accepted)} groups")
+                        learners.finish(learning)
+                    learning = None
+                if learning is None and (taken := intake.take_untrained(recipe.learner.num_ranks)):
+                    learning = learners.submit([train_sequences(g) for g in taken], end_of_step=intake.full)
+                elif learning is None and idle and not intake.full:
+                    raise RuntimeError(f"step {step}: the rollout stream ended after {len(intake.accepted)} groups")
+            with timed(timings, "train"):  # the step's last groups, if the learner was busy when they came
+                if learning is not None:
+                    learners.finish(learning)
+                if intake.untrained:
+                    learners.finish(learners.submit([train_sequences(g) for g in intake.take_untrained()],
+                                                    end_of_step=True))
 
             if rollout.sleep_between_steps:
                 pool.sleep()  # free the engines' GPU memory for the optimizer step (no-op on CPU)
@@ -172,6 +191,9 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str], chaos: Ch
             timings["step"] = time.perf_counter() - started
 
             metrics = {**_step_metrics(recipe, intake, learner_metrics, timings), **system.recovery.step_metrics()}
+            if step == first_step:  # what it took to get here: bench/loop.py's time to first step
+                startup["to_first_step"] = started - begun
+                metrics.update({f"startup/{phase}": seconds for phase, seconds in startup.items()})
             for warning in reward_failure_warnings(step, [f for g in intake.accepted for f in g.failures]):
                 bar.write(warning)
             if eval_rows and (step == run.steps or (recipe.eval.every and step % recipe.eval.every == 0)):
@@ -205,61 +227,6 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str], chaos: Ch
     return out
 
 
-# ---------------------------------------------------------------------------------------
-# One step's intake of groups: which are kept, which are dropped, what goes to the learner.
-
-
-def drop_reason(rewards: list[float], staleness: int, *, max_staleness: int, dynamic_sampling: bool) -> str | None:
-    """Why a scored group is not trained on, or None to keep it.
-
-    "stale": made by weights more than `max_staleness` versions old (async mode's bound).
-    "flat": every reward equal, so every advantage is 0 and it teaches nothing (DAPO's
-    dynamic sampling drops it and draws another prompt instead).
-    """
-    if staleness > max_staleness:
-        return "stale"
-    if dynamic_sampling and len(set(rewards)) == 1:
-        return "flat"
-    return None
-
-
-@dataclass
-class StepIntake:
-    """The groups one step trains on, taken as they finish.
-
-    Accepted groups wait in `untrained` until there is one per learner rank; dropped groups
-    are counted by reason, and the step fails once more than `max_dropped` were dropped (a
-    task the policy always solves or always fails cannot fill a dynamic-sampling step).
-    """
-
-    wanted: int
-    max_dropped: int
-    accepted: list[Group] = field(default_factory=list)
-    staleness: list[int] = field(default_factory=list)
-    untrained: list[Group] = field(default_factory=list)
-    dropped: Counter = field(default_factory=Counter)
-
-    @property
-    def full(self) -> bool:
-        return len(self.accepted) == self.wanted
-
-    def accept(self, group: Group, staleness: int) -> None:
-        self.accepted.append(group)
-        self.staleness.append(staleness)
-        self.untrained.append(group)
-
-    def take_untrained(self) -> list[Group]:
-        taken, self.untrained = self.untrained, []
-        return taken
-
-    def drop(self, reason: str, step: int) -> None:
-        self.dropped[reason] += 1
-        if sum(self.dropped.values()) > self.max_dropped:
-            raise RunFailed(f"step {step}: dropped {sum(self.dropped.values())} groups ({dict(self.dropped)}); "
-                            "the step cannot be filled: every group was stale or its rewards were all equal "
-                            "(a task the policy always solves or always fails, or a reward that always fails)")
-
-
 @contextmanager
 def timed(timings: dict[str, float], key: str):
     """Add the seconds the block takes to `timings[key]`."""
@@ -268,48 +235,6 @@ def timed(timings: dict[str, float], key: str):
         yield
     finally:
         timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
-
-
-def _scored_groups(batch: Batch, scorers, estimator: str, version: int, timings: dict, teacher=None):
-    """Yield `(group, staleness)` for each group of `batch` as it finishes, scored and with
-    its advantages; `staleness` is how many versions behind `version` its oldest sample is.
-    Distilling, each group also gets the teacher's scores (`teacher`, a GroupTeacher): a group
-    is sent to the teacher and yielded once the next one has arrived, so that the teacher
-    scores while the engines generate ("time/teacher" is only the wait that was not hidden)."""
-    stream, submitted = iter(batch.stream), None
-    while True:
-        with timed(timings, "generate"):
-            finished = next(stream, None)
-        if finished is None:
-            break
-        index, samples = finished
-        row = batch.rows[index]
-        with timed(timings, "score"):
-            scores = scorers.score([s.text for s in samples], row.fields, [len(s.completion_ids) for s in samples])
-        group = _scored_group(row, samples, scores, estimator)
-        staleness = version - min(s.weight_version for s in samples)
-        if teacher is None:
-            yield group, staleness
-            continue
-        if submitted is not None:
-            yield _taught(teacher, submitted, timings)
-        submitted = teacher.submit(group), staleness
-    if submitted is not None:
-        yield _taught(teacher, submitted, timings)
-
-
-def _taught(teacher, submitted, timings: dict):
-    ticket, staleness = submitted
-    with timed(timings, "teacher"):
-        return teacher.finish(ticket), staleness
-
-
-def _scored_group(row, samples, scores, estimator: str) -> Group:
-    rewards = [s.total for s in scores]
-    advantages = group_advantages(torch.tensor([rewards], dtype=torch.float64), estimator=estimator)[0]
-    return Group(prompt_index=row.index, prompt_text=row.prompt, fields=row.fields, samples=samples,
-                 rewards=rewards, advantages=advantages.tolist(), components=[s.components for s in scores],
-                 failures=[s.failures for s in scores])
 
 
 def _step_metrics(recipe: Recipe, intake: StepIntake, learner: dict, timings: dict) -> dict:
@@ -331,13 +256,16 @@ def _step_metrics(recipe: Recipe, intake: StepIntake, learner: dict, timings: di
         **{f"time/{k}": v for k, v in timings.items()},
     }
     # The learner's idle time: the part of the step it spent waiting for groups or the sync.
-    metrics["time/idle"] = max(0.0, timings["step"] - timings["train"])
+    # The driver only waits on the learner at the step's end, so the busy time is the rank's own.
+    busy = learner.get("accumulate_s", 0.0) + learner.get("update_s", 0.0)
+    metrics["time/learner_busy"] = busy
+    metrics["time/idle"] = max(0.0, timings["step"] - busy)
     metrics["learner_idle_share"] = metrics["time/idle"] / max(timings["step"], 1e-9)
     metrics["tokens/sampled"] = sum(lengths)  # with learner/tokens (and distill/teacher_tokens): compute spent
     if groups[0].teacher:
         metrics.update(distill_metrics(groups))
     metrics["rollout_tokens_per_s"] = sum(lengths) / max(timings["generate"] + timings["train"], 1e-9)
-    metrics["learner_tokens_per_s"] = learner.get("tokens", 0) / max(timings["train"], 1e-9)
+    metrics["learner_tokens_per_s"] = learner.get("tokens", 0) / max(busy, 1e-9)
     return metrics
 
 

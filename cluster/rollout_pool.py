@@ -31,7 +31,7 @@ class RolloutPool:
 
     def __init__(self, spec: EngineSpec, num_workers: int, *, cpus_per_worker: float,
                  gpus_per_worker: float, timeout_s: float, recovery: Recovery | None = None,
-                 health_timeout_s: float = 30.0, nodes: list[str] | None = None):
+                 health_timeout_s: float = 30.0, nodes: list[str] | None = None, wait: bool = True):
         import ray
         from ray.util.placement_group import placement_group
 
@@ -50,10 +50,18 @@ class RolloutPool:
         self._resources = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker}
         self.workers = [self._launch(index) for index in range(num_workers)]
         self.incarnations = [0] * num_workers
-        self._processes = get_all(ray, [w.process_ids.remote() for w in self.workers], timeout_s,
-                                  "rollout engine start")
+        self._starting = [w.process_ids.remote() for w in self.workers]
+        self._processes = None
         self.learners, self.version = None, None  # set by link_weights and push_weights
         self.during_push = None  # a fault-injection hook (cluster/chaos.py), called mid-broadcast
+        if wait:
+            self.wait_started()
+
+    def wait_started(self) -> None:
+        """Wait (bounded) until every engine has started. With `wait=False` the engines boot
+        while the caller starts the other roles: on a cluster the roles start side by side."""
+        if self._processes is None:
+            self._processes = get_all(self._ray, self._starting, self.timeout_s, "rollout engine start")
 
     def _launch(self, index: int):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -183,6 +191,7 @@ class GroupStream:
         self._pool, self._streams, self._count, self._turn = pool, {}, 0, 0
         self._prompts: dict[int, tuple[list[int], SamplingSpec]] = {}
         self._delivered: set[int] = set()
+        self._deadline: float | None = None  # when a quiet stream times out (cluster.timeout_s)
 
     def add(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[int]:
         """Launch more prompts now; returns the indices their groups will carry."""
@@ -207,20 +216,36 @@ class GroupStream:
                 prompts, settings[0] if shared else settings)
             self._streams[gen] = _Shard(w, pool.incarnations[w], shard)
 
+    @property
+    def ended(self) -> bool:
+        """Whether every group launched so far has been delivered."""
+        return not self._streams
+
     def __iter__(self) -> Iterator[tuple[int, list[Sample]]]:
+        while (finished := self.next_group()) is not None:
+            yield finished
+
+    def next_group(self, also: list = ()) -> tuple[int, list[Sample]] | None:
+        """The next finished group as `(index, samples)`; or None as soon as one of `also` (Ray
+        refs the caller waits on beside the stream: scores, a learner call) is ready, or once the
+        stream has ended (then after waiting, bounded, for one of `also`). Quiet spells are
+        bounded by the pool's timeout, counted across calls."""
         ray, pool = self._pool._ray, self._pool
-        deadline = time.monotonic() + pool.timeout_s
+        if self._deadline is None:
+            self._deadline = time.monotonic() + pool.timeout_s
         while self._streams:
-            wait_s = max(min(pool.health_timeout_s, deadline - time.monotonic()), 0.0)
-            ready, _ = ray.wait(list(self._streams), num_returns=1, timeout=wait_s)
+            wait_s = max(min(pool.health_timeout_s, self._deadline - time.monotonic()), 0.0)
+            ready, _ = ray.wait([*self._streams, *also], num_returns=1, timeout=wait_s)
             if not ready:  # a quiet spell: a hung worker is found long before the timeout
                 if self._replace_unresponsive():
-                    deadline = time.monotonic() + pool.timeout_s
-                elif time.monotonic() >= deadline:
+                    self._deadline = time.monotonic() + pool.timeout_s
+                elif time.monotonic() >= self._deadline:
                     raise TimeoutError(f"no rollout group finished within {pool.timeout_s:g} s (cluster.timeout_s)")
                 continue
-            deadline = time.monotonic() + pool.timeout_s
             gen = ready[0]
+            if gen not in self._streams:
+                return None  # one of `also`
+            self._deadline = time.monotonic() + pool.timeout_s
             try:
                 position, group = ray.get(next(gen), timeout=pool.timeout_s)
             except StopIteration:
@@ -235,7 +260,11 @@ class GroupStream:
                 continue
             index = self._streams[gen].indices[position]
             self._delivered.add(index)
-            yield index, group
+            return index, group
+        self._deadline = None
+        if also:  # the stream has ended: wait for the caller's refs here, bounded, not in a spin
+            ray.wait(list(also), num_returns=1, timeout=pool.timeout_s)
+        return None
 
     def _replace_unresponsive(self) -> bool:
         """Replace the workers that fail a health probe and re-queue their prompts; whether any did."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass
 
 from actors.reward_scorer import RewardScorer, Score, ScorerSpec
 from cluster.launch import get_all
@@ -15,11 +16,22 @@ from cluster.placement_plan import label_selectors
 from cluster.recovery import Recovery, is_death, one_line
 
 
+@dataclass
+class ScoreTicket:
+    """One group's scoring in flight: the Ray ref, which scorer has it, the call's arguments
+    (to score it again on a replacement) and when the driver stops waiting for it."""
+
+    ref: object
+    scorer: int
+    group: tuple
+    deadline: float
+
+
 class ScorerPool:
     """M reward-scorer actors, used round-robin; every wait bounded, the dead replaced."""
 
     def __init__(self, spec: ScorerSpec, num_scorers: int, *, cpus_per_scorer: float, timeout_s: float,
-                 recovery: Recovery | None = None, nodes: list[str] | None = None):
+                 recovery: Recovery | None = None, nodes: list[str] | None = None, wait: bool = True):
         import ray
 
         self._ray, self.timeout_s, self.spec = ray, timeout_s, spec
@@ -32,8 +44,16 @@ class ScorerPool:
                                              strategy="PACK", bundle_label_selector=label_selectors(nodes))
             get_all(ray, [self.placement.ready()], timeout_s, f"placing {num_scorers} reward scorers")
         self.scorers = [self._launch(index) for index in range(num_scorers)]
-        get_all(ray, [s.worker_pids.remote() for s in self.scorers], self.timeout_s, "reward scorer start")
+        self._starting = [s.worker_pids.remote() for s in self.scorers]
         self._turn = itertools.cycle(range(num_scorers))
+        if wait:
+            self.wait_started()
+
+    def wait_started(self) -> None:
+        """Wait (bounded) until every scorer's worker processes are up (see RolloutPool's)."""
+        if self._starting:
+            get_all(self._ray, self._starting, self.timeout_s, "reward scorer start")
+            self._starting = []
 
     def _launch(self, index: int):
         if self.placement is None:
@@ -45,17 +65,38 @@ class ScorerPool:
 
     def score(self, texts: list[str], fields: dict, num_tokens: list[int]) -> list[Score]:
         """Score one group now (a few ms per completion); returns its list of Score."""
+        return self.collect(self.submit(texts, fields, num_tokens))
+
+    def submit(self, texts: list[str], fields: dict, num_tokens: list[int]) -> ScoreTicket:
+        """Send one group to the next scorer and return at once; `collect` the scores. The
+        ticket's `ref` is what `ray.wait` waits on, so the driver can wait on it beside others."""
         index = next(self._turn)
+        ref = self.scorers[index].score_group.remote(texts, fields, num_tokens)
+        return ScoreTicket(ref, index, (texts, fields, num_tokens), time.monotonic() + self.timeout_s)
+
+    def ready(self, ticket: ScoreTicket) -> bool:
+        """Whether `collect` would return (or replace a dead scorer) without waiting."""
+        done, _ = self._ray.wait([ticket.ref], num_returns=1, timeout=0)
+        return bool(done) or time.monotonic() >= ticket.deadline
+
+    def collect(self, ticket: ScoreTicket) -> list[Score]:
+        """The group's scores, waiting at most until the ticket's deadline. A scorer that died or
+        missed it is replaced and the group scored again there (scoring is pure)."""
+        ray = self._ray
         while True:
-            ref = self.scorers[index].score_group.remote(texts, fields, num_tokens)
+            done, _ = ray.wait([ticket.ref], num_returns=1, timeout=max(ticket.deadline - time.monotonic(), 0.0))
             try:
-                return get_all(self._ray, [ref], self.timeout_s, "reward scoring")[0]
+                if not done:
+                    raise TimeoutError(f"reward scoring did not finish within {self.timeout_s:g} s (cluster.timeout_s)")
+                return ray.get(ticket.ref)
             except Exception as err:
                 # A remote TimeoutError is a RayTaskError, a reward's own failure is a Score:
                 # only a death or the driver's own deadline means the actor is gone.
                 if not (is_death(err) or type(err) is TimeoutError):
                     raise
-                self._replace(index, err)
+                self._replace(ticket.scorer, err)
+                ticket.ref = self.scorers[ticket.scorer].score_group.remote(*ticket.group)
+                ticket.deadline = time.monotonic() + self.timeout_s
 
     def _replace(self, index: int, cause: BaseException) -> None:
         started = time.perf_counter()

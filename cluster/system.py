@@ -6,7 +6,8 @@ group) linked for weight sync; the drivers (`cluster/loop.py`, evaluation) only 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from cluster.launch import connect_ray
 from cluster.learner_group import LearnerGroup
@@ -31,6 +32,7 @@ class System:
     teacher: object = None  # a TeacherPool (cluster/teacher_pool.py) when the job distils
     recovery: Recovery | None = None  # restarts of the pool's and the scorers' actors, for the metrics
     plan: RunPlan | None = None  # where each role's actors were placed
+    startup: dict = field(default_factory=dict)  # seconds per start-up phase (start_system)
 
     def placement_groups(self) -> dict[str, object]:
         """Each role's placement group (None for a role this job has not), for placement.json."""
@@ -53,8 +55,15 @@ def start_system(recipe: Recipe, model_path: str, tokenizer, job: str = "train",
     """Start Ray (or join the cluster) and the actors aha command `job` needs (`job_roles`),
     each pinned where the run's plan puts it; link weights. `aha distill` gets its teacher
     actors too; `aha sft` gets rollout workers and scorers only to measure held-out accuracy,
-    and a learner schedule of `total_steps`."""
+    and a learner schedule of `total_steps`.
+
+    The roles start side by side: the engines and scorers boot in their own processes while
+    the learner ranks set up, and the driver waits for them last. `System.startup` holds the
+    seconds of each phase (also printed), what `bench/loop.py` reports as time to first step.
+    """
+    clock = _PhaseClock()
     ray = connect_ray(recipe.cluster)
+    clock.lap("ray")
     # Where every actor goes, on the cluster as it is; a plan that cannot fit is one line here.
     plan = plan_run(recipe, ray, job)
     roles = job_roles(recipe, job)
@@ -64,10 +73,10 @@ def start_system(recipe: Recipe, model_path: str, tokenizer, job: str = "train",
         if "rollout" in roles:
             system.pool = RolloutPool(engine_spec(recipe, model_path), recipe.rollout.num_workers,
                                       cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus,
-                                      timeout_s=timeout, recovery=system.recovery,
+                                      timeout_s=timeout, recovery=system.recovery, wait=False,
                                       health_timeout_s=cluster.health_timeout_s, nodes=plan.nodes_of("rollout"))
             system.scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers,
-                                        cpus_per_scorer=cluster.scorer_cpus, timeout_s=timeout,
+                                        cpus_per_scorer=cluster.scorer_cpus, timeout_s=timeout, wait=False,
                                         recovery=system.recovery, nodes=plan.nodes_of("scorer"))
         if "teacher" in roles and recipe.distill.teacher:
             from cluster.specs import teacher_spec
@@ -76,17 +85,39 @@ def start_system(recipe: Recipe, model_path: str, tokenizer, job: str = "train",
             system.teacher = TeacherPool(teacher_spec(recipe), recipe.distill.num_teachers,
                                          cpus_per_teacher=cluster.teacher_cpus, gpus_per_teacher=cluster.teacher_gpus,
                                          timeout_s=timeout, nodes=plan.nodes_of("teacher"))
+            clock.lap("teacher")
         system.learners = LearnerGroup(learner_spec(recipe, model_path, objective=_objective(recipe, job),
                                                     total_steps=total_steps),
                                        recipe.learner.num_ranks, cpus_per_rank=cluster.learner_cpus,
                                        gpus_per_rank=cluster.learner_gpus, timeout_s=timeout,
                                        nodes=plan.nodes_of("learner"))
+        clock.lap("learner")
         if system.pool is not None:
+            system.pool.wait_started()
+            clock.lap("engines")  # what was left of their start once the learner was up
+            system.scorers.wait_started()
             link_weights(system.learners, system.pool, timeout)
+            clock.lap("weight_link")
     except BaseException:
         system.shutdown()
         raise
+    system.startup = clock.phases
+    print(f"[aha] started in {sum(clock.phases.values()):.1f} s: "
+          + ", ".join(f"{name} {seconds:.1f}" for name, seconds in clock.phases.items()), flush=True)
     return system
+
+
+class _PhaseClock:
+    """Seconds per start-up phase, in order."""
+
+    def __init__(self):
+        self.phases: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self._last
+        self._last = now
 
 
 def _objective(recipe: Recipe, job: str) -> str:

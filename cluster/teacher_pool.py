@@ -9,11 +9,12 @@ one-line `RunFailed`, never a hang or a remote traceback.
 from __future__ import annotations
 
 import itertools
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from actors.teacher import Teacher
-from cluster.launch import get_all, get_with_timeout
+from cluster.launch import get_all
 from cluster.recovery import one_line
 from cluster.wire.errors import RunFailed
 from cluster.wire.teacher import TeacherInfo, TeacherScore, TeacherSpec
@@ -25,6 +26,7 @@ class PendingScores:
 
     ref: object
     teacher: int
+    deadline: float  # when the driver stops waiting for it (cluster.timeout_s after submit)
 
 
 class TeacherPool:
@@ -53,13 +55,24 @@ class TeacherPool:
     def submit(self, prompts: list[list[int]], completions: list[list[int]]) -> PendingScores:
         """Start scoring (prompt ids, completion ids) pairs on the next teacher; returns at once."""
         teacher = next(self._turn)
-        return PendingScores(self.teachers[teacher].score.remote(prompts, completions), teacher)
+        return PendingScores(self.teachers[teacher].score.remote(prompts, completions), teacher,
+                             time.monotonic() + self.timeout_s)
+
+    def ready(self, pending: PendingScores) -> bool:
+        """Whether `collect` would return (or fail: a dead teacher, the deadline) without waiting."""
+        done, _ = self._ray.wait([pending.ref], num_returns=1, timeout=0)
+        return bool(done) or time.monotonic() >= pending.deadline
 
     def collect(self, pending: PendingScores) -> list[TeacherScore]:
         """The scores of a submitted call, one per pair; waits at most `timeout_s`."""
         what = f"teacher {pending.teacher}"
+        from ray.exceptions import GetTimeoutError
+
         with _one_line_failures(what):
-            return get_with_timeout(self._ray, pending.ref, self.timeout_s, what)
+            try:  # the deadline counts from submit: the call may have been running a while
+                return self._ray.get(pending.ref, timeout=max(pending.deadline - time.monotonic(), 0.0))
+            except GetTimeoutError:
+                raise TimeoutError(f"{what} did not answer within {self.timeout_s:g} s (cluster.timeout_s)") from None
 
     def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[TeacherScore]:
         """Score pairs now: `submit` then `collect`."""

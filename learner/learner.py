@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 from datetime import timedelta
 
 import torch
@@ -80,6 +81,7 @@ class Learner:
         self.engine = None
         self._outputs: list[LossOutput] = []
         self._kept: list[MicroBatch] = []  # the step's micro-batches, for ppo_epochs > 1
+        self._busy_s, self._calls = 0.0, 0  # forward/backward seconds and calls so far this step
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -174,6 +176,7 @@ class Learner:
         micro-batches (the group passes the most any rank has as `min_micro_batches`). Returns
         the number of target tokens processed.
         """
+        started = time.perf_counter()
         batches = self._micro_batches(sequences, min_micro_batches)
         tokens = 0
         for index, batch in enumerate(batches):
@@ -185,6 +188,8 @@ class Learner:
                 batch.old_logp = logp  # the pre-update logprobs later epochs clip against
                 self._kept.append(batch)
             tokens += batch.num_tokens
+        self._busy_s += time.perf_counter() - started
+        self._calls += 1
         return tokens
 
     def _forward_backward(self, batch: MicroBatch, boundary: bool):
@@ -261,6 +266,7 @@ class Learner:
         """
         import torch.distributed as dist
 
+        started = time.perf_counter()
         # Collectives run on the rank's device: NCCL has no CPU tensors, gloo takes CPU ones.
         denominator = torch.stack([o.denominator.float().to(self.device) for o in self._outputs]).sum().reshape(1)
         dist.all_reduce(denominator)  # the whole step's normaliser, over every rank
@@ -276,7 +282,12 @@ class Learner:
         self._kept = []
         # A skipped step still counts as a version: the driver's step and version stay one.
         self.weight_version += 1
-        return {**metrics, "skipped_updates": skipped, "weight_version": self.weight_version}
+        # This rank's compute time in the step (forward/backward, then the update), for the
+        # driver's overhead and idle accounting: the driver only sees how long it waited.
+        busy = {"accumulate_s": self._busy_s, "accumulate_calls": self._calls,
+                "update_s": time.perf_counter() - started}
+        self._busy_s, self._calls = 0.0, 0
+        return {**metrics, **busy, "skipped_updates": skipped, "weight_version": self.weight_version}
 
     def _optimizer_step(self, denominator: float, epoch: int) -> dict:
         from deepspeed.utils import safe_update_full_grad_vectorized

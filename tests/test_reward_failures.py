@@ -13,7 +13,8 @@ import pytest
 
 from actors.reward_scorer import RewardScorer, Score
 from cluster.inputs.data import PromptRow
-from cluster.loop import StepIntake, _rollout_rows, _scored_group, _step_metrics
+from cluster.intake import StepIntake, scored_group
+from cluster.loop import _rollout_rows, _step_metrics
 from cluster.output.eval_metrics import reward_failure_shares, reward_failure_warnings
 from cluster.output.run_log import RunLog
 from cluster.recipe import Recipe
@@ -60,7 +61,7 @@ def _group(index, failures, components):
     samples = [Sample(prompt_ids=[1], completion_ids=[2, 3], text=f"c{index}-{i}", logprobs=[-1.0, -1.0],
                       finish_reason="stop", weight_version=0) for i in range(len(failures))]
     scores = [Score(total=sum(c.values()), components=c, failures=f) for c, f in zip(components, failures)]
-    return _scored_group(PromptRow(index=index, prompt=f"p{index}", fields={}), samples, scores, "grpo")
+    return scored_group(PromptRow(index=index, prompt=f"p{index}", fields={}), samples, scores, "grpo")
 
 
 def test_a_steps_failures_reach_its_metrics_rollouts_and_warning(tmp_path):

@@ -1,0 +1,139 @@
+"""One step's intake of groups: scoring in flight, which groups are kept, what the learner takes.
+
+The loop (`cluster/loop.py`) waits on one thing at a time only when there is nothing else to
+do: a group arriving from the engines, a score coming back, the learner finishing a call.
+`ScoresInFlight` holds the groups sent to the reward scorers (and, distilling, the teacher)
+so that scoring overlaps generation instead of blocking the driver per group; `StepIntake`
+keeps the accepted groups until the learner is free, then hands it all of them in one call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import torch
+
+from cluster.wire.errors import RunFailed
+from cluster.wire.samples import Group
+from learner.losses import group_advantages
+
+
+def drop_reason(rewards: list[float], staleness: int, *, max_staleness: int, dynamic_sampling: bool) -> str | None:
+    """Why a scored group is not trained on, or None to keep it.
+
+    "stale": made by weights more than `max_staleness` versions old (async mode's bound).
+    "flat": every reward equal, so every advantage is 0 and it teaches nothing (DAPO's
+    dynamic sampling drops it and draws another prompt instead).
+    """
+    if staleness > max_staleness:
+        return "stale"
+    if dynamic_sampling and len(set(rewards)) == 1:
+        return "flat"
+    return None
+
+
+@dataclass
+class StepIntake:
+    """The groups one step trains on, taken as they finish.
+
+    Accepted groups wait in `untrained` until the learner is free; dropped groups are counted
+    by reason, and the step fails once more than `max_dropped` were dropped (a task the policy
+    always solves or always fails cannot fill a dynamic-sampling step).
+    """
+
+    wanted: int
+    max_dropped: int
+    accepted: list[Group] = field(default_factory=list)
+    staleness: list[int] = field(default_factory=list)
+    untrained: list[Group] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)
+
+    @property
+    def full(self) -> bool:
+        return len(self.accepted) == self.wanted
+
+    def accept(self, group: Group, staleness: int) -> None:
+        self.accepted.append(group)
+        self.staleness.append(staleness)
+        self.untrained.append(group)
+
+    def take_untrained(self, multiple: int = 1) -> list[Group]:
+        """The waiting groups, as many as divide evenly into `multiple` (the learner ranks);
+        all of them once the step is full (the step's count divides evenly)."""
+        count = len(self.untrained) if self.full else len(self.untrained) // multiple * multiple
+        taken, self.untrained = self.untrained[:count], self.untrained[count:]
+        return taken
+
+    def drop(self, reason: str, step: int) -> None:
+        self.dropped[reason] += 1
+        if sum(self.dropped.values()) > self.max_dropped:
+            raise RunFailed(f"step {step}: dropped {sum(self.dropped.values())} groups ({dict(self.dropped)}); "
+                            "the step cannot be filled: every group was stale or its rewards were all equal "
+                            "(a task the policy always solves or always fails, or a reward that always fails)")
+
+
+@dataclass
+class _Scoring:
+    row: object  # the prompt's dataset row (cluster/inputs/prompts.PromptRow)
+    samples: list
+    scores: object  # a ScoreTicket (cluster/scorer_pool.py)
+    teacher: object = None  # the teacher's pending call, when distilling
+
+
+class ScoresInFlight:
+    """Groups sent to the scorers (and the teacher) as they arrive, handed back scored, with
+    their group-relative advantages, in the order they arrived."""
+
+    def __init__(self, scorers, estimator: str, teacher=None):
+        self.scorers, self.estimator, self.teacher = scorers, estimator, teacher
+        self._queue: deque[_Scoring] = deque()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def submit(self, row, samples: list) -> None:
+        scores = self.scorers.submit([s.text for s in samples], row.fields, [len(s.completion_ids) for s in samples])
+        teacher = self.teacher.submit(samples) if self.teacher is not None else None
+        self._queue.append(_Scoring(row, samples, scores, teacher))
+
+    def refs(self) -> list:
+        """What to wait on: the oldest group's score (and teacher) call, the next to hand back."""
+        if not self._queue:
+            return []
+        head = self._queue[0]
+        return [head.scores.ref] + ([head.teacher.ref] if head.teacher is not None else [])
+
+    def take_ready(self, timings: dict) -> list[Group]:
+        """The groups whose scores are in, oldest first, without waiting on any still out (a
+        scorer past its deadline is replaced and the group scored again: that does wait)."""
+        ready = []
+        while self._queue and self._head_ready():
+            item = self._queue.popleft()
+            started = time.perf_counter()
+            scores = self.scorers.collect(item.scores)
+            group = scored_group(item.row, item.samples, scores, self.estimator)
+            timings["score"] = timings.get("score", 0.0) + time.perf_counter() - started
+            if item.teacher is not None:
+                started = time.perf_counter()
+                group = self.teacher.finish(group, item.teacher)
+                timings["teacher"] = timings.get("teacher", 0.0) + time.perf_counter() - started
+            ready.append(group)
+        return ready
+
+    def _head_ready(self) -> bool:
+        head = self._queue[0]
+        if not self.scorers.ready(head.scores):
+            return False
+        return head.teacher is None or self.teacher.ready(head.teacher)
+
+
+def scored_group(row, samples, scores, estimator: str) -> Group:
+    """A group of samples with its rewards and group-relative advantages (`estimator`)."""
+    rewards = [s.total for s in scores]
+    advantages = group_advantages(torch.tensor([rewards], dtype=torch.float64), estimator=estimator)[0]
+    return Group(prompt_index=row.index, prompt_text=row.prompt, fields=row.fields, samples=samples,
+                 rewards=rewards, advantages=advantages.tolist(), components=[s.components for s in scores],
+                 failures=[s.failures for s in scores])
