@@ -28,6 +28,12 @@ def connect_ray(cluster):
     return ray
 
 
+def answered(ray, refs: list) -> bool:
+    """Whether any of `refs` has a result (or an error) now, without waiting."""
+    done, _ = ray.wait(list(refs), num_returns=1, timeout=0)
+    return bool(done)
+
+
 def get_with_timeout(ray, ref, timeout_s: float, what: str):
     """`ray.get` that turns a timeout into an error saying what was being waited for."""
     from ray.exceptions import GetTimeoutError

@@ -8,7 +8,7 @@ all-gathers require.
 
 from __future__ import annotations
 
-from cluster.launch import get_all
+from cluster.launch import answered, get_all
 from cluster.placement_plan import label_selectors
 from cluster.recovery import is_death, one_line
 from cluster.wire.errors import RunFailed, RunInterrupted
@@ -115,8 +115,7 @@ class LearnerGroup:
         """Whether any rank has answered the call `refs` (from `submit`), without waiting. The
         ranks' calls are collective, so the others follow at once; or one failed, which
         `finish` raises rather than waiting for peers stuck in a collective with it."""
-        done, _ = self._ray.wait(refs, num_returns=1, timeout=0)
-        return bool(done)
+        return answered(self._ray, refs)
 
     def finish(self, refs: list) -> int:
         """Wait for the call `refs` (bounded, a dead rank named); the target tokens processed."""

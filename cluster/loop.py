@@ -175,8 +175,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str], chaos: Ch
                 if learning is not None:
                     learners.finish(learning)
                 if intake.untrained:
-                    learners.finish(learners.submit([train_sequences(g) for g in intake.take_untrained()],
-                                                    end_of_step=True))
+                    learners.accumulate([train_sequences(g) for g in intake.take_untrained()], end_of_step=True)
 
             if rollout.sleep_between_steps:
                 pool.sleep()  # free the engines' GPU memory for the optimizer step (no-op on CPU)

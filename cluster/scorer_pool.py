@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from actors.reward_scorer import RewardScorer, Score, ScorerSpec
-from cluster.launch import get_all
+from cluster.launch import answered, get_all
 from cluster.placement_plan import label_selectors
 from cluster.recovery import Recovery, is_death, one_line
 
@@ -76,8 +76,7 @@ class ScorerPool:
 
     def ready(self, ticket: ScoreTicket) -> bool:
         """Whether `collect` would return (or replace a dead scorer) without waiting."""
-        done, _ = self._ray.wait([ticket.ref], num_returns=1, timeout=0)
-        return bool(done) or time.monotonic() >= ticket.deadline
+        return answered(self._ray, [ticket.ref]) or time.monotonic() >= ticket.deadline
 
     def collect(self, ticket: ScoreTicket) -> list[Score]:
         """The group's scores, waiting at most until the ticket's deadline. A scorer that died or

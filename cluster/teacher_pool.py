@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from actors.teacher import Teacher
-from cluster.launch import get_all
+from cluster.launch import answered, get_all
 from cluster.recovery import one_line
 from cluster.wire.errors import RunFailed
 from cluster.wire.teacher import TeacherInfo, TeacherScore, TeacherSpec
@@ -60,8 +60,7 @@ class TeacherPool:
 
     def ready(self, pending: PendingScores) -> bool:
         """Whether `collect` would return (or fail: a dead teacher, the deadline) without waiting."""
-        done, _ = self._ray.wait([pending.ref], num_returns=1, timeout=0)
-        return bool(done) or time.monotonic() >= pending.deadline
+        return answered(self._ray, [pending.ref]) or time.monotonic() >= pending.deadline
 
     def collect(self, pending: PendingScores) -> list[TeacherScore]:
         """The scores of a submitted call, one per pair; waits at most `timeout_s`."""
