@@ -88,6 +88,8 @@ class RolloutWorker:
             seed=spec.seed,
             trust_remote_code=spec.trust_remote_code,
             worker_extension_cls=_weight_receiver_path(),
+            # vLLM's per-token Prometheus counters cost the actor CPU every step; aha keeps its own.
+            disable_log_stats=True,
             enable_sleep_mode=self._sleep_mode,
             # vLLM-CPU crashes ("CPU Generator does not use offset") when a seeded request's
             # prefill is split across steps; whole prefills avoid it.
@@ -163,6 +165,7 @@ class RolloutWorker:
             top_k=sampling.top_k if sampling.top_k > 0 else 0, stop=list(sampling.stop) or None,
             seed=sampling.seed, logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY,
             include_stop_str_in_output=True,  # rewards read the closing tag (e.g. </answer>)
+            flat_logprobs=True,  # a few flat lists per completion, not a dict per token
             ignore_eos=sampling.ignore_eos,
         )
         while True:
@@ -179,8 +182,9 @@ class RolloutWorker:
     @staticmethod
     def _to_sample(prompt_ids, completion, version: int) -> Sample:
         ids = list(completion.token_ids)
-        # With logprobs=0 vLLM returns, per position, a dict holding just the sampled token.
-        logprobs = [position[token].logprob for token, position in zip(ids, completion.logprobs)]
+        # With logprobs=0 each position holds just the sampled token: flat, its one entry.
+        flat = completion.logprobs
+        logprobs = [flat.logprobs[start] for start in flat.start_indices]
         return Sample(prompt_ids=list(prompt_ids), completion_ids=ids, text=completion.text, logprobs=logprobs,
                       finish_reason=completion.finish_reason, weight_version=version)
 
