@@ -10,9 +10,11 @@ resources Ray gives the actor.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from actors.processes import process_tree
@@ -57,6 +59,53 @@ def _per_prompt(sampling: SamplingSpec | list[SamplingSpec], count: int) -> list
     return list(sampling)
 
 
+@contextmanager
+def _model_in_engine_core(wanted: bool):
+    """Let vLLM-CPU run a one-rank model inside its EngineCore process, as vLLM does on GPU.
+
+    vLLM-CPU otherwise forces its multiprocess executor, which puts the model in a third
+    process: one more interpreter that imports vLLM (about 14 s of every engine start on a
+    2-core machine) and one more hop per decode step. It does that only while
+    VLLM_ENABLE_V1_MULTIPROCESSING is 1; AsyncLLM keeps its EngineCore process either way
+    (that variable only moves the sync LLMEngine in-process), so the variable is 0 only
+    while this engine is built, and its EngineCore inherits it. The EngineCore then runs
+    the model with OMP_NUM_THREADS torch threads: Ray sets it to the actor's whole CPUs;
+    outside Ray it is 1 here. It must be set: vLLM's CPU worker disables
+    torch.set_num_threads in its process, so the EngineCore would otherwise keep one thread
+    per host core, spinning against each other and the other roles (measured on 2 cores:
+    the engine's CPU per demo step about doubled and its steps got slower).
+    """
+    if not wanted:
+        yield
+        return
+    settings = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    before = {key: os.environ.get(key) for key in settings}
+    # vLLM warns that the variable being 0 seeds the calling process's global RNG; AsyncLLM
+    # does not, and the warning would open every worker's log.
+    seed_warning = _DropMessage("VLLM_ENABLE_V1_MULTIPROCESSING is set to False")
+    logger = logging.getLogger("vllm.engine.arg_utils")
+    os.environ.update(settings)
+    logger.addFilter(seed_warning)
+    try:
+        yield
+    finally:
+        logger.removeFilter(seed_warning)
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, fragment: str):
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
 def _weight_receiver_path() -> str:
     return f"{WeightReceiver.__module__}.{WeightReceiver.__qualname__}"
 
@@ -78,6 +127,7 @@ class RolloutWorker:
         self.weight_version = 0
         # Sleep mode frees GPU memory through vLLM's CUDA allocator; on CPU it is a no-op.
         self._sleep_mode = spec.sleep_mode and torch.cuda.is_available()
+        in_engine_core = not torch.cuda.is_available() and spec.tensor_parallel_size == 1
         args = AsyncEngineArgs(
             model=spec.model_path,
             tokenizer=spec.tokenizer_path or None,
@@ -95,13 +145,15 @@ class RolloutWorker:
             # prefill is split across steps; whole prefills avoid it.
             **({} if torch.cuda.is_available() else {"enable_chunked_prefill": False}),
             **({"max_num_seqs": spec.max_num_seqs} if spec.max_num_seqs > 0 else {}),
+            **({"distributed_executor_backend": "uni"} if in_engine_core else {}),
             **memory,
         )
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         # The engine's processes log every weight reload at INFO; set VLLM_LOGGING_LEVEL=INFO
         # in the environment to see them.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        self._engine = AsyncLLM.from_engine_args(args)
+        with _model_in_engine_core(in_engine_core):
+            self._engine = AsyncLLM.from_engine_args(args)
         # Cleared while an update runs: a request stamps its weight version only once the
         # update is over, since the engine will not schedule it before then anyway.
         self._weights_ready = asyncio.Event()

@@ -11,13 +11,16 @@ writes out so every number can be recounted from the completions themselves.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, replace
 
 from cluster.inputs.data import PromptRow
 from cluster.inputs.prompts import encode_prompts
 from cluster.output.eval_metrics import aggregate_eval, budget_curve, reflection_rate, response_stats
 from cluster.recipe import Recipe
+from cluster.rollout_pool import GroupStream
 from cluster.specs import sampling_spec
+from cluster.wire.samples import Sample, SamplingSpec
 from rewards.extract import extract_final_answer
 
 GREEDY, SAMPLED, BUDGET = "greedy", "sampled", "budget"  # the `kind` of a completion record
@@ -42,23 +45,31 @@ def evaluate(pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow]) ->
     rows = rows[: settings.num_prompts]
     prompts = encode_prompts(recipe, tokenizer, rows)
     greedy_sampling = replace(sampling_spec(recipe, seed=0), group_size=1, temperature=0.0)
-    greedy = _graded(pool, scorers, recipe, rows, prompts, greedy_sampling, GREEDY)
+    # Every kind of completion the evaluation grades, one group per prompt each, sampled at
+    # once so the engines batch across the kinds. A greedy completion under a token budget is
+    # the full greedy completion's first `budget` tokens, so budgets within the full one's
+    # max_new_tokens are cut from it, not sampled again.
+    kinds = [_Kind(GREEDY, greedy_sampling)]
+    if settings.k:
+        kinds.append(_Kind(SAMPLED, replace(sampling_spec(recipe, seed=1), group_size=max(settings.k),
+                                            temperature=settings.temperature)))
+    kinds += [_Kind(BUDGET, replace(greedy_sampling, max_new_tokens=budget),
+                    cut_from=0 if budget <= greedy_sampling.max_new_tokens else None) for budget in settings.budgets]
+    graded = _graded(pool, scorers, tokenizer, recipe, rows, prompts, kinds)
+    greedy = graded[0]
     records = [r for group in greedy for r in group]
     per_prompt = [{"greedy_correct": group[0]["correct"]} for group in greedy]
     if settings.k:
-        sampling = replace(sampling_spec(recipe, seed=1), group_size=max(settings.k),
-                           temperature=settings.temperature)
-        sampled = _graded(pool, scorers, recipe, rows, prompts, sampling, SAMPLED)
+        sampled = graded[1]
         for entry, group in zip(per_prompt, sampled):
             entry["samples_correct"] = [r["correct"] for r in group]
             entry["sample_answers"] = [r["answer"] for r in group]
         records += [r for group in sampled for r in group]
     metrics = aggregate_eval(per_prompt, settings.k)
     by_budget = {}
-    for budget in settings.budgets:
-        graded = _graded(pool, scorers, recipe, rows, prompts, replace(greedy_sampling, max_new_tokens=budget), BUDGET)
-        by_budget[budget] = [group[0]["correct"] for group in graded]
-        records += [r for group in graded for r in group]
+    for budget, budgeted in zip(settings.budgets, graded[len(kinds) - len(settings.budgets):], strict=True):
+        by_budget[budget] = [group[0]["correct"] for group in budgeted]
+        records += [r for group in budgeted for r in group]
     metrics.update(budget_curve(by_budget))
     metrics.update(greedy_text_stats(recipe, [group[0] for group in greedy]))
     return Evaluation(metrics=metrics, records=records)
@@ -86,22 +97,80 @@ def greedy_text_stats(recipe: Recipe, greedy: list[dict]) -> dict[str, float]:
     }
 
 
-def _graded(pool, scorers, recipe: Recipe, rows: list[PromptRow], prompts, sampling, kind: str) -> list[list[dict]]:
-    """Sample a group per prompt and grade each completion; per prompt (in row order), one
-    record per completion in sampling order."""
+@dataclass(frozen=True)
+class _Kind:
+    """One kind of completion the evaluation grades: its record `kind`, how it is sampled, and
+    `cut_from`, the index of the greedy kind whose completions, cut to this kind's
+    max_new_tokens, are these (None: sampled itself)."""
+
+    kind: str
+    sampling: SamplingSpec
+    cut_from: int | None = None
+
+
+def cut_to_budget(sample: Sample, budget: int, tokenizer) -> Sample:
+    """The greedy completion `sample` as greedy decoding with max_new_tokens = `budget` would
+    have made it: its first `budget` tokens (finish reason "length" where it went on). Greedy
+    decoding picks each token from the ones before it alone, and a stop string or EOS within
+    the budget ended `sample` there too, so the two are the same completion."""
+    if len(sample.completion_ids) <= budget:
+        return sample
+    ids = sample.completion_ids[:budget]
+    return Sample(prompt_ids=sample.prompt_ids, completion_ids=ids,
+                  text=tokenizer.decode(ids, skip_special_tokens=True), logprobs=sample.logprobs[:budget],
+                  finish_reason="length", weight_version=sample.weight_version)
+
+
+def _graded(pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow], prompts,
+            kinds: list[_Kind]) -> list[list[list[dict]]]:
+    """Per kind, per prompt (in row order), one graded record per completion in sampling order.
+
+    Every sampled kind's prompts go into one stream at once; each group, and the groups cut
+    from it, go to the scorers as it arrives while the rest are still sampling. The waits are
+    the stream's and the scorers' own (bounded by cluster.timeout_s)."""
     name = correctness_reward(recipe)
-    graded: list[list[dict] | None] = [None] * len(rows)
-    for index, samples in pool.stream(prompts, sampling):
-        row = rows[index]
-        scores = scorers.score([s.text for s in samples], row.fields, [len(s.completion_ids) for s in samples])
-        graded[index] = [
-            {"prompt_index": row.index, "prompt": row.prompt, "kind": kind, "sample_index": position,
-             "max_new_tokens": sampling.max_new_tokens, "completion": sample.text,
-             "correct": score.components[name] == 1.0, "answer": extract_final_answer(sample.text),
-             "reward": score.total, "num_tokens": len(sample.completion_ids), "finish_reason": sample.finish_reason}
-            for position, (sample, score) in enumerate(zip(samples, scores, strict=True))
-        ]
-    missing = [rows[i].index for i, group in enumerate(graded) if group is None]
+    stream = GroupStream(pool)
+    origin: dict[int, tuple[int, int]] = {}  # stream index -> (kind, row position)
+    for number, kind in enumerate(kinds):
+        if kind.cut_from is None:
+            origin.update((index, (number, position))
+                          for position, index in enumerate(stream.add(prompts, kind.sampling)))
+    graded: list[list[list[dict] | None]] = [[None] * len(rows) for _ in kinds]
+    # (row position, [(kind, samples)], ticket), oldest first: a group and the groups cut from it
+    # share a prompt's fields, so they are scored in one call.
+    scoring: deque[tuple[int, list[tuple[int, list[Sample]]], object]] = deque()
+
+    def submit(position: int, parts: list[tuple[int, list[Sample]]]) -> None:
+        samples = [s for _, group in parts for s in group]
+        ticket = scorers.submit([s.text for s in samples], rows[position].fields,
+                                [len(s.completion_ids) for s in samples])
+        scoring.append((position, parts, ticket))
+
+    def grade(position: int, parts: list[tuple[int, list[Sample]]], scores: list) -> None:
+        row, start = rows[position], 0
+        for number, samples in parts:
+            kind, group_scores, start = kinds[number], scores[start:start + len(samples)], start + len(samples)
+            graded[number][position] = [
+                {"prompt_index": row.index, "prompt": row.prompt, "kind": kind.kind, "sample_index": place,
+                 "max_new_tokens": kind.sampling.max_new_tokens, "completion": sample.text,
+                 "correct": score.components[name] == 1.0, "answer": extract_final_answer(sample.text),
+                 "reward": score.total, "num_tokens": len(sample.completion_ids), "finish_reason": sample.finish_reason}
+                for place, (sample, score) in enumerate(zip(samples, group_scores, strict=True))
+            ]
+
+    while not stream.ended or scoring:
+        if not stream.ended:
+            arrived = stream.next_group(also=[scoring[0][2].ref] if scoring else [])
+            if arrived is not None:
+                number, position = origin[arrived[0]]
+                submit(position, [(number, arrived[1])] + [
+                    (other, [cut_to_budget(s, kind.sampling.max_new_tokens, tokenizer) for s in arrived[1]])
+                    for other, kind in enumerate(kinds) if kind.cut_from == number])
+        # Collect what is scored; once sampling is over, wait (bounded) for the rest in turn.
+        while scoring and (stream.ended or scorers.ready(scoring[0][2])):
+            position, parts, ticket = scoring.popleft()
+            grade(position, parts, scorers.collect(ticket))
+    missing = sorted({rows[position].index for kind in graded for position, group in enumerate(kind) if group is None})
     if missing:
         raise RuntimeError(f"evaluation: the rollout stream ended without groups for rows {missing[:5]}")
     return graded

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.rollout_worker import RolloutWorker
+from cluster.evaluation import cut_to_budget
 from learner.learner import free_port
 from learner.weight_broadcast import WeightSender
 from learner.weights import manifest_of
@@ -92,6 +93,26 @@ def test_greedy_group_is_identical_and_matches_transformers_greedy(worker, hf_mo
     reference = out[0, len(prompt_ids):].tolist()
     assert group[0].completion_ids == reference[: len(group[0].completion_ids)]
 
+
+
+def test_a_greedy_completion_cut_to_a_budget_is_the_engines_greedy_completion_under_it(worker, tiny_model_dir):
+    # Evaluation's budget curve cuts the full greedy completions instead of sampling each budget.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"]
+               for text in ("User: What is 12 + 30?\nAssistant: <think>", "User: 7 * 6 =", "Once upon a time")]
+    full = ray.get(worker.sample_groups.remote(prompts, sampling_spec(group_size=1, max_new_tokens=24,
+                                                                      temperature=0.0)), timeout=TIMEOUT_S)
+    cuts = 0
+    for budget in (1, 5, 12):
+        under = ray.get(worker.sample_groups.remote(prompts, sampling_spec(group_size=1, max_new_tokens=budget,
+                                                                           temperature=0.0)), timeout=TIMEOUT_S)
+        for whole, engine in zip(full, under, strict=True):
+            cut = cut_to_budget(whole[0], budget, tokenizer)
+            assert (cut.completion_ids, cut.text, cut.finish_reason) == (
+                engine[0].completion_ids, engine[0].text, engine[0].finish_reason)
+            assert cut.logprobs == pytest.approx(engine[0].logprobs, abs=1e-4)
+            cuts += len(whole[0].completion_ids) > budget
+    assert cuts > 0  # some completions went past a budget, so the cut was really tested
 
 def test_seeded_groups_reproduce_and_other_seeds_differ(worker, prompt_ids):
     first = [s.completion_ids for s in _sample(worker, prompt_ids, seed=11)]
