@@ -212,8 +212,12 @@ def main() -> None:
           f"= {generate_s + train_s:.2f} s")
     print(f"  overhead: {overhead:.2f} s = {overhead / split['step']:.0%} of the step "
           f"(ratio step / (generate + train) = {split['step'] / (generate_s + train_s):.2f})")
+    # `ray` overlaps `inputs_beside_ray` (it is the part of that phase Ray's start took): not summed.
     print(f"  time to first step: {startup.get('to_first_step', 0.0):.1f} s = "
-          + " + ".join(f"{phase} {seconds:.1f}" for phase, seconds in startup.items() if phase != "to_first_step"))
+          + " + ".join(f"{phase} {seconds:.1f}" for phase, seconds in startup.items()
+                       if phase not in ("to_first_step", "ray"))
+          + (f" (Ray's start {startup['ray']:.1f} of those, beside the inputs)"
+             if "inputs_beside_ray" in startup else ""))
     if asynchronous is not None:
         print(f"  async (staleness 1): step {asynchronous['step']:.2f} s; ratio async / on-policy steps/s "
               f"{split['step'] / asynchronous['step']:.2f}")

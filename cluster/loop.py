@@ -37,7 +37,7 @@ from cluster.placement_plan import write_placement
 from cluster.rollout_pool import GroupStream, push_weights
 from cluster.specs import sampling_spec
 from cluster.stop import RunStopped, StopRequest
-from cluster.system import start_system
+from cluster.system import prepare_while_ray_starts, start_system
 from cluster.wire.samples import Group
 
 
@@ -85,16 +85,24 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str], chaos: Ch
     if resume_at is not None:
         check_same_data(resume_at, recipe.data.train_path, data_sha256)
     model_path = str(prepare_model(recipe))
-    tokenizer = load_tokenizer(recipe, model_path)
-    print_warnings(warnings + check_prepared(recipe, model_path, tokenizer))  # the last checks before Ray
-    rows = load_rows(recipe, recipe.data.train_path)
+
+    def load_and_check():  # the last checks before the actors: beside Ray's start
+        tokenizer = load_tokenizer(recipe, model_path)
+        return tokenizer, check_prepared(recipe, model_path, tokenizer), load_rows(recipe, recipe.data.train_path)
+
+    inputs_s = time.perf_counter() - begun
+    (tokenizer, prepared_warnings, rows), ray_s = prepare_while_ray_starts(recipe, load_and_check)
+    print_warnings(warnings + prepared_warnings)
     algo, rollout, run = recipe.algorithm, recipe.rollout, recipe.run
     sampler = PromptSampler(rows, seed=run.seed, shuffle=recipe.data.shuffle)
     sampling = sampling_spec(recipe, seed=None)
     log = RunLog(out)
-    startup = {"inputs": time.perf_counter() - begun}  # seconds per phase, logged with the first step
+    # Seconds per phase, logged with the first step: the inputs up to the model, then the rest
+    # of them beside Ray's start (`ray` is the part of that Ray took), then the actors.
+    startup = {"inputs": inputs_s, "inputs_beside_ray": time.perf_counter() - begun - inputs_s}
     system = start_system(recipe, model_path, tokenizer)
-    startup.update(system.startup)
+    startup.update({phase: seconds for phase, seconds in system.startup.items() if phase != "ray"})
+    startup["ray"] = ray_s
     bar = stop = None  # made just before the first step; the finally closes what was made
     try:
         pool, scorers, learners = system.pool, system.scorers, system.learners

@@ -7,7 +7,10 @@ group) linked for weight sync; the drivers (`cluster/loop.py`, evaluation) only 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cluster.launch import connect_ray
 from cluster.learner_group import LearnerGroup
@@ -105,6 +108,39 @@ def start_system(recipe: Recipe, model_path: str, tokenizer, job: str = "train",
     print(f"[aha] started in {sum(clock.phases.values()):.1f} s: "
           + ", ".join(f"{name} {seconds:.1f}" for name, seconds in clock.phases.items()), flush=True)
     return system
+
+
+Prepared = TypeVar("Prepared")
+
+
+def prepare_while_ray_starts(recipe: Recipe, prepare: Callable[[], Prepared]) -> tuple[Prepared, float]:
+    """`prepare()` (the driver's own inputs: loading the tokenizer, checking the prompts) in a
+    thread while Ray starts (or joins the cluster) here; returns what it returned and the
+    seconds Ray took. The two overlap well: importing transformers is most of the inputs'
+    time and holds one core, while Ray's start is mostly waiting for its own processes.
+
+    A mistake in the inputs is still its one line, at about the time it came before, and the
+    local Ray this started is shut down again first: nothing of the job has started yet.
+    """
+    import ray
+
+    joined_already = ray.is_initialized()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aha-inputs") as thread:
+        preparing = thread.submit(prepare)
+        started, ray_error = time.perf_counter(), None
+        try:
+            connect_ray(recipe.cluster)
+        except Exception as err:  # reported after the inputs' own error, which is the user's to fix first
+            ray_error = err
+        ray_s = time.perf_counter() - started
+        failure = preparing.exception()  # waits for the inputs
+    if failure is not None:
+        if not joined_already and ray.is_initialized():
+            ray.shutdown()
+        raise failure
+    if ray_error is not None:
+        raise ray_error
+    return preparing.result(), ray_s
 
 
 class _PhaseClock:

@@ -436,3 +436,31 @@ def test_weights_that_overflow_end_the_run_in_one_line_and_leave_no_checkpoint(t
     assert "Traceback" not in done.stderr and "Unhandled error" not in done.stderr, done.stderr[-4000:]
     assert not list((tmp_path / "run" / "checkpoints").rglob("*.pt"))  # no state of any rank was saved
     assert read_metrics(tmp_path / "run") == []  # the step that overflowed was not logged either
+
+
+def test_a_mistake_found_while_ray_starts_is_raised_and_that_ray_is_shut_down():
+    # The loop loads its tokenizer and checks its prompts in a thread while Ray starts
+    # (cluster/system.py): the inputs' own error wins and leaves no Ray behind.
+    import time
+
+    import ray
+
+    from cluster.recipe import RecipeError, load_recipe
+    from cluster.system import prepare_while_ray_starts
+
+    recipe = load_recipe(Path(__file__).parents[1] / "deploy/recipes/arith-zero-cpu.toml")  # a local Ray
+    assert not ray.is_initialized()
+
+    def bad_inputs():
+        time.sleep(1.0)  # still preparing when Ray is up
+        raise RecipeError("data.template", "the mistake")
+
+    with pytest.raises(RecipeError, match="the mistake"):
+        prepare_while_ray_starts(recipe, bad_inputs)
+    assert not ray.is_initialized()
+
+    prepared, ray_s = prepare_while_ray_starts(recipe, lambda: "inputs")
+    try:
+        assert prepared == "inputs" and ray_s > 0 and ray.is_initialized()
+    finally:
+        ray.shutdown()
