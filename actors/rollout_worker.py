@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from actors.processes import process_tree
+from actors.vllm_logs import DropMessage
 from actors.weight_receiver import WeightReceiver
 from cluster.wire.samples import Sample, SamplingSpec
 from cluster.wire.weights import TensorMeta
@@ -82,7 +83,7 @@ def _model_in_engine_core(wanted: bool):
     before = {key: os.environ.get(key) for key in settings}
     # vLLM warns that the variable being 0 seeds the calling process's global RNG; AsyncLLM
     # does not, and the warning would open every worker's log.
-    seed_warning = _DropMessage("VLLM_ENABLE_V1_MULTIPROCESSING is set to False")
+    seed_warning = DropMessage("VLLM_ENABLE_V1_MULTIPROCESSING is set to False", part=True)
     logger = logging.getLogger("vllm.engine.arg_utils")
     os.environ.update(settings)
     logger.addFilter(seed_warning)
@@ -95,15 +96,6 @@ def _model_in_engine_core(wanted: bool):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-class _DropMessage(logging.Filter):
-    def __init__(self, fragment: str):
-        super().__init__()
-        self.fragment = fragment
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.fragment not in record.getMessage()
 
 
 def _weight_receiver_path() -> str:

@@ -14,6 +14,7 @@ import logging
 
 import torch
 
+from actors.vllm_logs import DropMessage
 from cluster.wire.weights import TensorMeta, broadcast_flat, open_group, plan_buckets
 
 
@@ -72,11 +73,8 @@ def _quiet_rotary_reload_warning() -> None:
     Rotary embeddings have no weights in a checkpoint, only a cos/sin buffer that vLLM puts
     back itself; the warning is harmless but would repeat after every training step.
     """
-    logger = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
-    if not any(isinstance(f, _RotaryReloadFilter) for f in logger.filters):
-        logger.addFilter(_RotaryReloadFilter())
+    # addFilter adds a filter once: this one instance keeps repeated calls from stacking it.
+    logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_ROTARY_RELOAD_WARNING)
 
 
-class _RotaryReloadFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.getMessage() == "RotaryEmbedding: Failed to load weights")
+_ROTARY_RELOAD_WARNING = DropMessage("RotaryEmbedding: Failed to load weights")

@@ -67,9 +67,10 @@ def evaluate(pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow]) ->
         records += [r for group in sampled for r in group]
     metrics = aggregate_eval(per_prompt, settings.k)
     by_budget = {}
-    for budget, budgeted in zip(settings.budgets, graded[len(kinds) - len(settings.budgets):], strict=True):
-        by_budget[budget] = [group[0]["correct"] for group in budgeted]
-        records += [r for group in budgeted for r in group]
+    for kind, budgeted in zip(kinds, graded, strict=True):
+        if kind.kind == BUDGET:
+            by_budget[kind.sampling.max_new_tokens] = [group[0]["correct"] for group in budgeted]
+            records += [r for group in budgeted for r in group]
     metrics.update(budget_curve(by_budget))
     metrics.update(greedy_text_stats(recipe, [group[0] for group in greedy]))
     return Evaluation(metrics=metrics, records=records)
@@ -170,7 +171,8 @@ def _graded(pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow], pro
         while scoring and (stream.ended or scorers.ready(scoring[0][2])):
             position, parts, ticket = scoring.popleft()
             grade(position, parts, scorers.collect(ticket))
-    missing = sorted({rows[position].index for kind in graded for position, group in enumerate(kind) if group is None})
+    missing = sorted({rows[position].index for per_kind in graded
+                      for position, group in enumerate(per_kind) if group is None})
     if missing:
         raise RuntimeError(f"evaluation: the rollout stream ended without groups for rows {missing[:5]}")
     return graded
