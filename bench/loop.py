@@ -100,6 +100,8 @@ def run_aha(recipe, name: str, staleness: int) -> tuple[dict, list[dict], Path]:
     split["learner_idle_share"] = statistics.mean(m["learner_idle_share"] for m in later)
     split["learner_calls"] = statistics.mean(m.get("learner/accumulate_calls", 0) for m in later)
     startup = {k.removeprefix("startup/"): v for k, v in steps[0].items() if k.startswith("startup/")}
+    startup["learner_parts"] = {k.removeprefix("startup_learner/"): v for k, v in steps[0].items()
+                                if k.startswith("startup_learner/")}
     return split, startup, out
 
 
@@ -215,9 +217,12 @@ def main() -> None:
     # `ray` overlaps `inputs_beside_ray` (it is the part of that phase Ray's start took): not summed.
     print(f"  time to first step: {startup.get('to_first_step', 0.0):.1f} s = "
           + " + ".join(f"{phase} {seconds:.1f}" for phase, seconds in startup.items()
-                       if phase not in ("to_first_step", "ray"))
+                       if phase not in ("to_first_step", "ray", "learner_parts"))
           + (f" (Ray's start {startup['ray']:.1f} of those, beside the inputs)"
              if "inputs_beside_ray" in startup else ""))
+    # The learner's set-up runs beside the engines' start; its parts say which one was slow.
+    print("  learner set-up (rank 0): " + " + ".join(f"{part} {seconds:.1f}"
+                                                     for part, seconds in startup["learner_parts"].items()))
     if asynchronous is not None:
         print(f"  async (staleness 1): step {asynchronous['step']:.2f} s; ratio async / on-policy steps/s "
               f"{split['step'] / asynchronous['step']:.2f}")

@@ -41,13 +41,18 @@ def default_output_dir(recipe: Recipe) -> Path:
 
 def run_eval(recipe: Recipe, models: list[str], *, out: str | None = None, overwrite: bool = False) -> Path:
     """Evaluate `models` (empty: the recipe's model) and write the outputs; returns the directory."""
-    from cluster.output.run_dir import EVAL_OUTPUTS, claim_output_dir
+    from cluster.output.run_dir import EVAL_OUTPUTS, check_claimable, claim_output_dir
     from cluster.preflight import print_warnings
+    from cluster.system import prepare_while_ray_starts
 
-    targets, rows, tokenizers, warnings = _prepare_and_check(recipe, _targets(recipe, models))
-    print_warnings(warnings)
+    targets = _targets(recipe, models)
     out_dir = Path(out) if out else default_output_dir(recipe)
-    with claim_output_dir(out_dir, resume=False, overwrite=overwrite, outputs=EVAL_OUTPUTS, key="--out") as claimed:
+    claim = {"resume": False, "overwrite": overwrite, "outputs": EVAL_OUTPUTS, "key": "--out"}
+    targets, rows = _prepare_and_check(recipe, targets)
+    check_claimable(out_dir, **claim)  # a directory it may not use: one line, before Ray starts
+    (tokenizers, warnings), _ = prepare_while_ray_starts(recipe, lambda: _encode_for_each(recipe, targets, rows))
+    print_warnings(warnings)
+    with claim_output_dir(out_dir, **claim) as claimed:
         _evaluate_all(recipe, targets, tokenizers, rows, claimed.path)
     return out_dir
 
@@ -69,15 +74,12 @@ def _targets(recipe: Recipe, models: list[str]) -> list[Target]:
 
 
 def _prepare_and_check(recipe: Recipe, targets: list[Target]):
-    """Check what the recipe and each model point at, make the recipe's own inputs exist
-    (synthetic data, a tiny model), and encode the prompts with every model's tokenizer (a
-    prompt too long for one of them fails here, not after its engine started). Returns the
-    targets (the recipe's own model at its prepared path), the held-out rows, the tokenizers by
-    label, and warning lines."""
+    """Check what the recipe and each model point at and make the recipe's own inputs exist
+    (synthetic data, a tiny model). Returns the targets (the recipe's own model at its prepared
+    path) and the held-out rows."""
     from cluster.inputs.prepare import prepare_data, prepare_model
-    from cluster.inputs.prompts import encode_prompts, load_rows
-    from cluster.preflight import (check_kv_memory, check_model, check_reward_fields, load_tokenizer,
-                                   resolve_rewards, tag_warning)
+    from cluster.inputs.prompts import load_rows
+    from cluster.preflight import check_kv_memory, check_model, check_reward_fields, resolve_rewards
 
     rewards = resolve_rewards(recipe)
     for target in targets:
@@ -90,6 +92,16 @@ def _prepare_and_check(recipe: Recipe, targets: list[Target]):
         targets = [replace(t, path=prepared) if t.recipe is recipe else t for t in targets]
     rows = load_rows(recipe, recipe.data.eval_path)[: recipe.eval.num_prompts]
     check_reward_fields(recipe, rewards, rows, recipe.data.eval_path)
+    return targets, rows
+
+
+def _encode_for_each(recipe: Recipe, targets: list[Target], rows) -> tuple[dict, list[str]]:
+    """Encode the prompts with every model's tokenizer (a prompt too long for one of them fails
+    here, not after its engine started), beside Ray's start. Returns the tokenizers by label
+    and warning lines."""
+    from cluster.inputs.prompts import encode_prompts
+    from cluster.preflight import load_tokenizer, tag_warning
+
     tokenizers, warnings = {}, []
     for target in targets:
         tokenizer = load_tokenizer(target.recipe, target.path)
@@ -98,7 +110,7 @@ def _prepare_and_check(recipe: Recipe, targets: list[Target]):
         warning = tag_warning(target.recipe, tokenizer)
         if warning and warning not in warnings:
             warnings.append(warning)
-    return targets, rows, tokenizers, warnings
+    return tokenizers, warnings
 
 
 def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows, out: Path) -> None:

@@ -41,33 +41,35 @@ class Inputs:
 def generate(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Sample, verify and keep traces of `recipe`'s prompts into recipe.output_dir; returns it.
     `resume` continues an interrupted run there; `overwrite` replaces an earlier one."""
-    from cluster.output.run_dir import GENERATE_OUTPUTS, claim_output_dir
-    from cluster.preflight import print_warnings
+    from cluster.inputs.prepare import prepare_data, prepare_model
+    from cluster.output.run_dir import GENERATE_OUTPUTS, check_claimable, claim_output_dir
+    from cluster.preflight import check_before_start, print_warnings, require_prompt_file
+    from cluster.system import prepare_while_ray_starts
 
-    inputs = _prepare_and_check(recipe)
-    print_warnings(inputs.warnings)
+    require_prompt_file(recipe)
+    warnings = check_before_start(recipe)
     out = recipe.output_dir
+    claim = {"resume": resume, "overwrite": overwrite, "outputs": GENERATE_OUTPUTS, "progress": earlier_work}
     _refuse_other_jobs(out)
-    with claim_output_dir(out, resume=resume, overwrite=overwrite, outputs=GENERATE_OUTPUTS,
-                          progress=earlier_work) as run_dir:
+    check_claimable(out, **claim)  # a directory it may not use: one line, before Ray starts
+    prepare_data(recipe)
+    model_path = str(prepare_model(recipe))
+    inputs, _ = prepare_while_ray_starts(recipe, lambda: _check_prepared(recipe, model_path, warnings))
+    print_warnings(inputs.warnings)
+    with claim_output_dir(out, **claim) as run_dir:
         _generate(recipe, inputs, run_dir.path, resume)
     return out
 
 
-def _prepare_and_check(recipe: Recipe) -> Inputs:
-    """Check the recipe's inputs, make them exist (synthetic data, a tiny model), and check them
-    again as the engines will see them: prompts within data.max_prompt_tokens, reward fields."""
+def _check_prepared(recipe: Recipe, model_path: str, warnings: list[str]) -> Inputs:
+    """Check the made inputs as the engines will see them (prompts within
+    data.max_prompt_tokens, reward fields); beside Ray's start."""
     from cluster.inputs.data import DataError
-    from cluster.inputs.prepare import prepare_data, prepare_model
     from cluster.inputs.prompts import load_rows
-    from cluster.preflight import check_before_start, check_prepared, load_tokenizer, require_prompt_file
+    from cluster.preflight import check_prepared, load_tokenizer
 
-    require_prompt_file(recipe)
-    warnings = check_before_start(recipe)
-    prepare_data(recipe)
-    model_path = str(prepare_model(recipe))
     tokenizer = load_tokenizer(recipe, model_path)
-    warnings += check_prepared(recipe, model_path, tokenizer)
+    warnings = warnings + check_prepared(recipe, model_path, tokenizer)
     rows = load_rows(recipe, recipe.data.train_path)
     if not rows:  # load_rows refuses an empty file; kept here as the driver's own precondition
         raise DataError(f"data file '{recipe.data.train_path}': the dataset has no rows")

@@ -8,6 +8,8 @@ all-gathers require.
 
 from __future__ import annotations
 
+import time
+
 from cluster.launch import answered, get_all
 from cluster.placement_plan import label_selectors
 from cluster.recovery import is_death, one_line
@@ -56,8 +58,12 @@ class LearnerGroup:
                 self.placement, rank)).remote(spec, rank, num_ranks) for rank in range(num_ranks)]
         else:
             self.ranks = [actor.options(**options).remote(spec, rank, num_ranks) for rank in range(num_ranks)]
+        started = time.perf_counter()
         host, port = self._all([self.ranks[0].rendezvous_address.remote()], "learner rendezvous")[0]
+        actor_start = time.perf_counter() - started  # the rank's process and its imports of torch and aha
         self.info = self._all([r.setup.remote(host, port) for r in self.ranks], "learner set-up")
+        # Where the set-up's time went, rank 0's: what bench/loop.py prints beside the time to first step.
+        self.setup_s = {"actor_start": actor_start, **self.info[0]["setup_s"]}
 
     def _all(self, refs: list, what: str) -> list:
         try:

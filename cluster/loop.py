@@ -201,6 +201,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str], chaos: Ch
             if step == first_step:  # what it took to get here: bench/loop.py's time to first step
                 startup["to_first_step"] = started - begun
                 metrics.update({f"startup/{phase}": seconds for phase, seconds in startup.items()})
+                metrics.update({f"startup_learner/{part}": seconds for part, seconds in system.learner_setup.items()})
             for warning in reward_failure_warnings(step, [f for g in intake.accepted for f in g.failures]):
                 bar.write(warning)
             if eval_rows and (step == run.steps or (recipe.eval.every and step % recipe.eval.every == 0)):

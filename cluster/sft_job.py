@@ -38,8 +38,9 @@ def sft(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Pat
     from cluster.inputs.data import DataError
     from cluster.inputs.prepare import prepare_data, prepare_model
     from cluster.inputs.traces import load_traces
-    from cluster.output.run_dir import claim_output_dir
+    from cluster.output.run_dir import check_claimable, claim_output_dir
     from cluster.preflight import check_before_start, load_tokenizer
+    from cluster.system import prepare_while_ray_starts
 
     if not recipe.sft.train_path:
         raise RecipeError("sft.train_path", "is required (a trace data set: Parquet or JSONL with prompt + "
@@ -52,11 +53,17 @@ def sft(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Pat
     if recipe.sft.eval_path and Path(recipe.sft.eval_path).resolve() == Path(recipe.sft.train_path).resolve():
         raise DataError(f"data file '{recipe.sft.eval_path}': sft.eval_path is the training file itself; a held-out "
                         "loss needs held-out traces")
-    # The inputs are made and every trace encoded before the directory is claimed: a trace over
-    # sft.max_length (with too_long = "error") or a tokenizer without EOS leaves nothing behind.
+    check_claimable(recipe.output_dir, resume=resume, overwrite=overwrite)  # one line, before Ray starts
+    # The inputs are made and every trace encoded (beside Ray's start) before the directory is
+    # claimed: a trace over sft.max_length (with too_long = "error") or a tokenizer without EOS
+    # leaves nothing behind.
     model_path = str(prepare_model(recipe))
-    tokenizer = load_tokenizer(recipe, model_path)
-    traces = encode_trace_sets(recipe, tokenizer)
+
+    def encode():
+        tokenizer = load_tokenizer(recipe, model_path)
+        return tokenizer, encode_trace_sets(recipe, tokenizer)
+
+    (tokenizer, traces), _ = prepare_while_ray_starts(recipe, encode)
     with claim_output_dir(recipe.output_dir, resume=resume, overwrite=overwrite) as run_dir:
         with naming_last_checkpoint(run_dir.checkpoints):
             return _sft(recipe, run_dir, resume, warnings, model_path, tokenizer, traces)

@@ -6,8 +6,10 @@ group) linked for weight sync; the drivers (`cluster/loop.py`, evaluation) only 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -36,6 +38,7 @@ class System:
     recovery: Recovery | None = None  # restarts of the pool's and the scorers' actors, for the metrics
     plan: RunPlan | None = None  # where each role's actors were placed
     startup: dict = field(default_factory=dict)  # seconds per start-up phase (start_system)
+    learner_setup: dict = field(default_factory=dict)  # the learner phase's parts (LearnerGroup.setup_s)
 
     def placement_groups(self) -> dict[str, object]:
         """Each role's placement group (None for a role this job has not), for placement.json."""
@@ -95,6 +98,7 @@ def start_system(recipe: Recipe, model_path: str, tokenizer, job: str = "train",
                                        gpus_per_rank=cluster.learner_gpus, timeout_s=timeout,
                                        nodes=plan.nodes_of("learner"))
         clock.lap("learner")
+        system.learner_setup = system.learners.setup_s
         if system.pool is not None:
             system.pool.wait_started()
             clock.lap("engines")  # what was left of their start once the learner was up
@@ -119,8 +123,9 @@ def prepare_while_ray_starts(recipe: Recipe, prepare: Callable[[], Prepared]) ->
     seconds Ray took. The two overlap well: importing transformers is most of the inputs'
     time and holds one core, while Ray's start is mostly waiting for its own processes.
 
-    A mistake in the inputs is still its one line, at about the time it came before, and the
-    local Ray this started is shut down again first: nothing of the job has started yet.
+    A mistake in the inputs is still its one line, at about the time it came before: the local
+    Ray this started is shut down again first, and the lines Ray's start logged are dropped
+    with it (they are shown, late, when the inputs are good): nothing of the job has started yet.
     """
     import ray
 
@@ -128,19 +133,52 @@ def prepare_while_ray_starts(recipe: Recipe, prepare: Callable[[], Prepared]) ->
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aha-inputs") as thread:
         preparing = thread.submit(prepare)
         started, ray_error = time.perf_counter(), None
-        try:
-            connect_ray(recipe.cluster)
-        except Exception as err:  # reported after the inputs' own error, which is the user's to fix first
-            ray_error = err
+        with _held_back(logging.getLogger("ray")) as ray_lines:
+            try:
+                connect_ray(recipe.cluster)
+            except Exception as err:  # reported after the inputs' own error, which is the user's to fix first
+                ray_error = err
         ray_s = time.perf_counter() - started
         failure = preparing.exception()  # waits for the inputs
     if failure is not None:
         if not joined_already and ray.is_initialized():
             ray.shutdown()
         raise failure
+    ray_lines.show()
     if ray_error is not None:
         raise ray_error
     return preparing.result(), ray_s
+
+
+class _HeldBack(logging.Filter):
+    """Keeps a logger's records from its handlers until `show`."""
+
+    def __init__(self, handlers: list[logging.Handler]):
+        super().__init__()
+        self.handlers, self.records = handlers, []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+    def show(self) -> None:
+        for record in self.records:
+            for handler in self.handlers:
+                handler.handle(record)
+        self.records = []
+
+
+@contextmanager
+def _held_back(logger: logging.Logger):
+    """While the block runs, what reaches `logger`'s handlers is held; `show()` it afterwards."""
+    held = _HeldBack(list(logger.handlers))
+    for handler in held.handlers:
+        handler.addFilter(held)
+    try:
+        yield held
+    finally:
+        for handler in held.handlers:
+            handler.removeFilter(held)
 
 
 class _PhaseClock:

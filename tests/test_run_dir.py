@@ -14,7 +14,8 @@ import pytest
 from cluster.inputs.prepare import prepare_data
 from cluster.output.checkpoints import (CheckpointError, complete_checkpoints, drop_newer_than, prune_checkpoints,
                                         read_driver_state, write_driver_state)
-from cluster.output.run_dir import LOCK_FILE, RUN_MARKER, RunDirError, claim_output_dir
+from cluster.output.run_dir import (EVAL_OUTPUTS, LOCK_FILE, RUN_MARKER, RUN_OUTPUTS, RunDirError, check_claimable,
+                                   claim_output_dir)
 from cluster.recipe import load_recipe, recipe_to_dict
 from cluster.recipe.resume import resume_conflicts
 
@@ -111,6 +112,64 @@ def test_a_run_with_checkpoints_is_resumed_or_replaced_only_when_asked(tmp_path)
         assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
     with pytest.raises(RunDirError, match="does not exist; there is no run to resume"):
         claim_output_dir(tmp_path / "nope", resume=True, overwrite=False)
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): sha(p) if p.is_file() else "dir" for p in sorted(root.rglob("*"))}
+
+
+def _outcome(call) -> str:
+    try:
+        call()
+    except RunDirError as err:
+        return str(err)
+    return "claimable"
+
+
+def _make(out: Path, state: str):
+    """`out` in one of the states a driver may find it in; returns a held claim for "held"."""
+    if state == "a-file":
+        out.write_text("x")
+    elif state == "mine":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    elif state != "new":
+        outputs = EVAL_OUTPUTS if state == "evaluated" else RUN_OUTPUTS
+        claim = claim_output_dir(out, resume=False, overwrite=False, outputs=outputs)
+        if state == "held":
+            return claim
+        claim.release()
+        name = {"no-checkpoint": "metrics.jsonl", "evaluated": "eval.json", "generated": "progress.jsonl"}.get(state)
+        if name:
+            (out / name).write_text("{}\n")
+        if state == "with-checkpoints":
+            fake_checkpoint(out / "checkpoints", 2)
+    return None
+
+
+def _generated(out: Path) -> str:  # aha generate's `progress`: the work an earlier run left
+    return "3 prompts done" if (out / "progress.jsonl").is_file() else ""
+
+
+@pytest.mark.parametrize("state, extra", [
+    *[(state, {}) for state in ("new", "a-file", "mine", "no-checkpoint", "with-checkpoints", "held")],
+    ("evaluated", {"outputs": EVAL_OUTPUTS}), ("generated", {"progress": _generated}),
+    ("no-checkpoint", {"progress": _generated})])
+@pytest.mark.parametrize("resume, overwrite", [(False, False), (False, True), (True, False)])
+def test_check_claimable_refuses_what_the_claim_would_and_writes_nothing(tmp_path, state, extra, resume, overwrite):
+    out = tmp_path / "out"
+    held = _make(out, state)
+    try:
+        before = _tree(tmp_path)
+        checked = _outcome(lambda: check_claimable(out, resume=resume, overwrite=overwrite, **extra))
+        assert _tree(tmp_path) == before  # the check wrote nothing, not even a directory
+        claimed = _outcome(lambda: claim_output_dir(out, resume=resume, overwrite=overwrite, **extra).release())
+        assert checked == claimed
+        if state in ("a-file", "mine", "held") or (resume and state == "new"):
+            assert checked != "claimable"  # the cases every flag combination refuses
+    finally:
+        if held is not None:
+            held.release()
 
 
 def test_train_refuses_resume_and_overwrite_together(tmp_path):

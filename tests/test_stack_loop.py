@@ -113,6 +113,17 @@ def test_a_few_on_policy_steps_leave_everything_behind(tmp_path):
                     "learner_idle_share", "rollout_tokens_per_s", "learner_tokens_per_s", "truncated_fraction",
                     "learner/clip_frac_low", "learner/entropy", "learner/tis_weight_mean", "dropped_flat_groups"):
             assert key in m, key
+    # The first step says where the time before it went (what bench/loop.py prints), the
+    # learner's set-up by its parts; the later steps do not repeat it.
+    startup = {k.removeprefix("startup/"): v for k, v in metrics[0].items() if k.startswith("startup/")}
+    assert {"inputs", "inputs_beside_ray", "ray", "learner", "engines", "weight_link",
+            "first_evaluation", "to_first_step"} <= set(startup), startup
+    assert all(seconds >= 0 for seconds in startup.values())
+    parts = {k.removeprefix("startup_learner/"): v for k, v in metrics[0].items() if k.startswith("startup_learner/")}
+    assert set(parts) == {"actor_start", "imports", "process_group", "model", "deepspeed", "reference"}, parts
+    assert 0 < sum(parts.values()) <= startup["learner"] + 0.5  # its parts, within the phase they make up
+    assert startup["to_first_step"] >= startup["learner"] + startup["first_evaluation"]
+    assert not any(k.startswith(("startup/", "startup_learner/")) for m in metrics[1:] for k in m)
     table = pq.read_table(run / "rollouts" / "step-000002.parquet").to_pylist()
     assert len(table) == 16 and {r["step"] for r in table} == {2}
     assert {r["weight_version"] for r in table} == {1}  # on-policy: made by the weights of step 1
@@ -438,9 +449,9 @@ def test_weights_that_overflow_end_the_run_in_one_line_and_leave_no_checkpoint(t
     assert read_metrics(tmp_path / "run") == []  # the step that overflowed was not logged either
 
 
-def test_a_mistake_found_while_ray_starts_is_raised_and_that_ray_is_shut_down():
-    # The loop loads its tokenizer and checks its prompts in a thread while Ray starts
-    # (cluster/system.py): the inputs' own error wins and leaves no Ray behind.
+def test_a_mistake_found_while_ray_starts_is_raised_and_that_ray_is_shut_down(capfd):
+    # The drivers load their tokenizer and check their prompts in a thread while Ray starts
+    # (cluster/system.py): the inputs' own error wins and leaves no Ray behind, nor its lines.
     import time
 
     import ray
@@ -458,9 +469,11 @@ def test_a_mistake_found_while_ray_starts_is_raised_and_that_ray_is_shut_down():
     with pytest.raises(RecipeError, match="the mistake"):
         prepare_while_ray_starts(recipe, bad_inputs)
     assert not ray.is_initialized()
+    assert capfd.readouterr().err == ""  # the mistake's line is the only one the user sees
 
     prepared, ray_s = prepare_while_ray_starts(recipe, lambda: "inputs")
     try:
         assert prepared == "inputs" and ray_s > 0 and ray.is_initialized()
+        assert "Started a local Ray instance" in capfd.readouterr().err  # held back, then shown
     finally:
         ray.shutdown()

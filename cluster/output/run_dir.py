@@ -96,21 +96,26 @@ def claim_output_dir(path: str | os.PathLike, *, resume: bool, overwrite: bool, 
         if not (out / RUN_MARKER).is_file():
             marker = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": "aha"}
             atomic_write(out / RUN_MARKER, lambda tmp: Path(tmp).write_text(json.dumps(marker) + "\n"))
-        if resume and progress is not None:
-            if not progress(out):
-                raise RunDirError(f"--resume: '{out}' holds no finished work to resume from; "
-                                  "start again without --resume")
-        elif resume:
-            if not complete_checkpoints(out / "checkpoints"):
-                raise RunDirError(f"--resume: '{out}' has no complete checkpoint to resume from; "
-                                  "start the run again without --resume")
-        else:
-            _clear_earlier_run(out, overwrite, outputs, key, progress)
+        _refuse_earlier_run(out, resume, overwrite, outputs, key, progress)
+        if not resume:
+            _clear_earlier_run(out, overwrite, outputs, progress)
     except BaseException:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
         raise
     return RunDirectory(out, handle)
+
+
+def check_claimable(path: str | os.PathLike, *, resume: bool, overwrite: bool, outputs: tuple[str, ...] = RUN_OUTPUTS,
+                    key: str = "run.output_dir", progress=None) -> None:
+    """RunDirError for what `claim_output_dir` (same arguments) would refuse, found without
+    writing anything: a driver asks before it starts Ray beside its last input checks, so a
+    refused directory is still one line before anything starts. The claim checks again."""
+    out = Path(path)
+    _check_usable(out, resume, key)
+    if out.is_dir():
+        _check_not_locked(out, key)
+        _refuse_earlier_run(out, resume, overwrite, outputs, key, progress)
 
 
 def _check_usable(out: Path, resume: bool, key: str) -> None:
@@ -141,8 +146,34 @@ def _lock(handle, out: Path, key: str) -> None:
     handle.flush()
 
 
-def _clear_earlier_run(out: Path, overwrite: bool, outputs: tuple[str, ...], key: str, progress=None) -> None:
-    """Remove an earlier run's outputs before a fresh start; only `outputs` are touched."""
+def _check_not_locked(out: Path, key: str) -> None:
+    """RunDirError if another process holds `out`'s lock now (taken and let go at once)."""
+    if not (out / LOCK_FILE).is_file():
+        return
+    with open(out / LOCK_FILE, encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip() or "another process"
+            raise RunDirError(f"{key}: '{out}' is in use by another aha run ({holder}); "
+                              f"wait for it to finish or choose another {key}") from None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _refuse_earlier_run(out: Path, resume: bool, overwrite: bool, outputs: tuple[str, ...], key: str,
+                        progress=None) -> None:
+    """RunDirError where `out`'s contents do not allow what was asked: a resume with nothing to
+    resume from, or a fresh start over work that only `overwrite` may replace."""
+    if resume and progress is not None:
+        if not progress(out):
+            raise RunDirError(f"--resume: '{out}' holds no finished work to resume from; "
+                              "start again without --resume")
+        return
+    if resume:
+        if not complete_checkpoints(out / "checkpoints"):
+            raise RunDirError(f"--resume: '{out}' has no complete checkpoint to resume from; "
+                              "start the run again without --resume")
+        return
     done = progress(out) if progress is not None else None
     if done and not overwrite:
         raise RunDirError(f"{key}: '{out}' holds an earlier run ({done}); pass --resume to continue it, "
@@ -156,6 +187,12 @@ def _clear_earlier_run(out: Path, overwrite: bool, outputs: tuple[str, ...], key
     if "checkpoints" not in outputs and EVAL_FILE in outputs and (out / EVAL_FILE).is_file() and not overwrite:
         raise RunDirError(f"{key}: '{out}' holds an earlier evaluation ({EVAL_FILE}); pass --overwrite to "
                           f"replace it, or choose another {key}")
+
+
+def _clear_earlier_run(out: Path, overwrite: bool, outputs: tuple[str, ...], progress=None) -> None:
+    """Remove an earlier run's outputs before a fresh start (`_refuse_earlier_run` allowed it);
+    only `outputs` are touched."""
+    kept = complete_checkpoints(out / "checkpoints") if "checkpoints" in outputs else []
     earlier = [out / name for name in outputs if (out / name).exists()]
     for path in earlier:
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
