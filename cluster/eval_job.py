@@ -127,8 +127,9 @@ def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows,
     cluster = recipe.cluster
     plan = plan_run(recipe, connect_ray(cluster), "eval")  # a plan that cannot fit is one line here
     recovery = Recovery(cluster.max_restarts)  # dead workers and scorers are replaced, as in a training run
+    # The scorers boot beside the first model's engines; they are waited for once those are up.
     scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers, cpus_per_scorer=cluster.scorer_cpus,
-                         timeout_s=cluster.timeout_s, recovery=recovery, nodes=plan.nodes_of("scorer"))
+                         timeout_s=cluster.timeout_s, recovery=recovery, nodes=plan.nodes_of("scorer"), wait=False)
     results, records = [], []
     try:
         for number, target in enumerate(targets, 1):
@@ -138,6 +139,7 @@ def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows,
                                timeout_s=cluster.timeout_s, recovery=recovery,
                                health_timeout_s=cluster.health_timeout_s, nodes=plan.nodes_of("rollout"))
             try:
+                scorers.wait_started()
                 placed = placement_record(plan, {"rollout": pool.placement, "scorer": scorers.placement})
                 done = evaluate(pool, scorers, tokenizers[target.label], target.recipe, rows)
             finally:

@@ -180,15 +180,20 @@ def _sample(recipe: Recipe, inputs: Inputs, todo: list[PromptRow], parts, first:
     chunks = [todo[i:i + gen.chunk_prompts] for i in range(0, len(todo), gen.chunk_prompts)]
     plan = plan_run(recipe, connect_ray(cluster), "generate")  # a plan that cannot fit is one line here
     recovery = Recovery(cluster.max_restarts)  # dead workers and scorers are replaced, as in a training run
+    # The scorers and the engines boot side by side; the scorers are waited for once the engines are up.
     scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers, cpus_per_scorer=cluster.scorer_cpus,
-                         timeout_s=cluster.timeout_s, recovery=recovery, nodes=plan.nodes_of("scorer"))
+                         timeout_s=cluster.timeout_s, recovery=recovery, nodes=plan.nodes_of("scorer"), wait=False)
+    pool = None
     try:
         pool = RolloutPool(engine_spec(recipe, inputs.model_path), recipe.rollout.num_workers,
                            cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus,
                            timeout_s=cluster.timeout_s, recovery=recovery, health_timeout_s=cluster.health_timeout_s,
                            nodes=plan.nodes_of("rollout"))
-    except BaseException:
+        scorers.wait_started()
+    except BaseException:  # nothing started is left behind
         scorers.shutdown()
+        if pool is not None:
+            pool.shutdown()
         raise
     print(f"[aha] generating {gen.samples_per_prompt} completions for each of {len(todo)} prompts "
           f"({len(chunks)} chunks); output in {parts.out}", flush=True)
