@@ -449,9 +449,11 @@ def test_weights_that_overflow_end_the_run_in_one_line_and_leave_no_checkpoint(t
     assert read_metrics(tmp_path / "run") == []  # the step that overflowed was not logged either
 
 
-def test_a_mistake_found_while_ray_starts_is_raised_and_that_ray_is_shut_down(capfd):
+def test_a_mistake_found_while_ray_starts_is_raised_and_that_ray_is_shut_down():
     # The drivers load their tokenizer and check their prompts in a thread while Ray starts
     # (cluster/system.py): the inputs' own error wins and leaves no Ray behind, nor its lines.
+    import io
+    import logging
     import time
 
     import ray
@@ -466,14 +468,22 @@ def test_a_mistake_found_while_ray_starts_is_raised_and_that_ray_is_shut_down(ca
         time.sleep(1.0)  # still preparing when Ray is up
         raise RecipeError("data.template", "the mistake")
 
-    with pytest.raises(RecipeError, match="the mistake"):
-        prepare_while_ray_starts(recipe, bad_inputs)
-    assert not ray.is_initialized()
-    assert capfd.readouterr().err == ""  # the mistake's line is the only one the user sees
-
-    prepared, ray_s = prepare_while_ray_starts(recipe, lambda: "inputs")
+    # What Ray's start logs, as its own stderr handler would get it (that handler writes to
+    # whatever stream was sys.stderr when ray was first imported, which pytest may have swapped).
+    ray_lines = io.StringIO()
+    handler = logging.StreamHandler(ray_lines)
+    logging.getLogger("ray").addHandler(handler)
     try:
-        assert prepared == "inputs" and ray_s > 0 and ray.is_initialized()
-        assert "Started a local Ray instance" in capfd.readouterr().err  # held back, then shown
+        with pytest.raises(RecipeError, match="the mistake"):
+            prepare_while_ray_starts(recipe, bad_inputs)
+        assert not ray.is_initialized()
+        assert ray_lines.getvalue() == ""  # the mistake's line is the only one the user sees
+
+        prepared, ray_s = prepare_while_ray_starts(recipe, lambda: "inputs")
+        try:
+            assert prepared == "inputs" and ray_s > 0 and ray.is_initialized()
+            assert "Started a local Ray instance" in ray_lines.getvalue()  # held back, then shown
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
+        logging.getLogger("ray").removeHandler(handler)
