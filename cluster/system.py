@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from cluster.launch import connect_ray
 from cluster.learner_group import LearnerGroup
+from cluster.phase_clock import PhaseClock
 from cluster.placement_plan import RunPlan, plan_run
 from cluster.recipe.placement import job_roles
 from cluster.recipe import Recipe
@@ -67,7 +68,7 @@ def start_system(recipe: Recipe, model_path: str, tokenizer, job: str = "train",
     the learner ranks set up, and the driver waits for them last. `System.startup` holds the
     seconds of each phase (also printed), what `bench/loop.py` reports as time to first step.
     """
-    clock = _PhaseClock()
+    clock = PhaseClock()
     ray = connect_ray(recipe.cluster)
     clock.lap("ray")
     # Where every actor goes, on the cluster as it is; a plan that cannot fit is one line here.
@@ -179,19 +180,6 @@ def _held_back(logger: logging.Logger):
     finally:
         for handler in held.handlers:
             handler.removeFilter(held)
-
-
-class _PhaseClock:
-    """Seconds per start-up phase, in order."""
-
-    def __init__(self):
-        self.phases: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.phases[name] = self.phases.get(name, 0.0) + now - self._last
-        self._last = now
 
 
 def _objective(recipe: Recipe, job: str) -> str:

@@ -22,6 +22,7 @@ from datetime import timedelta
 
 import torch
 
+from cluster.phase_clock import PhaseClock
 from cluster.wire.errors import RunFailed
 from cluster.wire.weights import TensorMeta
 from learner.batching import MicroBatch, TrainSequence, empty_micro_batch, micro_batches, token_logprobs
@@ -72,18 +73,6 @@ def _grad_norm(params) -> float:
     return float(torch.stack(norms).norm()) if norms else 0.0
 
 
-class _Laps:
-    """Each call: the seconds since the last call (or since this was made)."""
-
-    def __init__(self):
-        self._last = time.perf_counter()
-
-    def __call__(self) -> float:
-        now = time.perf_counter()
-        seconds, self._last = now - self._last, now
-        return seconds
-
-
 class Learner:
     """A learner rank: policy (and optional frozen reference) under DeepSpeed ZeRO."""
 
@@ -128,11 +117,11 @@ class Learner:
     def setup(self, master_addr: str, master_port: int) -> dict:
         """Join the process group and build the DeepSpeed engine(s). Collective: all ranks.
         Returns this rank's device and dtype, and in `setup_s` the seconds of each part."""
-        phases, lap = {}, _Laps()
+        clock = PhaseClock()
         import deepspeed
         from transformers import AutoModelForCausalLM
 
-        phases["imports"] = lap()  # DeepSpeed and transformers, the first time this process needs them
+        clock.lap("imports")  # DeepSpeed and transformers, the first time this process needs them
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
         self.device, self.dtype = resolve_device_and_dtype(self.spec)
@@ -141,10 +130,10 @@ class Learner:
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                    timeout=timedelta(seconds=self.spec.timeout_s))
-        phases["process_group"] = lap()  # waits for every rank to arrive
+        clock.lap("process_group")  # waits for every rank to arrive
         torch.manual_seed(self.spec.seed)
         model = AutoModelForCausalLM.from_pretrained(self.spec.model_path, dtype=self.dtype)
-        phases["model"] = lap()
+        clock.lap("model")
         if self.spec.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
@@ -156,10 +145,10 @@ class Learner:
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, config=config, lr_scheduler=self._make_scheduler)
         forget_warmup_step(self.engine.optimizer)
-        phases["deepspeed"] = lap()
+        clock.lap("deepspeed")
         self.reference = self._build_reference(deepspeed, AutoModelForCausalLM) if self.spec.kl_coef > 0 else None
-        phases["reference"] = lap()
-        return {"rank": self.rank, "device": str(self.device), "dtype": str(self.dtype), "setup_s": phases}
+        clock.lap("reference")
+        return {"rank": self.rank, "device": str(self.device), "dtype": str(self.dtype), "setup_s": clock.phases}
 
     def _make_scheduler(self, optimizer):
         spec = self.spec
