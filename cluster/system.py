@@ -16,7 +16,6 @@ from typing import TypeVar
 
 from cluster.launch import connect_ray
 from cluster.learner_group import LearnerGroup
-from cluster.phase_clock import PhaseClock
 from cluster.placement_plan import RunPlan, plan_run
 from cluster.recipe.placement import job_roles
 from cluster.recipe import Recipe
@@ -24,6 +23,7 @@ from cluster.recovery import Recovery
 from cluster.rollout_pool import RolloutPool, link_weights
 from cluster.scorer_pool import ScorerPool
 from cluster.specs import engine_spec, learner_spec, scorer_spec
+from cluster.wire.phases import PhaseClock
 
 
 @dataclass

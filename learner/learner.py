@@ -22,8 +22,8 @@ from datetime import timedelta
 
 import torch
 
-from cluster.phase_clock import PhaseClock
 from cluster.wire.errors import RunFailed
+from cluster.wire.phases import PhaseClock
 from cluster.wire.weights import TensorMeta
 from learner.batching import MicroBatch, TrainSequence, empty_micro_batch, micro_batches, token_logprobs
 from learner.losses import (MAX_METRICS, SUM_METRICS, LossOutput, MetricTotals, entropy_from_logits, metric_means,
