@@ -10,8 +10,11 @@ resources Ray gives the actor.
 from __future__ import annotations
 
 import asyncio
+import glob
 import logging
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import contextmanager
@@ -22,6 +25,8 @@ from actors.vllm_logs import DropMessage
 from actors.weight_receiver import WeightReceiver
 from cluster.wire.samples import Sample, SamplingSpec
 from cluster.wire.weights import TensorMeta
+
+_SOCKET_DIR_PREFIX = "aha-engine-sockets-"
 
 
 @dataclass(frozen=True)
@@ -79,23 +84,63 @@ def _model_in_engine_core(wanted: bool):
     if not wanted:
         yield
         return
-    settings = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    before = {key: os.environ.get(key) for key in settings}
     # vLLM warns that the variable being 0 seeds the calling process's global RNG; AsyncLLM
     # does not, and the warning would open every worker's log.
     seed_warning = DropMessage("VLLM_ENABLE_V1_MULTIPROCESSING is set to False", part=True)
     logger = logging.getLogger("vllm.engine.arg_utils")
-    os.environ.update(settings)
     logger.addFilter(seed_warning)
+    try:
+        with _environ(VLLM_ENABLE_V1_MULTIPROCESSING="0", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")):
+            yield
+    finally:
+        logger.removeFilter(seed_warning)
+
+
+@contextmanager
+def _environ(**settings: str):
+    """These environment variables while the block runs (what the engine's processes, spawned
+    then, inherit); the earlier values after it."""
+    before = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        logger.removeFilter(seed_warning)
         for key, value in before.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _private_socket_dir() -> str:
+    """A directory of this actor's own for the ZMQ sockets between the engine client and its
+    EngineCore, which vLLM puts in the temporary directory itself and never removes: a few
+    per engine start, thousands over a test suite or a long run with replacements.
+
+    The actor process hosts one engine, so VLLM_RPC_BASE_PATH is set for the process (vLLM
+    reads it lazily). Ray kills actors without running their exit handlers, so each start also
+    removes the directories of earlier actors whose process is gone; `shutdown` removes its own.
+    (EngineCore's TMPDIR stays as it is: torch keeps a 150 MB precompiled header there that
+    every engine start would otherwise build again.)
+    """
+    base = tempfile.gettempdir()
+    for earlier in glob.glob(os.path.join(base, f"{_SOCKET_DIR_PREFIX}*")):
+        pid = os.path.basename(earlier).removeprefix(_SOCKET_DIR_PREFIX).split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(earlier, ignore_errors=True)
+    path = tempfile.mkdtemp(prefix=f"{_SOCKET_DIR_PREFIX}{os.getpid()}-", dir=base)
+    os.environ["VLLM_RPC_BASE_PATH"] = path
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _weight_receiver_path() -> str:
@@ -144,6 +189,7 @@ class RolloutWorker:
         # The engine's processes log every weight reload at INFO; set VLLM_LOGGING_LEVEL=INFO
         # in the environment to see them.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        self._socket_dir = _private_socket_dir()
         with _model_in_engine_core(in_engine_core):
             self._engine = AsyncLLM.from_engine_args(args)
         # Cleared while an update runs: a request stamps its weight version only once the
@@ -295,3 +341,4 @@ class RolloutWorker:
 
     def shutdown(self) -> None:
         self._engine.shutdown()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)

@@ -114,6 +114,22 @@ def test_a_greedy_completion_cut_to_a_budget_is_the_engines_greedy_completion_un
             cuts += len(whole[0].completion_ids) > budget
     assert cuts > 0  # some completions went past a budget, so the cut was really tested
 
+def test_the_engines_sockets_are_in_the_actors_own_directory(worker):
+    # vLLM would leave them loose in the temporary directory, a few per engine start; the
+    # actor's directory goes with the actor (tests/test_engine_sockets.py).
+    import glob
+    import stat
+    import tempfile
+
+    from actors.rollout_worker import _SOCKET_DIR_PREFIX
+
+    actor_pid = ray.get(worker.process_ids.remote(), timeout=TIMEOUT_S)[0][0]
+    [directory] = glob.glob(os.path.join(tempfile.gettempdir(), f"{_SOCKET_DIR_PREFIX}{actor_pid}-*"))
+    names = os.listdir(directory)
+    sockets = [name for name in names if stat.S_ISSOCK(os.stat(os.path.join(directory, name)).st_mode)]
+    assert len(sockets) >= 2, names  # the engine client's input and output sockets
+
+
 def test_seeded_groups_reproduce_and_other_seeds_differ(worker, prompt_ids):
     first = [s.completion_ids for s in _sample(worker, prompt_ids, seed=11)]
     again = [s.completion_ids for s in _sample(worker, prompt_ids, seed=11)]
