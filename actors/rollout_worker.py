@@ -84,27 +84,18 @@ def _model_in_engine_core(wanted: bool):
     if not wanted:
         yield
         return
+    settings = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    before = {key: os.environ.get(key) for key in settings}
     # vLLM warns that the variable being 0 seeds the calling process's global RNG; AsyncLLM
     # does not, and the warning would open every worker's log.
     seed_warning = DropMessage("VLLM_ENABLE_V1_MULTIPROCESSING is set to False", part=True)
     logger = logging.getLogger("vllm.engine.arg_utils")
-    logger.addFilter(seed_warning)
-    try:
-        with _environ(VLLM_ENABLE_V1_MULTIPROCESSING="0", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")):
-            yield
-    finally:
-        logger.removeFilter(seed_warning)
-
-
-@contextmanager
-def _environ(**settings: str):
-    """These environment variables while the block runs (what the engine's processes, spawned
-    then, inherit); the earlier values after it."""
-    before = {key: os.environ.get(key) for key in settings}
     os.environ.update(settings)
+    logger.addFilter(seed_warning)
     try:
         yield
     finally:
+        logger.removeFilter(seed_warning)
         for key, value in before.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -123,24 +114,16 @@ def _private_socket_dir() -> str:
     (EngineCore's TMPDIR stays as it is: torch keeps a 150 MB precompiled header there that
     every engine start would otherwise build again.)
     """
+    import psutil
+
     base = tempfile.gettempdir()
     for earlier in glob.glob(os.path.join(base, f"{_SOCKET_DIR_PREFIX}*")):
         pid = os.path.basename(earlier).removeprefix(_SOCKET_DIR_PREFIX).split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             shutil.rmtree(earlier, ignore_errors=True)
     path = tempfile.mkdtemp(prefix=f"{_SOCKET_DIR_PREFIX}{os.getpid()}-", dir=base)
     os.environ["VLLM_RPC_BASE_PATH"] = path
     return path
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _weight_receiver_path() -> str:

@@ -36,4 +36,3 @@ def test_a_start_gets_its_own_directory_and_removes_only_those_of_processes_that
     assert not dead.exists()
     assert alive.is_dir() and not_ours.is_dir() and user_file.read_text() == "mine"
     assert _private_socket_dir() != path  # a second engine in one process gets another one
-

@@ -114,6 +114,7 @@ def test_a_greedy_completion_cut_to_a_budget_is_the_engines_greedy_completion_un
             cuts += len(whole[0].completion_ids) > budget
     assert cuts > 0  # some completions went past a budget, so the cut was really tested
 
+
 def test_the_engines_sockets_are_in_the_actors_own_directory(worker):
     # vLLM would leave them loose in the temporary directory, a few per engine start; the
     # actor's directory goes with the actor (tests/test_engine_sockets.py).
