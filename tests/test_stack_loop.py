@@ -205,9 +205,32 @@ def _vllm_against_transformers(model_dir, tmp_path) -> float:
     return worst
 
 
-def test_async_mode_never_trains_on_samples_staler_than_allowed(tmp_path):
-    run, _ = _train(tmp_path, "--algorithm.max_staleness", "1")
-    metrics = read_metrics(run)[1:]
+# A user reward that returns NaN for about three completions in four (by a checksum of the
+# text, so which ones is up to the sampled text): the run goes on, and every failure is seen.
+NAN_REWARD = """
+def score(completion, **fields):
+    return float("nan") if sum(map(ord, completion)) % 4 else 1.0
+"""
+NAN_NAME = "nan_reward:score"
+
+
+@pytest.fixture(scope="module")
+def async_run_with_a_nan_reward(tmp_path_factory):
+    """One async run (max_staleness 1) scored by the NaN reward: the two tests below check
+    independent things of it, and each whole run costs ~45 s of start-up on CPU."""
+    import os
+
+    tmp_path = tmp_path_factory.mktemp("async-nan")
+    (tmp_path / "nan_reward.py").write_text(NAN_REWARD)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}  # the scorer's workers import the user's reward
+    return _train(tmp_path, "--algorithm.max_staleness", "1", "--reward.weights",
+                  f"{{'{NAN_NAME}' = 1.0, format = 0.5}}", "--reward.failure_reward", "-1.0",
+                  "--data.eval_path", "", "--data.synthetic.eval_rows", "0", env=env)
+
+
+def test_async_mode_never_trains_on_samples_staler_than_allowed(async_run_with_a_nan_reward):
+    run, _ = async_run_with_a_nan_reward
+    metrics = read_metrics(run)  # no evaluation in this run, so no step 0
     assert [m["step"] for m in metrics] == [1, 2, 3]
     assert all(m["staleness_max"] <= 1 for m in metrics)
     assert max(m["staleness_max"] for m in metrics) == 1  # it did run ahead of the learner
@@ -396,22 +419,9 @@ def test_a_fresh_run_refuses_an_output_directory_it_did_not_make(tmp_path):
     assert not (tmp_path / "model").exists() and not (tmp_path / "data").exists()
 
 
-# A user reward that returns NaN for about three completions in four (by a checksum of the
-# text, so which ones is up to the sampled text): the run goes on, and every failure is seen.
-NAN_REWARD = """
-def score(completion, **fields):
-    return float("nan") if sum(map(ord, completion)) % 4 else 1.0
-"""
-
-
-def test_a_reward_returning_nan_is_a_counted_explained_failure_not_a_crash(tmp_path):
-    import os
-
-    (tmp_path / "nan_reward.py").write_text(NAN_REWARD)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}  # the scorer's workers import the user's reward
-    name = "nan_reward:score"
-    run, done = _train(tmp_path, "--reward.weights", f"{{'{name}' = 1.0, format = 0.5}}", "--reward.failure_reward",
-                       "-1.0", "--data.eval_path", "", "--data.synthetic.eval_rows", "0", env=env)
+def test_a_reward_returning_nan_is_a_counted_explained_failure_not_a_crash(async_run_with_a_nan_reward):
+    run, done = async_run_with_a_nan_reward
+    name = NAN_NAME
     metrics = read_metrics(run)
     assert [m["step"] for m in metrics] == [1, 2, 3]
     warned = []
