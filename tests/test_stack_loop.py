@@ -367,10 +367,7 @@ def test_a_run_killed_then_stopped_resumes_each_time_and_consumes_the_same_promp
     # has a driver state).
     process = subprocess.Popen([AHA, "train", str(recipe), *settings, "--resume"], cwd=tmp_path, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    resumed_state = run / "checkpoints" / "version-2" / "driver-state.json"
-    deadline = time.monotonic() + 600
-    while process.poll() is None and time.monotonic() < deadline and not resumed_state.is_file():
-        time.sleep(0.2)
+    _wait_for((run / "checkpoints" / "version-2" / "driver-state.json").is_file, process, timeout=600)
     assert process.poll() is None, "the run ended before it could be stopped"
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=300)
