@@ -104,6 +104,13 @@ def test_two_stages_end_to_end_then_a_rerun_skips_them(tmp_path):
             == [0, 1]
         assert json.loads((pipe / stage / ".aha-stage-done.json").read_text())["stage"] == stage
     assert json.loads((pipe / "rl2" / "recipe.json").read_text())["learner"]["lr"] == 5e-5
+    # rl1's final/ as both libraries read it: rl2's engine loaded it with vLLM and its learner with
+    # transformers, and nothing was pushed before rl2's first step. On the tokens the engine sampled
+    # there, the two give the same logprobs to fp32 noise: the export is the learner's weights, laid
+    # out as both read them.
+    rl2_step1 = [json.loads(line) for line in (pipe / "rl2" / "metrics.jsonl").read_text().splitlines()][1]
+    print("rl2 step 1 rollout_logprob_gap_max:", rl2_step1["learner/rollout_logprob_gap_max"])
+    assert 0 < rl2_step1["learner/rollout_logprob_gap_max"] < 1e-3
     assert "tiny" not in json.loads((pipe / "rl2" / "recipe.json").read_text())["model"]
 
     # The base model and both stages' models, side by side on the same held-out problems.
