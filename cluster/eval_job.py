@@ -4,9 +4,11 @@ Each model (a hub id, a local directory, a run's `final/`; by default the recipe
 is evaluated by `cluster.evaluation.evaluate` — the code the GRPO loop's periodic evaluation
 runs — with the recipe's template, rewards and `[eval]` settings, on the first
 `eval.num_prompts` rows of `data.eval_path`. The reward scorers are started once; each model
-gets a fresh rollout pool (the engines load a model at start), shut down before the next.
-Outputs (cluster/output/eval_report.py) are rewritten after each model, so a failure later on
-keeps the models already done.
+gets a fresh rollout pool (the engines load a model at start), shut down once it is evaluated.
+Where the cluster has room for two models' engines, the next model's engines start while this
+one is evaluated, so an engine's start (most of a small evaluation) is paid about once, not per
+model. Outputs (cluster/output/eval_report.py) are rewritten after each model, so a failure
+later on keeps the models already done.
 
 Every check that can fail on the user's input runs before the output directory is claimed and
 before Ray starts: a mistake is one line, exit code 2, and nothing written.
@@ -14,6 +16,7 @@ before Ray starts: a mistake is one line, exit code 2, and nothing written.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -114,49 +117,93 @@ def _encode_for_each(recipe: Recipe, targets: list[Target], rows) -> tuple[dict,
 
 
 def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows, out: Path) -> None:
-    """Start the scorers once and, per model, a rollout pool; write the outputs after each."""
+    """Start the scorers once and, per model, a rollout pool (the next one beside this one's
+    evaluation, where two fit); write the outputs after each."""
     from cluster.evaluation import evaluate
     from cluster.launch import connect_ray
     from cluster.output.eval_report import eval_table, write_eval_outputs
-    from cluster.placement_plan import placement_record, plan_run
+    from cluster.placement_plan import placement_record
     from cluster.rollout_pool import RolloutPool
     from cluster.recovery import Recovery
     from cluster.scorer_pool import ScorerPool
     from cluster.specs import engine_spec, scorer_spec
 
-    cluster = recipe.cluster
-    plan = plan_run(recipe, connect_ray(cluster), "eval")  # a plan that cannot fit is one line here
+    cluster, workers = recipe.cluster, recipe.rollout.num_workers
+    plan, at_once = _plan(recipe, connect_ray(cluster), len(targets))  # a plan that cannot fit is one line here
+    if at_once > 1:
+        print("[aha] eval: each next model's engines start while the one before is evaluated", flush=True)
     recovery = Recovery(cluster.max_restarts)  # dead workers and scorers are replaced, as in a training run
     # The scorers boot beside the first model's engines; they are waited for once those are up.
     scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers, cpus_per_scorer=cluster.scorer_cpus,
                          timeout_s=cluster.timeout_s, recovery=recovery, nodes=plan.nodes_of("scorer"), wait=False)
-    results, records = [], []
+
+    def engines_for(number: int) -> tuple[RolloutPool, list[str]]:
+        """Start model `number`'s engines (not waited for) on its share of the planned nodes."""
+        share = number % at_once
+        nodes = plan.nodes_of("rollout")[share * workers:(share + 1) * workers]
+        pool = RolloutPool(engine_spec(targets[number].recipe, targets[number].path), workers,
+                           cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus,
+                           timeout_s=cluster.timeout_s, recovery=recovery, health_timeout_s=cluster.health_timeout_s,
+                           nodes=nodes, wait=False)
+        return pool, nodes
+
+    results, records, upcoming = [], [], None
     try:
-        for number, target in enumerate(targets, 1):
-            print(f"[aha] eval {number}/{len(targets)}: {target.label} on {len(rows)} held-out problems", flush=True)
-            pool = RolloutPool(engine_spec(target.recipe, target.path), recipe.rollout.num_workers,
-                               cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus,
-                               timeout_s=cluster.timeout_s, recovery=recovery,
-                               health_timeout_s=cluster.health_timeout_s, nodes=plan.nodes_of("rollout"))
+        upcoming = engines_for(0)
+        for number, target in enumerate(targets):
+            (pool, nodes), upcoming = upcoming, None
+            print(f"[aha] eval {number + 1}/{len(targets)}: {target.label} on {len(rows)} held-out problems",
+                  flush=True)
             try:
+                if at_once > 1 and number + 1 < len(targets):
+                    upcoming = engines_for(number + 1)
+                waiting = time.perf_counter()
+                pool.wait_started()
+                engine_wait_s = time.perf_counter() - waiting  # near 0 where they started beside the last model
                 scorers.wait_started()
-                placed = placement_record(plan, {"rollout": pool.placement, "scorer": scorers.placement})
+                placed = placement_record(plan, {"rollout": pool.placement, "scorer": scorers.placement},
+                                          planned={"rollout": nodes})
                 done = evaluate(pool, scorers, tokenizers[target.label], target.recipe, rows)
             finally:
                 _close(pool, cluster.timeout_s)
-            results.append({"model": target.label, "path": target.path, "metrics": done.metrics, "placement": placed})
+            results.append({"model": target.label, "path": target.path, "metrics": done.metrics, "placement": placed,
+                            "engine_wait_s": round(engine_wait_s, 2)})
             records += [{"model": target.label, **record} for record in done.records]
             write_eval_outputs(out, eval_settings(recipe, len(rows)), results, records)
             print(f"[aha] {target.label}: {_summary(done.metrics)}", flush=True)
     finally:
+        if upcoming is not None:  # stopped by an error: the next model's engines are not needed
+            _close(upcoming[0], cluster.timeout_s)
         scorers.shutdown()
     print(eval_table(results), flush=True)
     print(f"[aha] done: {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'}, {out / 'completions.parquet'}",
           flush=True)
 
 
+def _plan(recipe: Recipe, ray, num_models: int):
+    """The placement plan and how many models' engines it holds at once. Two, so that the next
+    model's engines start while this one is evaluated, when there is a next model and the
+    cluster has room for twice the rollout workers, on GPUs of their own (two engines on one
+    GPU would each claim its memory) and, on this machine's CPUs, with memory for both KV
+    caches. Otherwise one: the models' engines start one after the other."""
+    from cluster.placement_plan import plan_run
+    from cluster.preflight import check_kv_memory
+    from cluster.recipe.placement import PlacementError
+
+    plan = plan_run(recipe, ray, "eval")
+    gpus = recipe.cluster.rollout_gpus
+    if num_models < 2 or (gpus and gpus != int(gpus)):
+        return plan, 1
+    doubled = replace(recipe, rollout=replace(recipe.rollout, num_workers=2 * recipe.rollout.num_workers))
+    try:
+        check_kv_memory(doubled)
+        return plan_run(doubled, ray, "eval"), 2
+    except (PlacementError, RecipeError):
+        return plan, 1
+
+
 def _close(pool, timeout_s: float) -> None:
-    """Stop each engine, its own processes with it, before its actor is killed: the next
+    """Stop each engine, its own processes with it, before its actor is killed: a later
     model's engines need that memory. A stop that fails or hangs is reported, not waited out."""
     import ray
 

@@ -66,10 +66,12 @@ def plan_run(recipe, ray, job: str) -> RunPlan:
     return RunPlan(plan_placement(recipe, spec, job_roles(recipe, job)), node_ids)
 
 
-def placement_record(plan: RunPlan, groups: dict[str, object]) -> dict:
+def placement_record(plan: RunPlan, groups: dict[str, object], planned: dict[str, list[str]] | None = None) -> dict:
     """What `placement.json` holds: each node (id, CPUs, GPUs), and per role the node each
     actor was planned on and the node Ray placed its bundle on (they must agree). `groups`:
-    role -> the placement group its actors were started in (None: a role the job has not)."""
+    role -> the placement group its actors were started in (None: a role the job has not).
+    `planned`: role -> the planned nodes of those actors, where they are a part of the plan's
+    for that role (aha eval's engines for one model, where two models' engines fit)."""
     from ray.util.placement_group import placement_group_table
 
     def placed(group) -> list[str]:
@@ -79,7 +81,8 @@ def placement_record(plan: RunPlan, groups: dict[str, object]) -> dict:
     return {
         "nodes": [{"id": node_id, "cpus": node.spec.cpus, "gpus": node.spec.gpus}
                   for node_id, node in zip(plan.node_ids, plan.placement.nodes)],
-        "planned": {role: plan.nodes_of(role) for role in ROLES if plan.placement.bundles(role)},
+        "planned": {role: (planned or {}).get(role, plan.nodes_of(role)) for role in ROLES
+                    if plan.placement.bundles(role)},
         "placed": {role: placed(group) for role, group in groups.items() if group is not None},
     }
 

@@ -151,3 +151,28 @@ def test_the_outputs_are_written_whole(tmp_path):
     assert (tmp_path / "eval.md").read_text().count("\n") == 4
     assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(EVAL_OUTPUTS)  # no temporaries left
+
+
+def test_the_next_models_engines_start_beside_this_ones_evaluation_only_where_two_fit(home):
+    from cluster.eval_job import _plan
+    from cluster.preflight import memory_bytes
+    from cluster.recipe import load_recipe
+    from test_placement_plan import GSM8K, _Ray
+
+    def node(cpus: float, gpus: float = 0.0) -> _Ray:  # one head node, as Ray's node table gives it
+        return _Ray([{"NodeID": "n" * 8, "Alive": True,
+                      "Resources": {"CPU": cpus, "GPU": gpus, "node:__internal_head__": 1.0}}])
+
+    gpu = load_recipe(GSM8K)  # 4 engines of 1 GPU each
+    plan, at_once = _plan(gpu, node(192, 8), 3)
+    assert at_once == 2 and plan.nodes_of("rollout") == ["n" * 8] * 8
+    assert _plan(gpu, node(192, 4), 3)[1] == 1  # room for one model's engines only
+    assert _plan(gpu, node(192, 8), 1)[1] == 1  # no next model
+    shared = load_recipe(GSM8K, ["--cluster.rollout_gpus", "0.5", "--rollout.gpu_memory_utilization", "0.4"])
+    assert _plan(shared, node(192, 8), 3)[1] == 1  # two models' engines would share a GPU's memory
+    cpu = load_recipe(home / "recipe.toml")  # one engine on this machine's CPUs, 0.2 GiB of KV cache
+    assert _plan(cpu, node(4), 2)[1] == 2
+    assert _plan(cpu, node(2), 2)[1] == 1  # 2 CPUs: one engine (1 CPU) and the scorer (1 CPU)
+    _, available = memory_bytes()
+    big = load_recipe(home / "recipe.toml", ["--rollout.kv_cache_gb", f"{0.75 * available / 2**30:.3f}"])
+    assert _plan(big, node(4), 2)[1] == 1  # this machine's memory holds one such KV cache, not two

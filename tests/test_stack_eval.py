@@ -74,12 +74,18 @@ def test_two_models_side_by_side_match_a_hand_count(tmp_path, tiny_model_dir, mo
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     models = [str(tiny_model_dir), str(other)]
     assert f"[aha] eval 1/2: {models[0]}" in done.stdout and f"[aha] eval 2/2: {models[1]}" in done.stdout
+    # The cluster (4 CPUs) holds two models' engines, so the second model's started beside the
+    # first's: by the time the first was evaluated they were (nearly) up, not a whole start away.
+    assert "[aha] eval: each next model's engines start while the one before is evaluated" in done.stdout
 
     document = json.loads((out / "eval.json").read_text())
     assert [m["model"] for m in document["models"]] == models
     for result in document["models"]:  # each model's engines placed by the plan, and no learner
         assert set(result["placement"]["planned"]) == {"rollout", "scorer"}
         assert result["placement"]["placed"] == result["placement"]["planned"]
+    waits = [result["engine_wait_s"] for result in document["models"]]
+    print("seconds waited for each model's engines:", waits)
+    assert waits[1] < 0.5 * waits[0], waits
     table = (out / "eval.md").read_text().splitlines()
     assert [line.split(" | ")[0] for line in table[2:]] == [f"| {m}" for m in models]  # one row per model
     assert "\n".join(table) in done.stdout
