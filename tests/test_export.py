@@ -1,8 +1,8 @@
 """`aha export`: a run's checkpoint as a Hugging Face model directory, and every way it refuses.
 
 The checkpoints here are laid out as the learner writes them under ZeRO 0-2 (the whole module
-state in `mp_rank_00_model_states.pt`); the real DeepSpeed files, ZeRO-3 included, are
-exported in tests/test_stack_loop.py.
+state in `mp_rank_00_model_states.pt`); the real DeepSpeed files are exported in
+tests/test_stack_loop.py (ZeRO-2) and tests/test_stack_sft.py (ZeRO-3, two ranks).
 """
 
 import json

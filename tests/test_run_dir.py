@@ -1,6 +1,6 @@
 """A run's output directory is the run's alone; checkpoints are complete or ignored; a resumed run
 continues the same experiment. Plain files, no actors: the real-stack side is in
-tests/test_stack_loop.py."""
+tests/test_stack_loop.py and tests/test_stack_resume.py."""
 
 import hashlib
 import json

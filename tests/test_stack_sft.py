@@ -133,6 +133,16 @@ def test_sft_learns_reaches_the_engines_and_exports_final(tmp_path):
             nll, tokens = nll - float(picked.sum()), tokens + len(trace.completion_ids)
     assert nll / tokens == pytest.approx(evals[-1]["eval/loss"], abs=1e-4)
 
+    # `aha export` of the last checkpoint (ZeRO-3: each rank holds a partition, which DeepSpeed's
+    # zero_to_fp32 puts together) gives exactly final/'s weights.
+    from safetensors.torch import load_file
+
+    exported = subprocess.run([AHA, "export", str(run), str(tmp_path / "exported")], capture_output=True, text=True,
+                              timeout=300)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    mine, final = load_file(tmp_path / "exported" / "model.safetensors"), load_file(run / "final" / "model.safetensors")
+    assert mine.keys() == final.keys() and all(torch.equal(mine[k], final[k]) for k in final)
+
 
 def test_sigkill_and_resume_continue_the_data_order(tmp_path):
     recipe = _world(tmp_path, rows=40, eval_prompts=False, ranks=1, zero=2, batch=4, eval_every=0,
