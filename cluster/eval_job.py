@@ -123,12 +123,11 @@ def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows,
     from cluster.launch import connect_ray
     from cluster.output.eval_report import eval_table, write_eval_outputs
     from cluster.placement_plan import placement_record
-    from cluster.rollout_pool import RolloutPool
     from cluster.recovery import Recovery
     from cluster.scorer_pool import ScorerPool
-    from cluster.specs import engine_spec, scorer_spec
+    from cluster.specs import scorer_spec
 
-    cluster, workers = recipe.cluster, recipe.rollout.num_workers
+    cluster = recipe.cluster
     plan, at_once = _plan(recipe, connect_ray(cluster), len(targets))  # a plan that cannot fit is one line here
     if at_once > 1:
         print("[aha] eval: each next model's engines start while the one before is evaluated", flush=True)
@@ -137,29 +136,19 @@ def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows,
     scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers, cpus_per_scorer=cluster.scorer_cpus,
                          timeout_s=cluster.timeout_s, recovery=recovery, nodes=plan.nodes_of("scorer"), wait=False)
 
-    def engines_for(number: int) -> tuple[RolloutPool, list[str]]:
-        """Start model `number`'s engines (not waited for) on its share of the planned nodes."""
-        share = number % at_once
-        nodes = plan.nodes_of("rollout")[share * workers:(share + 1) * workers]
-        pool = RolloutPool(engine_spec(targets[number].recipe, targets[number].path), workers,
-                           cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus,
-                           timeout_s=cluster.timeout_s, recovery=recovery, health_timeout_s=cluster.health_timeout_s,
-                           nodes=nodes, wait=False)
-        return pool, nodes
-
     results, records, upcoming = [], [], None
     try:
-        upcoming = engines_for(0)
+        upcoming = _start_engines(targets[0], plan, 0, recovery)
         for number, target in enumerate(targets):
             (pool, nodes), upcoming = upcoming, None
             print(f"[aha] eval {number + 1}/{len(targets)}: {target.label} on {len(rows)} held-out problems",
                   flush=True)
             try:
                 if at_once > 1 and number + 1 < len(targets):
-                    upcoming = engines_for(number + 1)
+                    upcoming = _start_engines(targets[number + 1], plan, (number + 1) % at_once, recovery)
                 waiting = time.perf_counter()
                 pool.wait_started()
-                engine_wait_s = time.perf_counter() - waiting  # near 0 where they started beside the last model
+                engine_wait_s = time.perf_counter() - waiting  # near 0 where they started beside the model before
                 scorers.wait_started()
                 placed = placement_record(plan, {"rollout": pool.placement, "scorer": scorers.placement},
                                           planned={"rollout": nodes})
@@ -178,6 +167,20 @@ def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows,
     print(eval_table(results), flush=True)
     print(f"[aha] done: {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'}, {out / 'completions.parquet'}",
           flush=True)
+
+
+def _start_engines(target: Target, plan, share: int, recovery):
+    """Start `target`'s rollout pool, not waited for, on share `share` of the plan's rollout
+    nodes (0, or 1 for the second of two pools at once); returns it and those nodes."""
+    from cluster.rollout_pool import RolloutPool
+    from cluster.specs import engine_spec
+
+    cluster, workers = target.recipe.cluster, target.recipe.rollout.num_workers
+    nodes = plan.nodes_of("rollout")[share * workers:(share + 1) * workers]
+    pool = RolloutPool(engine_spec(target.recipe, target.path), workers, cpus_per_worker=cluster.rollout_cpus,
+                       gpus_per_worker=cluster.rollout_gpus, timeout_s=cluster.timeout_s, recovery=recovery,
+                       health_timeout_s=cluster.health_timeout_s, nodes=nodes, wait=False)
+    return pool, nodes
 
 
 def _plan(recipe: Recipe, ray, num_models: int):
