@@ -193,16 +193,15 @@ def _plan(recipe: Recipe, ray, num_models: int):
     from cluster.preflight import check_kv_memory
     from cluster.recipe.placement import PlacementError
 
-    plan = plan_run(recipe, ray, "eval")
     gpus = recipe.cluster.rollout_gpus
-    if num_models < 2 or (gpus and gpus != int(gpus)):
-        return plan, 1
-    doubled = replace(recipe, rollout=replace(recipe.rollout, num_workers=2 * recipe.rollout.num_workers))
-    try:
-        check_kv_memory(doubled)
-        return plan_run(doubled, ray, "eval"), 2
-    except (PlacementError, RecipeError):
-        return plan, 1
+    if num_models > 1 and not (gpus and gpus != int(gpus)):
+        doubled = replace(recipe, rollout=replace(recipe.rollout, num_workers=2 * recipe.rollout.num_workers))
+        try:
+            check_kv_memory(doubled)
+            return plan_run(doubled, ray, "eval"), 2
+        except (PlacementError, RecipeError):
+            pass  # no room for two: the plan for one, whose own error (if any) is the user's line
+    return plan_run(recipe, ray, "eval"), 1
 
 
 def _close(pool, timeout_s: float) -> None:
