@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from actors.processes import process_tree
 from actors.vllm_logs import DropMessage
 from actors.weight_receiver import WeightReceiver
+from cluster.wire.errors import EngineDied
 from cluster.wire.samples import Sample, SamplingSpec
 from cluster.wire.weights import TensorMeta
 
@@ -101,6 +102,17 @@ def _model_in_engine_core(wanted: bool):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextmanager
+def _engine_death_as_engine_died():
+    """Re-raise vLLM's EngineDeadError as `EngineDied`, which the driver reads without vLLM."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    try:
+        yield
+    except EngineDeadError as err:
+        raise EngineDied(str(err)) from err
 
 
 def _private_socket_dir() -> str:
@@ -244,9 +256,10 @@ class RolloutWorker:
         while True:
             await self._weights_ready.wait()
             version, final = self.weight_version, None
-            async for output in self._engine.generate({"prompt_token_ids": prompt_ids}, params,
-                                                      request_id=uuid.uuid4().hex):
-                final = output
+            with _engine_death_as_engine_died():
+                async for output in self._engine.generate({"prompt_token_ids": prompt_ids}, params,
+                                                          request_id=uuid.uuid4().hex):
+                    final = output
             outputs = final.outputs if final is not None else []
             if len(outputs) == n and all(c.finish_reason in ("stop", "length") for c in outputs):
                 return [self._to_sample(prompt_ids, c, version) for c in outputs]
@@ -267,8 +280,10 @@ class RolloutWorker:
                                 timeout_s: float) -> list[int]:
         """Join the learner's weight group; this engine's workers (one per tensor-parallel rank)
         take ranks `first_rank ..`; the learner is rank 0. Blocks until every member joined."""
-        return await self._engine.collective_rpc(WeightReceiver.aha_join_weight_group.__name__, timeout=timeout_s,
-                                                 args=(host, port, first_rank, world_size, timeout_s))
+        with _engine_death_as_engine_died():
+            return await self._engine.collective_rpc(WeightReceiver.aha_join_weight_group.__name__,
+                                                     timeout=timeout_s, args=(host, port, first_rank, world_size,
+                                                                              timeout_s))
 
     async def update_weights(self, manifest: list[TensorMeta], version: int, bucket_bytes: int,
                              timeout_s: float) -> int:
@@ -278,16 +293,17 @@ class RolloutWorker:
         re-queued on the new ones ("abort"), as the recipe says.
         """
         self._weights_ready.clear()
-        await self._engine.pause_generation(mode=self.spec.weight_sync, clear_cache=True)
-        try:
-            # The RPC serialises plain data only: the manifest travels as (name, dtype, shape) rows.
-            rows = [(m.name, m.dtype, list(m.shape)) for m in manifest]
-            loaded = await self._engine.collective_rpc(
-                WeightReceiver.aha_receive_weights.__name__, timeout=timeout_s, args=(rows, bucket_bytes))
-            self.weight_version = version
-        finally:
-            await self._engine.resume_generation()
-            self._weights_ready.set()
+        with _engine_death_as_engine_died():
+            await self._engine.pause_generation(mode=self.spec.weight_sync, clear_cache=True)
+            try:
+                # The RPC serialises plain data only: the manifest travels as (name, dtype, shape) rows.
+                rows = [(m.name, m.dtype, list(m.shape)) for m in manifest]
+                loaded = await self._engine.collective_rpc(
+                    WeightReceiver.aha_receive_weights.__name__, timeout=timeout_s, args=(rows, bucket_bytes))
+                self.weight_version = version
+            finally:
+                await self._engine.resume_generation()
+                self._weights_ready.set()
         return loaded[0]
 
     async def sleep(self) -> None:
@@ -311,10 +327,10 @@ class RolloutWorker:
         return self.weight_version
 
     def health(self) -> int:
-        """The weight version, or EngineDeadError when the engine's process is gone: the
-        driver's probe of a worker that stopped answering."""
+        """The weight version, or EngineDied when the engine's process is gone: the driver's
+        probe of a worker that stopped answering."""
         if self._engine.errored:
-            raise self._engine.dead_error
+            raise EngineDied(str(self._engine.dead_error))
         return self.weight_version
 
     def process_ids(self) -> list[tuple[int, float]]:

@@ -15,15 +15,17 @@ from collections import Counter
 from cluster.wire.errors import RunInterrupted
 
 ROLES = ("rollout", "scorer")
-# Ray's errors for an actor whose process is gone, and vLLM's for an engine whose process is.
-_DEATHS = {"RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError", "EngineDeadError"}
+# Ray's errors for an actor whose process is gone, and the rollout worker's for an engine whose
+# process is (EngineDied; vLLM's own EngineDeadError too, should one reach the driver as it is).
+_DEATHS = {"RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError", "EngineDied",
+           "EngineDeadError"}
 
 
 def is_death(err: BaseException) -> bool:
     """Whether `err` says an actor or the engine inside it died, rather than a bug or bad input.
 
     Ray re-raises a remote error as a class deriving from the original's, so an actor whose
-    vLLM engine died raises something that is also an EngineDeadError.
+    vLLM engine died raises something that is also an EngineDied.
     """
     names = {cls.__name__ for cls in type(err).__mro__}
     cause = getattr(err, "cause", None)

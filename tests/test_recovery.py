@@ -7,7 +7,7 @@ from ray.exceptions import ActorDiedError, RayTaskError
 from cluster.chaos import ChaosError, Fault, parse_faults
 from cluster.cli import main
 from cluster.recovery import Recovery, is_death, one_line
-from cluster.wire.errors import RunFailed, RunInterrupted
+from cluster.wire.errors import EngineDied, RunFailed, RunInterrupted
 
 
 class EngineDeadError(Exception):
@@ -21,6 +21,7 @@ def _remote(cause: Exception) -> RayTaskError:
 
 def test_deaths_are_told_from_bugs_and_bad_input():
     assert is_death(ActorDiedError())
+    assert is_death(_remote(EngineDied("EngineCore encountered an issue.")))
     assert is_death(_remote(EngineDeadError("EngineCore encountered an issue.")))
     assert not is_death(_remote(ValueError("prompt too long")))
     assert not is_death(ValueError("prompt too long"))
