@@ -68,7 +68,7 @@ def measure_model(model_dir, workload, *, rounds: int, top_k: int, threads: int)
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     plain, with_top_k = Teacher(teacher_spec(model_dir, 0, threads)), Teacher(teacher_spec(model_dir, top_k, threads))
-    ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=threads, include_dashboard=False, log_to_driver=False)
     pool = TeacherPool(teacher_spec(model_dir, 0, threads), 1, cpus_per_teacher=threads, gpus_per_teacher=0,
                        timeout_s=600)
 

@@ -95,7 +95,7 @@ def aha_tokens_per_s(model_dir, sequences, micro_batch_size: int, steps: int, lr
     from cluster.recipe import Recipe
     from cluster.specs import learner_spec
 
-    ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=threads, include_dashboard=False, log_to_driver=False)
     spec = replace(learner_spec(Recipe(), str(model_dir)), zero_stage=zero_stage, lr=lr, grad_clip=1.0,
                    micro_batch_size=micro_batch_size, tis_cap=2.0, objective=objective, packing=packing,
                    pack_length=pack_length)

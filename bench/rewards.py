@@ -108,7 +108,7 @@ def main() -> None:
 
     workload = make_workload(args.groups, args.group_size, args.seed)
     total = args.groups * args.group_size
-    ray.init(num_cpus=n + 1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=n + 1, include_dashboard=False, log_to_driver=False)
     try:
         # The pool's workers start (and import the rewards) in the actor's constructor.
         spec = replace(scorer_spec(Recipe()), weights={"math": 1.0}, num_workers=n)

@@ -106,7 +106,7 @@ def main() -> None:
                            ignore_eos=True)
         direct = vllm_direct_tokens_per_s(spec, prompts, sampling)
 
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
             pool = RolloutPool(spec, 1, cpus_per_worker=2, gpus_per_worker=0, timeout_s=600)
             through_actor = actor_tokens_per_s(pool.workers[0], prompts, sampling)

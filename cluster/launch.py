@@ -24,7 +24,9 @@ def connect_ray(cluster):
     if cluster.address:
         ray.init(address=cluster.address, log_to_driver=True)
     else:
-        ray.init(num_cpus=offered_cpus(cluster), include_dashboard=False, log_to_driver=True)
+        # "local": a Ray of this run's own, even where RAY_ADDRESS is set or `ray start` left a
+        # cluster on this machine (Ray would join those, and then refuse num_cpus).
+        ray.init(address="local", num_cpus=offered_cpus(cluster), include_dashboard=False, log_to_driver=True)
     return ray
 
 

@@ -341,7 +341,7 @@ def test_weights_that_overflow_end_the_run_in_one_line_and_leave_no_checkpoint(t
     assert read_metrics(tmp_path / "run") == []  # the step that overflowed was not logged either
 
 
-def test_a_mistake_found_while_ray_starts_is_raised_and_that_ray_is_shut_down():
+def test_a_mistake_found_while_ray_starts_is_raised_and_that_ray_is_shut_down(monkeypatch):
     # The drivers load their tokenizer and check their prompts in a thread while Ray starts
     # (cluster/system.py): the inputs' own error wins and leaves no Ray behind, nor its lines.
     import io
@@ -371,6 +371,9 @@ def test_a_mistake_found_while_ray_starts_is_raised_and_that_ray_is_shut_down():
         assert not ray.is_initialized()
         assert ray_lines.getvalue() == ""  # the mistake's line is the only one the user sees
 
+        # No cluster.address means a Ray of the run's own, even where RAY_ADDRESS names another
+        # (here nothing listens: joining it would fail).
+        monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
         prepared, ray_s = prepare_while_ray_starts(recipe, lambda: "inputs")
         try:
             assert prepared == "inputs" and ray_s > 0 and ray.is_initialized()

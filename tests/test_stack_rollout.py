@@ -24,7 +24,8 @@ TIMEOUT_S = 300  # engine start is ~30 s on 2 cores; anything near this is a han
 def worker(tiny_model_dir):
     # Workers import this module to build the test's own actor (WeightSource).
     tests_dir = os.path.dirname(os.path.abspath(__file__))
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": tests_dir}})
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             runtime_env={"env_vars": {"PYTHONPATH": tests_dir}})
     actor = _start_worker(tiny_model_dir)
     yield actor
     ray.kill(actor)

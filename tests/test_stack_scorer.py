@@ -44,7 +44,8 @@ def hostile_path(tmp_path_factory):
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster(hostile_path):
     # The user's reward module must be importable in the actor (and so in its pool).
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": hostile_path}})
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             runtime_env={"env_vars": {"PYTHONPATH": hostile_path}})
     yield
     ray.shutdown()
 

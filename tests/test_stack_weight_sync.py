@@ -19,7 +19,7 @@ TIMEOUT_S = 300
 
 @pytest.fixture(scope="module")
 def system(tiny_model_dir):
-    ray.init(num_cpus=4, include_dashboard=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
     engine = engine_spec(tiny_model_dir, dtype="float32", max_model_len=256, kv_cache_gb=0.2, enforce_eager=True,
                          seed=0)
     pool = RolloutPool(engine, 2, cpus_per_worker=1, gpus_per_worker=0, timeout_s=TIMEOUT_S)
