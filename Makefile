@@ -33,10 +33,11 @@ $(STAMP): pyproject.toml Makefile
 
 # The suite runs in TEST_WORKERS pytest processes, a whole test file to each (a file's tests
 # share its engines and Ray). A real-stack test leaves about a third of two cores idle (it
-# waits on process starts, kills and probes), so two at a time fill them.
+# waits on process starts, kills and probes), so two at a time fill them. The real-stack files
+# are handed out first (tests/conftest.py), so that short files, not a long one, end the run.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The demo's RL run starts afresh each time (--overwrite replaces only the earlier run's
 # outputs); its cached base model and data are reused.
