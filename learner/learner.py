@@ -73,6 +73,22 @@ def _grad_norm(params) -> float:
     return float(torch.stack(norms).norm()) if norms else 0.0
 
 
+def _without_inference_shm_op() -> None:
+    """Keep DeepSpeed from compiling its CPU shared-memory all-reduce when the process group starts.
+
+    On CPU, DeepSpeed's communication backend builds that op with gcc in `init_distributed`: 54 s
+    on 2 cores the first time in a virtualenv (measured; after that a 0.1 s load).
+    Only `inference_all_reduce`, used by DeepSpeed's tensor-parallel inference, calls it, and it
+    falls back to the process group's all-reduce without it; ZeRO training never calls it. On GPU
+    there is no such op to build, so this changes nothing there.
+    """
+    import importlib
+
+    # Not `import deepspeed.comm.torch as ...`: that reads `deepspeed.comm.torch`, which is torch.
+    backend = importlib.import_module("deepspeed.comm.torch")
+    backend.build_shm_op = lambda: None
+
+
 class Learner:
     """A learner rank: policy (and optional frozen reference) under DeepSpeed ZeRO."""
 
@@ -128,6 +144,7 @@ class Learner:
         if self.device.type == "cpu" and self.spec.cpu_threads > 0:
             torch.set_num_threads(self.spec.cpu_threads)
         backend = "nccl" if self.device.type == "cuda" else "gloo"
+        _without_inference_shm_op()
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                    timeout=timedelta(seconds=self.spec.timeout_s))
         clock.lap("process_group")  # waits for every rank to arrive
