@@ -314,13 +314,15 @@ class RolloutWorker:
         """
         if self._sleep_mode:
             self._weights_ready.clear()
-            await self._engine.pause_generation(mode="abort", clear_cache=True)
-            await self._engine.sleep(level=1)
+            with _engine_death_as_engine_died():
+                await self._engine.pause_generation(mode="abort", clear_cache=True)
+                await self._engine.sleep(level=1)
 
     async def wake_up(self) -> None:
         if self._sleep_mode:
-            await self._engine.wake_up()
-            await self._engine.resume_generation()
+            with _engine_death_as_engine_died():
+                await self._engine.wake_up()
+                await self._engine.resume_generation()
             self._weights_ready.set()
 
     def get_weight_version(self) -> int:
