@@ -25,6 +25,11 @@ COMMANDS = ("train", "distill", "sft", "generate", "pipeline")
 EXCLUDES = [".venv/", ".git/", "runs/", ".whl/", "__pycache__/", ".pytest_cache/", "*.egg-info/"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+# Ray's job server answers "No available agent" until the head node's job agent has registered,
+# a moment after `ray start` (longer on a busy head); nothing is submitted then.
+NO_AGENT = "No available agent"
+AGENT_WAIT_S = 120.0
+AGENT_RETRY_S = 3.0
 
 
 def job_entrypoint(command: str, recipe_path: Path, overrides: list[str], python: str, working_dir: Path) -> str:
@@ -65,13 +70,23 @@ def submit(command: str, output_dir: Path, recipe_path: Path, overrides: list[st
     """Submit the job; print its id and where its output (`output_dir`, checked by the caller
     with `check_output_on_shared_storage`) goes; with `follow`, stream its logs and return 0 if
     it succeeded, 1 otherwise (a timeout stops following, not the job)."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     working_dir = Path.cwd()
     entrypoint = job_entrypoint(command, recipe_path, overrides, python, working_dir)
-    client = JobSubmissionClient(address)
+    try:
+        client = JobSubmissionClient(address)
+    except AuthenticationError as err:
+        raise RunFailed(f"the Ray job server at {address} refused aha: {_reason(err)} (a token-protected cluster "
+                        "needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)") from None
+    except ConnectionError as err:
+        raise RunFailed(f"no Ray job server answers at {address}: {_reason(err)} (is the cluster up? "
+                        "--address or RAY_ADDRESS names its dashboard)") from None
     runtime_env = {"working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": env}
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id or None)
+    job_id = submit_when_an_agent_answers(
+        lambda: client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id or None),
+        address)
     print(f"[aha] submitted job {job_id} to {address}: {entrypoint}", flush=True)
     print(f"[aha] the run's output: {output_dir} (on the cluster's storage)", flush=True)
     print(f"[aha] follow it with: ray job logs --address {address} --follow {job_id}", flush=True)
@@ -83,6 +98,35 @@ def submit(command: str, output_dir: Path, recipe_path: Path, overrides: list[st
         raise RunFailed(f"job {job_id} was still {status} after --timeout {timeout_s:g} s; it goes on running "
                         f"(ray job stop --address {address} {job_id} stops it)")
     return 0 if status == "SUCCEEDED" else 1
+
+
+def submit_when_an_agent_answers(submit_job, address: str, *, wait_s: float = AGENT_WAIT_S,
+                                 retry_s: float = AGENT_RETRY_S) -> str:
+    """`submit_job()`'s job id, calling it again every `retry_s` while the job server says its
+    agent is not up yet, for up to `wait_s`; any refusal after that, or of another kind, is a
+    RunFailed in one line (the job server's reasons come as RuntimeErrors with a traceback)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return submit_job()
+        except RuntimeError as err:
+            if NO_AGENT not in str(err):
+                raise RunFailed(f"the Ray job server at {address} refused the job: {_reason(err)}") from None
+            if time.monotonic() + retry_s > deadline:
+                raise RunFailed(f"the Ray job server at {address} had no job agent for {wait_s:g} s: the head's "
+                                "dashboard agent did not start its server (its dashboard_agent.log says why; often "
+                                "its port, 52365 or ray start's --dashboard-agent-listen-port, was taken)") from None
+        print(f"[aha] the cluster's job agent is not up yet; trying again in {retry_s:g} s", flush=True)
+        time.sleep(retry_s)
+
+
+def _reason(err: BaseException) -> str:
+    """One line of a job-API error: the first, or where the server sent a traceback, its last
+    (the exception it ended with)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return lines[-1] if any("Traceback (most recent call last)" in line for line in lines) else lines[0]
 
 
 async def _follow(client, job_id: str, timeout_s: float) -> str:

@@ -85,7 +85,7 @@ def two_nodes(tmp_path):
     home.mkdir()
     env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     env.pop("RAY_ADDRESS", None)
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard, head_agent, node_agent = _free_port(), _free_port(), _free_port(), _free_port()
     # A short session directory: Ray's unix sockets live in it, and pytest's tmp_path can be too
     # long for a socket path (108 bytes).
     ray_dir = tempfile.mkdtemp(prefix="aha-ray-", dir="/tmp")
@@ -94,6 +94,10 @@ def two_nodes(tmp_path):
         started.append(subprocess.Popen(
             [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=3", "--include-dashboard=true",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={ray_dir}",
+             # Each node's job agent gets a port of its own: Ray's default (52365) is taken while a
+             # test file beside this one runs a Ray of its own, and the job server of a head whose
+             # agent could not bind it answers every submission "No available agent".
+             f"--dashboard-agent-listen-port={head_agent}",
              "--disable-usage-stats"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         jobs_url = f"http://127.0.0.1:{dashboard}"
@@ -101,7 +105,8 @@ def two_nodes(tmp_path):
                                            capture_output=True, timeout=60).returncode == 0,
                     started[0], "the Ray head's job server")
         started.append(subprocess.Popen(
-            [RAY, "start", "--block", f"--address=127.0.0.1:{port}", "--num-cpus=3", "--disable-usage-stats"],
+            [RAY, "start", "--block", f"--address=127.0.0.1:{port}", "--num-cpus=3", "--disable-usage-stats",
+             f"--dashboard-agent-listen-port={node_agent}"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         _wait_until(lambda: _alive_nodes(env, port) == 2, started[1], "the second node")
         yield env, jobs_url, f"127.0.0.1:{port}"
@@ -164,17 +169,16 @@ def test_aha_submit_to_a_token_protected_two_node_cluster_places_actors_as_plann
         assert planned.returncode == 0, planned.stdout[-2000:] + planned.stderr[-2000:]
         assert "node 0: rollout 0; learner 0 (free: 0 GPUs, 0 CPUs)" in planned.stdout, planned.stdout
         assert "node 1: scorer 0 (free: 0 GPUs, 2.5 CPUs)" in planned.stdout, planned.stdout
-        # The head's job agent registers a little after its job server answers: on a busy machine a
-        # first submission can be refused with "No available agent"; nothing was submitted then.
-        deadline = time.monotonic() + 180
-        while True:
-            submitted = subprocess.run(
-                [AHA, "submit", str(recipe), "--address", jobs_url, "--python", sys.executable, "--follow",
-                 "--timeout", "900", "--submission-id", "aha-test-job"],
-                env=env, cwd=REPO, capture_output=True, text=True, timeout=1000)
-            if "No available agent to submit job" not in submitted.stderr or time.monotonic() > deadline:
-                break
-            time.sleep(3)
+        # Without the token aha submit is refused too, in one line, and nothing is submitted.
+        tokenless = subprocess.run([AHA, "submit", str(recipe), "--address", jobs_url, "--python", sys.executable],
+                                   env=no_token, cwd=REPO, capture_output=True, text=True, timeout=180)
+        assert tokenless.returncode != 0 and tokenless.stderr.count("\n") == 1, tokenless.stderr[-3000:]
+        assert tokenless.stderr.startswith("aha: error: "), tokenless.stderr
+        # The head's job agent registers a little after its job server answers; aha submit waits for it.
+        submitted = subprocess.run(
+            [AHA, "submit", str(recipe), "--address", jobs_url, "--python", sys.executable, "--follow",
+             "--timeout", "900", "--submission-id", "aha-test-job"],
+            env=env, cwd=REPO, capture_output=True, text=True, timeout=1000)
     finally:
         recipe.unlink()
         with contextlib.suppress(OSError):

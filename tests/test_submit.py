@@ -9,7 +9,8 @@ import pytest
 from cluster.cli import main
 from cluster.recipe import RecipeError, load_recipe
 from cluster.recipe.pipeline import load_pipeline
-from cluster.submit import check_output_on_shared_storage, env_pairs, job_entrypoint
+from cluster.submit import check_output_on_shared_storage, env_pairs, job_entrypoint, submit_when_an_agent_answers
+from cluster.wire.errors import RunFailed
 from test_recipes import REPO
 
 RECIPE = '[model]\npath = "Qwen/Qwen2.5-0.5B"\n[data]\ntrain_path = "data/train.parquet"\n[run]\noutput_dir = "{out}"\n'
@@ -65,3 +66,36 @@ def test_a_pipeline_is_submitted_only_with_its_output_on_shared_storage(monkeypa
     command = job_entrypoint("pipeline", REPO / recipe, ["--pipeline.output_dir", "/mnt/runs/r1"], "python", REPO)
     assert shlex.split(command)[3:] == ["pipeline", recipe, "--pipeline.output_dir", "/mnt/runs/r1",
                                         "--cluster.address", "auto"]
+
+
+def test_a_submission_waits_for_the_job_agent_then_gives_up_in_one_line(capsys):
+    """The job server's refusals, as Ray's SDK raises them: "No available agent" is tried again
+    (nothing was submitted), any other refusal at once, and waiting is bounded."""
+    no_agent = "Request failed with status code 500: No available agent to submit job, please try again later."
+    refusals = iter([no_agent] * 2)
+
+    def agent_comes_up():
+        reason = next(refusals, None)
+        if reason:
+            raise RuntimeError(reason)
+        return "job-1"
+
+    assert submit_when_an_agent_answers(agent_comes_up, "http://head:8265", retry_s=0.01) == "job-1"
+    assert capsys.readouterr().out.count("job agent is not up yet") == 2
+
+    def never_an_agent():
+        raise RuntimeError("Request failed with status code 500: No available agent to submit job.")
+
+    with pytest.raises(RunFailed, match=r"^the Ray job server at http://head:8265 had no job agent for 0.05 s"):
+        submit_when_an_agent_answers(never_an_agent, "http://head:8265", wait_s=0.05, retry_s=0.01)
+
+    calls = []
+
+    def bad_request():
+        calls.append(1)
+        raise RuntimeError("Request failed with status code 400: Traceback (most recent call last):\n  ...\n"
+                           "ValueError: runtime_env is invalid")
+
+    with pytest.raises(RunFailed, match=r"refused the job: ValueError: runtime_env is invalid$"):
+        submit_when_an_agent_answers(bad_request, "http://head:8265", retry_s=0.01)
+    assert len(calls) == 1
