@@ -7,10 +7,11 @@ group) linked for weight sync; the drivers (`cluster/loop.py`, evaluation) only 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -23,6 +24,7 @@ from cluster.recovery import Recovery
 from cluster.rollout_pool import RolloutPool, link_weights
 from cluster.scorer_pool import ScorerPool
 from cluster.specs import engine_spec, learner_spec, scorer_spec
+from cluster.wire.errors import RunFailed
 from cluster.wire.phases import PhaseClock
 
 
@@ -127,20 +129,26 @@ def prepare_while_ray_starts(recipe: Recipe, prepare: Callable[[], Prepared]) ->
     A mistake in the inputs is still its one line, at about the time it came before: the local
     Ray this started is shut down again first, and the lines Ray's start logged are dropped
     with it (they are shown, late, when the inputs are good): nothing of the job has started yet.
+    Inputs still loading `cluster.timeout_s` after the start are a RunFailed in one line, the
+    same way (the thread is a daemon: it cannot keep the process alive).
     """
     import ray
 
     joined_already = ray.is_initialized()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aha-inputs") as thread:
-        preparing = thread.submit(prepare)
-        started, ray_error = time.perf_counter(), None
-        with _held_back(logging.getLogger("ray")) as ray_lines:
-            try:
-                connect_ray(recipe.cluster)
-            except Exception as err:  # reported after the inputs' own error, which is the user's to fix first
-                ray_error = err
-        ray_s = time.perf_counter() - started
-        failure = preparing.exception()  # waits for the inputs
+    started = time.perf_counter()
+    preparing = _in_daemon_thread(prepare)
+    ray_error = None
+    with _held_back(logging.getLogger("ray")) as ray_lines:
+        try:
+            connect_ray(recipe.cluster)
+        except Exception as err:  # reported after the inputs' own error, which is the user's to fix first
+            ray_error = err
+    ray_s = time.perf_counter() - started
+    try:  # the inputs, bounded like any other wait: a tokenizer load that hangs is an error, not a hang
+        failure = preparing.exception(timeout=max(0.0, recipe.cluster.timeout_s - ray_s))
+    except FutureTimeout:
+        failure = RunFailed(f"loading the inputs (tokenizer, prompt or trace checks) took over cluster.timeout_s = "
+                            f"{recipe.cluster.timeout_s:g} s; is model.path on a slow or unreachable store?")
     if failure is not None:
         if not joined_already and ray.is_initialized():
             ray.shutdown()
@@ -149,6 +157,22 @@ def prepare_while_ray_starts(recipe: Recipe, prepare: Callable[[], Prepared]) ->
     if ray_error is not None:
         raise ray_error
     return preparing.result(), ray_s
+
+
+def _in_daemon_thread(work: Callable[[], Prepared]) -> Future:
+    """`work()` in a daemon thread; its future. Daemon, so that a call that never returns does
+    not keep the process alive after the driver has given up on it."""
+    future: Future = Future()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(work())
+        except BaseException as err:  # handed to whoever waits on the future
+            future.set_exception(err)
+
+    threading.Thread(target=run, name="aha-inputs", daemon=True).start()
+    return future
 
 
 class _HeldBack(logging.Filter):

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.output.run_log import read_metrics
+from cluster.wire.errors import RunFailed
 
 pytestmark = pytest.mark.stack
 AHA = str(Path(sys.executable).with_name("aha"))
@@ -348,6 +349,7 @@ def test_a_mistake_found_while_ray_starts_is_raised_and_that_ray_is_shut_down(mo
     # (cluster/system.py): the inputs' own error wins and leaves no Ray behind, nor its lines.
     import io
     import logging
+    import threading
     import time
 
     import ray
@@ -382,5 +384,16 @@ def test_a_mistake_found_while_ray_starts_is_raised_and_that_ray_is_shut_down(mo
             assert "Started a local Ray instance" in ray_lines.getvalue()  # held back, then shown
         finally:
             ray.shutdown()
+
+        # Inputs that never finish loading are an error once cluster.timeout_s has passed, not a hang.
+        impatient = load_recipe(Path(__file__).parents[1] / "deploy/recipes/arith-zero-cpu.toml",
+                                ["--cluster.timeout_s", "1"])
+        release = threading.Event()
+        try:
+            with pytest.raises(RunFailed, match=r"^loading the inputs .* took over cluster.timeout_s = 1 s"):
+                prepare_while_ray_starts(impatient, release.wait)
+            assert not ray.is_initialized()
+        finally:
+            release.set()
     finally:
         logging.getLogger("ray").removeHandler(handler)
