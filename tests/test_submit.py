@@ -45,6 +45,12 @@ def test_a_relative_output_directory_is_refused_before_anything_is_sent(tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "a relative path" in err[0]
 
+    # With the output on shared storage the job is sent, and a job server that is not there is one line.
+    assert main(["submit", str(recipe), "--address", "http://127.0.0.1:9", "--run.output_dir", "/mnt/x"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["aha: error: no Ray job server answers at http://127.0.0.1:9: Failed to connect to Ray at address: "
+                   "http://127.0.0.1:9. (is the cluster up? --address or RAY_ADDRESS names its dashboard)"], err
+
 
 def test_env_pairs():
     assert env_pairs(["A=1", "HF_HOME=/mnt/hf", "EMPTY="]) == {"A": "1", "HF_HOME": "/mnt/hf", "EMPTY": ""}
