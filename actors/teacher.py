@@ -3,7 +3,7 @@
 A plain class; the driver launches it as a Ray actor (`ray.remote(Teacher)`) on its own
 GPU(s), or as a plain transformers forward pass on CPU: the same code, the device and dtype
 being settings. Given (prompt, completion) token ids it returns, for every completion token,
-the teacher's logprob of it, its own argmax and, optionally, its top-k (`TeacherScore`).
+the teacher's logprob of it and its own argmax (`TeacherScore`).
 
 The ids come from another model's sampler, so they are checked against the teacher's
 vocabulary before they reach an embedding lookup (on CUDA an out-of-range index is a device
@@ -60,9 +60,8 @@ class Teacher:
     def __init__(self, spec: TeacherSpec):
         from transformers import AutoModelForCausalLM
 
-        if spec.top_k < 0 or spec.max_batch_tokens < 1:
-            raise ValueError(f"teacher top_k must be >= 0 and max_batch_tokens >= 1 "
-                             f"(got {spec.top_k} and {spec.max_batch_tokens})")
+        if spec.max_batch_tokens < 1:
+            raise ValueError(f"teacher max_batch_tokens must be >= 1 (got {spec.max_batch_tokens})")
         if spec.cpu_threads > 0:
             torch.set_num_threads(spec.cpu_threads)
         self.spec = spec
@@ -87,7 +86,7 @@ class Teacher:
         """One `TeacherScore` per (prompt ids, completion ids) pair, in order; ids in the
         shared vocabulary. Pairs are batched by length up to `spec.max_batch_tokens`."""
         self._check(prompts, completions)
-        scores = [None if completion else TeacherScore(logprobs=[], greedy_ids=[], top_ids=[], top_logprobs=[])
+        scores = [None if completion else TeacherScore(logprobs=[], greedy_ids=[])
                   for completion in completions]
         todo = [i for i, completion in enumerate(completions) if completion]
         lengths = [len(prompts[i]) + len(completions[i]) for i in todo]
@@ -132,33 +131,27 @@ class Teacher:
         targets = torch.tensor([t for c in completions for t in c], device=self.device)
         picked = logits[rows.to(self.device), positions.to(self.device)]  # (tokens, vocab), model dtype
         del logits
-        logprobs, greedy, top_ids, top_logprobs = self._token_stats(picked, targets)
-        return self._split(completions, logprobs, greedy, top_ids, top_logprobs)
+        logprobs, greedy = self._token_stats(picked, targets)
+        return self._split(completions, logprobs, greedy)
 
-    def _token_stats(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[list, list, list, list]:
-        """Per row of `logits` (tokens, vocab): the target's logprob, the argmax, and the top-k
-        ids and logprobs, from a float32 log-softmax done SOFTMAX_ROWS rows at a time."""
-        logprobs, greedy, top_ids, top_logprobs = [], [], [], []
-        k = min(self.spec.top_k, logits.shape[-1])
+    @staticmethod
+    def _token_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[list, list]:
+        """Per row of `logits` (tokens, vocab): the target's logprob and the argmax, from a
+        float32 log-softmax done SOFTMAX_ROWS rows at a time."""
+        logprobs, greedy = [], []
         for first in range(0, logits.shape[0], SOFTMAX_ROWS):
             logp = torch.log_softmax(logits[first:first + SOFTMAX_ROWS].float(), dim=-1)
             chunk_targets = targets[first:first + SOFTMAX_ROWS, None]
             logprobs.append(logp.gather(-1, chunk_targets).squeeze(-1))
             greedy.append(logp.argmax(dim=-1))
-            if k:
-                values, ids = logp.topk(k, dim=-1)  # sorted, most likely first
-                top_ids.append(ids)
-                top_logprobs.append(values)
-        return _as_list(logprobs), _as_list(greedy), _as_list(top_ids), _as_list(top_logprobs)
+        return _as_list(logprobs), _as_list(greedy)
 
     @staticmethod
-    def _split(completions: list[list[int]], logprobs: list, greedy: list, top_ids: list,
-               top_logprobs: list) -> list[TeacherScore]:
+    def _split(completions: list[list[int]], logprobs: list, greedy: list) -> list[TeacherScore]:
         """Cut the batch's flat per-token lists back into one score per completion."""
         scores, first = [], 0
         for completion in completions:
             end = first + len(completion)
-            scores.append(TeacherScore(logprobs=logprobs[first:end], greedy_ids=greedy[first:end],
-                                       top_ids=top_ids[first:end], top_logprobs=top_logprobs[first:end]))
+            scores.append(TeacherScore(logprobs=logprobs[first:end], greedy_ids=greedy[first:end]))
             first = end
         return scores

@@ -25,7 +25,7 @@ ARITHMETIC_PROMPT = re.compile(r"^What is (\d+) ([-+*]) (\d+)\?$")
 
 
 def test_arithmetic_answers_are_correct():
-    rows = arithmetic_rows(200, seed=5, min_digits=1, max_digits=4)
+    rows = arithmetic_rows(200, seed=5, min_digits=1, max_digits=4, ops="+-*")
     ops_seen = set()
     for row in rows:
         match = ARITHMETIC_PROMPT.match(row["prompt"])
@@ -199,3 +199,19 @@ def test_the_cli_offers_every_task():
     data_parser = build_parser()._subparsers._group_actions[0].choices["data"]
     task_action = next(a for a in data_parser._actions if a.dest == "task")
     assert sorted(task_action.choices) == sorted(TASKS)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_aha_data_and_a_recipes_synthetic_table_write_the_same_file(tmp_path, task):
+    # The generators' defaults are the schema's: `aha data` (no task options) and a recipe's
+    # [data.synthetic] left at its defaults, with the same rows and seed, write identical bytes.
+    from cluster.cli import main
+    from cluster.inputs.prepare import prepare_data
+    from cluster.recipe import load_recipe
+
+    assert main(["data", task, str(tmp_path / "cli.parquet"), "--rows", "40", "--seed", "3"]) == 0
+    recipe = load_recipe(None, ["--model.path", "m", "--data.train_path", str(tmp_path / "recipe.parquet"),
+                                "--data.synthetic.task", task, "--data.synthetic.train_rows", "40",
+                                "--data.synthetic.eval_rows", "0", "--data.synthetic.seed", "3", "--cluster.num_cpus", "8"])
+    assert prepare_data(recipe) == [tmp_path / "recipe.parquet"]
+    assert (tmp_path / "cli.parquet").read_bytes() == (tmp_path / "recipe.parquet").read_bytes()

@@ -11,16 +11,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from actors.teacher import Teacher, plan_batches
-from cluster.teacher_pool import TeacherPool
+from cluster.roles.teacher_pool import TeacherPool
 from cluster.wire.errors import RunFailed
 from cluster.wire.teacher import TeacherScore, TeacherSpec
 
-TOP_K = 4
 TIMEOUT_S = 30.0
 
 
 def _spec(model_dir, **fields) -> TeacherSpec:
-    settings = dict(model_path=str(model_dir), tokenizer_path="", dtype="auto", device="auto", top_k=TOP_K,
+    settings = dict(model_path=str(model_dir), tokenizer_path="", dtype="auto", device="auto",
                     max_batch_tokens=64, cpu_threads=0, trust_remote_code=False)
     return TeacherSpec(**{**settings, **fields})
 
@@ -50,10 +49,8 @@ def _expected(model_dir, prompts, completions) -> list[TeacherScore]:
         for prompt, completion in zip(prompts, completions):
             logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + completion])).logits[0].float(), dim=-1)
             rows = logp[len(prompt) - 1:len(prompt) + len(completion) - 1]  # row t predicts token t + 1
-            top = rows.topk(TOP_K, dim=-1)
             scores.append(TeacherScore(logprobs=rows[torch.arange(len(completion)), completion].tolist(),
-                                       greedy_ids=rows.argmax(-1).tolist(), top_ids=top.indices.tolist(),
-                                       top_logprobs=top.values.tolist()))
+                                       greedy_ids=rows.argmax(-1).tolist()))
     return scores
 
 
@@ -61,9 +58,7 @@ def _assert_same(got: list[TeacherScore], want: list[TeacherScore]) -> None:
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert g.logprobs == pytest.approx(w.logprobs, abs=1e-4)
-        assert g.greedy_ids == w.greedy_ids and g.top_ids == w.top_ids
-        assert [v for row in g.top_logprobs for v in row] == pytest.approx(
-            [v for row in w.top_logprobs for v in row], abs=1e-4)
+        assert g.greedy_ids == w.greedy_ids
 
 
 def test_scores_match_an_independent_forward_pass(teacher, pairs, tiny_model_dir):
@@ -72,18 +67,14 @@ def test_scores_match_an_independent_forward_pass(teacher, pairs, tiny_model_dir
     assert len(plan_batches(lengths, 64)) >= 3  # the call below really runs several forwards
     got = teacher.score(prompts, completions)
     _assert_same(got, _expected(tiny_model_dir, prompts, completions))
-    assert got[3] == TeacherScore(logprobs=[], greedy_ids=[], top_ids=[], top_logprobs=[])
-    assert all(len(s.logprobs) == len(c) and all(len(row) == TOP_K for row in s.top_ids)
-               for s, c in zip(got, completions))
+    assert got[3] == TeacherScore(logprobs=[], greedy_ids=[])
+    assert all(len(s.logprobs) == len(c) for s, c in zip(got, completions))
 
 
-def test_without_top_k_only_the_sampled_tokens(tiny_model_dir, pairs):
+def test_one_forward_for_every_pair_scores_as_several_do(tiny_model_dir, pairs):
     prompts, completions = pairs
-    plain = Teacher(_spec(tiny_model_dir, top_k=0, max_batch_tokens=10_000)).score(prompts, completions)
-    want = _expected(tiny_model_dir, prompts, completions)
-    assert all(s.top_ids == [] and s.top_logprobs == [] for s in plain)
-    for got, expected in zip(plain, want):
-        assert got.logprobs == pytest.approx(expected.logprobs, abs=1e-4) and got.greedy_ids == expected.greedy_ids
+    whole = Teacher(_spec(tiny_model_dir, max_batch_tokens=10_000)).score(prompts, completions)
+    _assert_same(whole, _expected(tiny_model_dir, prompts, completions))
 
 
 def test_batches_stay_under_the_token_budget_and_a_long_sequence_goes_alone():
@@ -113,9 +104,7 @@ def test_mismatched_or_contextless_input_is_a_value_error(teacher):
 
 def test_score_lengths_are_checked():
     with pytest.raises(ValueError, match="1 greedy ids for 2 logprobs"):
-        TeacherScore(logprobs=[-1.0, -2.0], greedy_ids=[3], top_ids=[], top_logprobs=[])
-    with pytest.raises(ValueError, match="1 top-k rows for 2 logprobs"):
-        TeacherScore(logprobs=[-1.0, -2.0], greedy_ids=[3, 4], top_ids=[[3]], top_logprobs=[[-1.0]])
+        TeacherScore(logprobs=[-1.0, -2.0], greedy_ids=[3])
 
 
 def test_model_info(teacher, tiny_model_dir):

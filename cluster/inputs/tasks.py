@@ -3,8 +3,11 @@
 These give a run something to train on with no download: `arithmetic` (exact integer answers,
 graded by the `arithmetic` reward), `chain_sum` (the sum of a few small numbers, which a tiny
 model gets right by adding step by step; also graded by `arithmetic`; the CPU demo's task) and
-TinyZero's `countdown` (reach a target from a set of numbers, graded by the `countdown` reward). Generation is deterministic per seed, so the same
-recipe always trains on the same data. Only the standard library and pyarrow are imported.
+TinyZero's `countdown` (reach a target from a set of numbers, graded by the `countdown` reward).
+Generation is deterministic per seed, so the same recipe always trains on the same data. The
+generators' defaults are the recipe's `[data.synthetic]` defaults (`SyntheticDataConfig`), so
+`aha data` and a recipe left at its defaults write the same rows. Only the standard library,
+pyarrow and the recipe schema are imported.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cluster.inputs.data import JSONL_SUFFIXES, PARQUET_SUFFIXES
+from cluster.recipe.schema import SyntheticDataConfig
 
 ARITHMETIC_OPS = "+-*"
 COUNTDOWN_OPS = "+-*/"
 MAX_DIGITS = 18
 # A row whose target never lands in range is redrawn; this bounds the work for odd settings.
 COUNTDOWN_MAX_TRIES = 10_000
+DEFAULTS = SyntheticDataConfig()  # every generator option's default, defined once in the schema
 
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -57,7 +62,8 @@ def _apply(op: str, left: int, right: int) -> int:
 
 
 def arithmetic_rows(
-    n: int, *, seed: int, min_digits: int = 1, max_digits: int = 3, ops: str = ARITHMETIC_OPS
+    n: int, *, seed: int, min_digits: int = DEFAULTS.min_digits, max_digits: int = DEFAULTS.max_digits,
+    ops: str = DEFAULTS.ops,
 ) -> list[dict]:
     """`n` rows {"prompt": "What is 482 + 37?", "answer": "519"} with exact integer answers.
 
@@ -83,7 +89,8 @@ def arithmetic_rows(
 
 
 def chain_sum_rows(
-    n: int, *, seed: int, min_terms: int = 3, max_terms: int = 4, max_term: int = 9
+    n: int, *, seed: int, min_terms: int = DEFAULTS.min_terms, max_terms: int = DEFAULTS.max_terms,
+    max_term: int = DEFAULTS.max_term,
 ) -> list[dict]:
     """`n` rows {"prompt": "4+7+2+9", "answer": "22"}: sums of `min_terms`..`max_terms` terms.
 
@@ -127,7 +134,8 @@ def _countdown_prompt(numbers: list[int], target: int) -> str:
 
 
 def countdown_rows(
-    n: int, *, seed: int, num_numbers: int = 4, max_number: int = 99, max_target: int = 999
+    n: int, *, seed: int, num_numbers: int = DEFAULTS.num_numbers, max_number: int = DEFAULTS.max_number,
+    max_target: int = DEFAULTS.max_target,
 ) -> list[dict]:
     """`n` solvable Countdown rows {"prompt", "numbers": list[int], "target": int}.
 

@@ -113,7 +113,7 @@ def _check_model_and_data(recipe) -> None:
     if model.tiny is not None:
         check_tiny_model(model.tiny)
     # An SFT-only recipe reads traces (sft.train_path) and needs no prompt file; `aha train` and
-    # `aha generate` check data.train_path again before they start (cluster/preflight.py).
+    # `aha generate` check data.train_path again before they start (cluster/startup/preflight.py).
     _require(bool(data.train_path) or bool(recipe.sft.train_path), "data.train_path",
              "is required (a Parquet or JSONL prompt file; a recipe only for aha sft sets sft.train_path instead)")
     _require(bool(data.prompt_column), "data.prompt_column", "must not be empty")
@@ -324,7 +324,6 @@ def _check_distill(recipe) -> None:
     _require(math.isfinite(distill.kl_coef) and distill.kl_coef >= 0, "distill.kl_coef", "must be a number >= 0")
     _require(math.isfinite(distill.reward_weight) and distill.reward_weight >= 0, "distill.reward_weight",
              "must be a number >= 0")
-    _require(distill.top_k >= 0, "distill.top_k", "must be >= 0 (0: only the sampled tokens)")
     _require(distill.num_teachers >= 1, "distill.num_teachers", "must be >= 1")
     _require(distill.max_batch_tokens >= 1, "distill.max_batch_tokens", "must be >= 1")
     _require(distill.cpu_threads >= 0, "distill.cpu_threads", "must be >= 0 (0: torch's choice)")

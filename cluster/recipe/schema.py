@@ -1,7 +1,7 @@
 """The recipe schema: one frozen dataclass per role, each setting defined once, with its default.
 
 Every setting of aha lives here. Actor specs (`actors/`, `learner/`) are built from these
-sections by `cluster/specs.py` and carry no defaults of their own, so a default changed here
+sections by `cluster/startup/specs.py` and carry no defaults of their own, so a default changed here
 is the default everywhere. Loading and overrides are in `cluster/recipe/load.py`, checks of
 ranges and combinations in `cluster/recipe/checks.py`.
 
@@ -300,7 +300,6 @@ class DistillConfig:
     loss: Literal["advantage", "kl"] = "advantage"
     kl_coef: float = 1.0
     reward_weight: float = 0.0  # the task reward's share in "advantage"; 0: pure distillation
-    top_k: int = 0  # the teacher also returns its k most likely tokens per position (a metric now)
     num_teachers: int = 1  # teacher actors, used round-robin
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: float32 on CPU, bf16 on GPU
     max_batch_tokens: int = 16384  # padded tokens per teacher forward

@@ -20,7 +20,6 @@ class TeacherSpec:
     tokenizer_path: str  # empty: the model's own (read only by a text-based entry point)
     dtype: str  # "auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16", "float16"
     device: str  # "auto" (CUDA when there is one), "cpu", "cuda"
-    top_k: int  # 0: only the sampled tokens' logprobs; k > 0: also the k most likely per position
     max_batch_tokens: int  # the most padded tokens in one forward; a longer sequence goes alone
     cpu_threads: int  # torch threads on CPU; 0: leave torch's choice
     trust_remote_code: bool
@@ -32,25 +31,16 @@ class TeacherScore:
 
     `logprobs[i]` is the teacher's log-probability of completion token i given the prompt and
     completion[:i]; `greedy_ids[i]` the teacher's most likely token there (agreement with the
-    student's choice is a metric). `top_ids[i]` / `top_logprobs[i]` are the teacher's k most
-    likely tokens and their log-softmax values, most likely first; both empty when top_k is 0.
+    student's choice is a metric).
     """
 
     logprobs: list[float]
     greedy_ids: list[int]
-    top_ids: list[list[int]]
-    top_logprobs: list[list[float]]
 
     def __post_init__(self):
         length = len(self.logprobs)
         if len(self.greedy_ids) != length:
             raise ValueError(f"{len(self.greedy_ids)} greedy ids for {length} logprobs")
-        if len(self.top_ids) != len(self.top_logprobs):
-            raise ValueError(f"{len(self.top_ids)} top-k id rows for {len(self.top_logprobs)} top-k logprob rows")
-        if self.top_ids and len(self.top_ids) != length:
-            raise ValueError(f"{len(self.top_ids)} top-k rows for {length} logprobs")
-        if any(len(ids) != len(lps) for ids, lps in zip(self.top_ids, self.top_logprobs)):
-            raise ValueError("a top-k row has a different number of ids and logprobs")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ import math
 from dataclasses import dataclass
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+# The size both sides cut the stream into: large enough that a push is a few dozen broadcasts
+# (per-call latency amortised), small enough that each side's flat staging buffer stays a sliver of memory.
+WEIGHT_BUCKET_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
