@@ -26,10 +26,9 @@ from cluster.wire.errors import RunFailed
 from cluster.wire.phases import PhaseClock
 from cluster.wire.weights import TensorMeta
 from learner.batching import MicroBatch, TrainSequence, empty_micro_batch, micro_batches, token_logprobs
-from learner.losses import (MAX_METRICS, SUM_METRICS, LossOutput, MetricTotals, entropy_from_logits, metric_means,
-                            metric_totals, policy_loss)
-from learner.distill_loss import DISTILL_MAX_METRICS, DISTILL_SUM_METRICS, reverse_kl_loss
-from learner.sft_loss import SFT_MAX_METRICS, SFT_SUM_METRICS, sft_loss
+from learner.losses import LossOutput, MetricTotals, metric_means, metric_totals
+from learner.objectives import Forward, objective_named
+from learner.sft_loss import sft_loss
 from learner.nonfinite import agreed_flags, any_nonfinite, local_gradients, local_weights, skip_update
 from learner.optim import deepspeed_config, lr_multiplier
 from learner.spec import LearnerSpec
@@ -94,6 +93,7 @@ class Learner:
 
     def __init__(self, spec: LearnerSpec, rank: int, world_size: int):
         self.spec, self.rank, self.world_size = spec, rank, world_size
+        self.objective = objective_named(spec.objective)  # an unknown name fails here, not mid-run
         self.weight_version = 0
         self.engine = None
         self._outputs: list[LossOutput] = []
@@ -103,7 +103,7 @@ class Learner:
     # -- set-up -------------------------------------------------------------------------
 
     def pid(self) -> int:
-        """This rank's process id: a liveness probe, and what fault injection (cluster/chaos.py) kills."""
+        """This rank's process id: a liveness probe, and what fault injection (cluster/run/chaos.py) kills."""
         return os.getpid()
 
     def probe_storage(self, marker: str, expected: str) -> str:
@@ -163,7 +163,8 @@ class Learner:
             model=model, optimizer=optimizer, config=config, lr_scheduler=self._make_scheduler)
         forget_warmup_step(self.engine.optimizer)
         clock.lap("deepspeed")
-        self.reference = self._build_reference(deepspeed, AutoModelForCausalLM) if self.spec.kl_coef > 0 else None
+        wants_reference = self.spec.kl_coef > 0 and self.objective.uses_reference
+        self.reference = self._build_reference(deepspeed, AutoModelForCausalLM) if wants_reference else None
         clock.lap("reference")
         return {"rank": self.rank, "device": str(self.device), "dtype": str(self.dtype), "setup_s": clock.phases}
 
@@ -221,40 +222,11 @@ class Learner:
         self.engine.set_gradient_accumulation_boundary(boundary)
         logits = self.engine(**batch.model_inputs()).logits
         logp = token_logprobs(logits, batch.input_ids)
-        objectives = {"sft": self._sft_loss, "distill": self._distill_loss}
-        output = objectives.get(self.spec.objective, self._policy_loss)(logits, logp, batch)
+        ref_logp = self._reference_logp(batch) if self.objective.uses_reference else None
+        output = self.objective.loss(Forward(batch, logits, logp, ref_logp), self.spec)
         self.engine.backward(output.numerator, scale_wrt_gas=False)
         output.numerator = output.numerator.detach()
         return output, logp.detach()
-
-    @staticmethod
-    def _sft_loss(logits, logp, batch: MicroBatch) -> LossOutput:
-        with torch.no_grad():
-            correct = logits[:, :-1].argmax(dim=-1) == batch.input_ids[:, 1:]
-        return sft_loss(logp, batch.loss_mask, correct=correct)
-
-    def _distill_loss(self, logits, logp, batch: MicroBatch) -> LossOutput:
-        # A top-up micro-batch (nothing to learn) carries no teacher logprobs: its mask is all 0.
-        teacher = batch.teacher_logp if batch.teacher_logp is not None else torch.zeros_like(logp)
-        return reverse_kl_loss(logp, teacher, batch.behaviour_logp, batch.loss_mask, tis_cap=self.spec.tis_cap)
-
-    def _policy_loss(self, logits, logp, batch: MicroBatch) -> LossOutput:
-        spec = self.spec
-        if spec.entropy_coef > 0:
-            entropy = entropy_from_logits(logits[:, :-1].float())
-        else:
-            with torch.no_grad():
-                entropy = entropy_from_logits(logits[:, :-1].float())
-        old_logp = batch.old_logp if batch.old_logp is not None else logp.detach()
-        output = policy_loss(
-            logp, old_logp, batch.advantages, batch.loss_mask,
-            behaviour_logp=batch.behaviour_logp, clip_low=spec.clip_low, clip_high=spec.clip_high,
-            dual_clip=spec.dual_clip, tis_cap=spec.tis_cap, ref_logp=self._reference_logp(batch),
-            kl_coef=spec.kl_coef, kl_kind=spec.kl_kind, entropy=entropy, entropy_coef=spec.entropy_coef,
-            loss_agg=spec.loss_agg, max_len=spec.max_new_tokens, segments=batch.segments,
-            num_sequences=batch.num_sequences,
-        )
-        return output
 
     def held_out_nll(self, sequences: list[TrainSequence], min_micro_batches: int = 0) -> dict:
         """The token NLL of `sequences` under the current weights, no update; collective (every
@@ -363,8 +335,7 @@ class Learner:
         of the totals summed, and maximised, over ranks)."""
         import torch.distributed as dist
 
-        names = {"sft": (SFT_SUM_METRICS, SFT_MAX_METRICS), "distill": (DISTILL_SUM_METRICS, DISTILL_MAX_METRICS)
-                 }.get(self.spec.objective, (SUM_METRICS, MAX_METRICS))
+        names = (self.objective.sum_metrics, self.objective.max_metrics)
         local = metric_totals(self._outputs, *names)
         sums = torch.tensor([*local.sums, local.num_tokens, local.numerator], dtype=torch.float64, device=self.device)
         maxima = torch.tensor(local.maxima, dtype=torch.float64, device=self.device)

@@ -1,10 +1,9 @@
-"""GRPO-family advantages and policy losses: pure functions of tensors, imports only torch.
+"""GRPO-family policy losses and their terms: pure functions of tensors, imports only torch.
 
-Shape letters: B sequences in a (micro-)batch, T token positions, V vocabulary size,
-N groups of G completions each. A `mask` is 1 (or True) on completion tokens and 0 on
-prompt/padding; masked-out positions never influence a value, a gradient or a metric, even
-when they hold garbage such as -inf logprobs (they are replaced with `torch.where`, never
-multiplied by 0, because 0 * inf is nan).
+Shape letters: B sequences in a (micro-)batch, T token positions, V vocabulary size. A `mask`
+is 1 (or True) on completion tokens and 0 on prompt/padding; masked-out positions never
+influence a value, a gradient or a metric, even when they hold garbage such as -inf logprobs
+(they are replaced with `torch.where`, never multiplied by 0, because 0 * inf is nan).
 
 Losses are returned as a (numerator, denominator) pair so that a learner streaming
 micro-batches gets exactly the whole-batch loss as sum(numerators) / sum(denominators).
@@ -17,7 +16,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+# The advantage estimators live in their own registry; `learner.losses.group_advantages` stays
+# the name the drivers and DESIGN use.
+from learner.advantages import group_advantages  # noqa: F401
+
 KL_KINDS = ("k1", "k2", "k3")
 LOSS_AGGS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 # The per-token metrics of a loss, summed over tokens and merged as token-weighted means, in a
@@ -26,51 +28,6 @@ SUM_METRICS = ("clip_frac_low", "clip_frac_high", "dual_clip_frac", "ratio_mean"
                "tis_weight_mean", "pg_loss", "rollout_logprob_gap")
 # Metrics merged by max across micro-batches: name -> the per-token metric it is the max of.
 MAX_METRICS = {"ratio_max": "ratio_mean", "rollout_logprob_gap_max": "rollout_logprob_gap"}
-
-
-def group_advantages(rewards: Tensor, *, estimator: str = "grpo", eps: float = 1e-6) -> Tensor:
-    """Group-relative advantages, one per completion.
-
-    rewards: (N, G) float; row i holds the rewards of the G completions of prompt i.
-    Returns (N, G), in the floating dtype of `rewards` (integer/bool rewards become the
-    default float dtype).
-
-    - "grpo":    (r - mean_g) / (std_g + eps), std_g the *population* std (divisor G), so a
-                 group of one has std 0.
-    - "dr_grpo": r - mean_g (Dr. GRPO: no std normalisation).
-    - "rloo":    r_i - mean of the other G-1 members = G/(G-1) * (r_i - mean_g); needs G >= 2.
-
-    A group whose rewards are all equal (including any group of size 1) gets exactly 0
-    under every estimator: the centred value is set to 0 rather than computed, because
-    `r - mean(r)` is not always exactly 0 in floating point.
-    """
-    if estimator not in ESTIMATORS:
-        raise ValueError(
-            f"unknown advantage estimator {estimator!r}; expected one of {ESTIMATORS}"
-        )
-    if rewards.dim() != 2:
-        raise ValueError(
-            f"rewards must be 2-D (num_groups, group_size), got shape {tuple(rewards.shape)}"
-        )
-    group_size = rewards.shape[1]
-    if group_size < 1:
-        raise ValueError("rewards must have at least one completion per group")
-    if estimator == "rloo" and group_size < 2:
-        raise ValueError("estimator 'rloo' needs group_size >= 2 (no other members to average)")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    if not rewards.is_floating_point():
-        rewards = rewards.to(torch.get_default_dtype())
-
-    constant = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)
-    centred = torch.where(constant, 0.0, rewards - rewards.mean(dim=1, keepdim=True))
-    if estimator == "grpo":
-        # Constant groups divide 0 by 1, so eps = 0 cannot turn them into 0/0.
-        scale = torch.where(constant, 1.0, rewards.std(dim=1, keepdim=True, correction=0) + eps)
-        return centred / scale
-    if estimator == "rloo":
-        return centred * (group_size / (group_size - 1))
-    return centred
 
 
 def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str) -> Tensor:

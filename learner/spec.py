@@ -9,7 +9,7 @@ from dataclasses import dataclass
 class LearnerSpec:
     """Everything a learner rank needs; picklable, so Ray ships it to each rank.
 
-    Built from the recipe by `cluster/specs.py`; no defaults of its own (the recipe's are the
+    Built from the recipe by `cluster/startup/specs.py`; no defaults of its own (the recipe's are the
     defaults).
     """
 
@@ -28,8 +28,8 @@ class LearnerSpec:
     micro_batch_size: int  # rows per forward/backward
     packing: bool  # several sequences per row, each attending only to itself
     pack_length: int  # packed row width in tokens; 0: the longest sequence of the call
-    # "grpo": the policy loss below; "sft": token NLL (learner/sft_loss.py); "distill": the
-    # reverse-KL distillation loss against teacher logprobs (learner/distill_loss.py)
+    # a registered objective (learner/objectives.py): "grpo", the policy loss below; "sft",
+    # token NLL; "distill", the reverse-KL distillation loss against teacher logprobs
     objective: str
     gradient_checkpointing: bool
     cpu_threads: int  # torch threads on CPU; 0: leave as the process has it

@@ -1,5 +1,6 @@
-"""Unit tests for the terms of learner.losses (group_advantages, kl_estimate, entropy_from_logits,
-tis_weights, aggregate) on tiny tensors whose expected values are worked out by hand.
+"""Unit tests for the terms of learner.losses (group_advantages and its registered estimators in
+learner.advantages, kl_estimate, entropy_from_logits, tis_weights, aggregate) on tiny tensors
+whose expected values are worked out by hand.
 
 Every expected value carries its hand computation in a comment. Tensors are float64 so that
 hand values can be compared tightly. policy_loss and its metrics are in test_policy_loss.py.
@@ -12,6 +13,7 @@ import math
 import pytest
 import torch
 
+from learner.advantages import ESTIMATORS, grpo_advantages, register_estimator, rloo_advantages
 from learner.losses import (
     aggregate,
     entropy_from_logits,
@@ -94,6 +96,37 @@ def test_integer_rewards_are_accepted():
 def test_group_advantages_rejects_bad_arguments(rewards, kwargs, match):
     with pytest.raises(ValueError, match=match):
         group_advantages(rewards, **kwargs)
+
+
+def test_the_built_in_estimators_are_registered_by_their_recipe_names():
+    assert list(ESTIMATORS) == ["grpo", "dr_grpo", "rloo"]
+    with pytest.raises(ValueError, match=r"'ppo'; expected one of \('grpo', 'dr_grpo', 'rloo'\)"):
+        group_advantages(t([[1.0, 0.0]]), estimator="ppo")
+
+
+def test_registered_estimators_are_plain_functions_by_hand():
+    rewards = t([[3.0, 1.0, 2.0]])
+    # mean 2; population std sqrt((1 + 1 + 0) / 3) = sqrt(2/3); eps 0 -> (r - 2) / sqrt(2/3)
+    close(grpo_advantages(rewards, eps=0.0), [[1 / math.sqrt(2 / 3), -1 / math.sqrt(2 / 3), 0.0]])
+    # rloo: 3 - (1+2)/2 = 1.5; 1 - (3+2)/2 = -1.5; 2 - (3+1)/2 = 0
+    close(rloo_advantages(rewards, eps=0.0), [[1.5, -1.5, 0.0]])
+    with pytest.raises(ValueError, match="rloo"):
+        rloo_advantages(t([[1.0]]), eps=0.0)
+
+
+def test_group_advantages_looks_the_estimator_up_and_a_name_registers_once():
+    @register_estimator("test_max_minus")
+    def max_minus(rewards, *, eps):  # r - max_g, a stand-in that no built-in computes
+        return rewards - rewards.amax(dim=1, keepdim=True)
+
+    try:
+        # integer rewards arrive as floats; [1, 4] - 4 = [-3, 0]
+        close(group_advantages(torch.tensor([[1, 4]]), estimator="test_max_minus"), [[-3.0, 0.0]])
+        with pytest.raises(ValueError, match="already registered"):
+            register_estimator("grpo")(max_minus)
+        assert ESTIMATORS["grpo"] is grpo_advantages
+    finally:
+        del ESTIMATORS["test_max_minus"]
 
 
 # ---------------------------------------------------------------- kl_estimate
