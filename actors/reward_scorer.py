@@ -25,7 +25,7 @@ _CONTEXT = mp.get_context("spawn")
 @dataclass(frozen=True)
 class ScorerSpec:
     """Reward functions with their weights, and how they are run; built from the recipe by
-    `cluster/specs.py`, no defaults of its own."""
+    `cluster/startup/specs.py`, no defaults of its own."""
 
     weights: dict[str, float]
     num_workers: int

@@ -32,7 +32,7 @@ _SOCKET_DIR_PREFIX = "aha-engine-sockets-"
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """What a vLLM engine is built from; built from the recipe by `cluster/specs.py`, no defaults."""
+    """What a vLLM engine is built from; built from the recipe by `cluster/startup/specs.py`, no defaults."""
 
     model_path: str
     tokenizer_path: str  # empty: the model's own
@@ -337,7 +337,7 @@ class RolloutWorker:
 
     def process_ids(self) -> list[tuple[int, float]]:
         """`(pid, create time)` of this actor's process and of its engine's: what a replacement
-        kills if the engine outlived its actor, and what fault injection (cluster/chaos.py) kills."""
+        kills if the engine outlived its actor, and what fault injection (cluster/run/chaos.py) kills."""
         return process_tree()
 
     def shutdown(self) -> None:

@@ -4,7 +4,7 @@
    it: G completions of one prompt per call. Measured on the same model and the same groups:
    - baseline: a plain transformers forward of the group's G sequences in this process, then
      log-softmax over the completion positions, the sampled tokens' logprobs and the argmax;
-   - the `Teacher` class in this process (`actors/teacher.py`, top_k 0, and with top-k);
+   - the `Teacher` class in this process (`actors/teacher.py`);
    - the teacher actor through `TeacherPool` (one Ray actor with the same cores), every group
      submitted at once and collected, as the driver overlaps scoring with generation.
    Prints completion tokens scored per second and the ratios to the baseline (target >= 0.8).
@@ -50,26 +50,26 @@ def plain_forward(model, prompt: list[int], completions: list[list[int]]) -> tup
     return logp.gather(-1, ids[:, len(prompt):, None]).squeeze(-1).tolist(), logp.argmax(-1).tolist()
 
 
-def teacher_spec(model_dir, top_k: int, threads: int):
+def teacher_spec(model_dir, threads: int):
     from cluster.wire.teacher import TeacherSpec
 
     # A group (8 x ~68 tokens) fits one forward, as in the baseline.
-    return TeacherSpec(model_path=str(model_dir), tokenizer_path="", dtype="float32", device="cpu", top_k=top_k,
+    return TeacherSpec(model_path=str(model_dir), tokenizer_path="", dtype="float32", device="cpu",
                        max_batch_tokens=16384, cpu_threads=threads, trust_remote_code=False)
 
 
-def measure_model(model_dir, workload, *, rounds: int, top_k: int, threads: int) -> dict[str, float]:
+def measure_model(model_dir, workload, *, rounds: int, threads: int) -> dict[str, float]:
     """Best completion tokens/s of each contender over `rounds` alternating rounds."""
     import ray
     from transformers import AutoModelForCausalLM
 
     from actors.teacher import Teacher
-    from cluster.teacher_pool import TeacherPool
+    from cluster.roles.teacher_pool import TeacherPool
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    plain, with_top_k = Teacher(teacher_spec(model_dir, 0, threads)), Teacher(teacher_spec(model_dir, top_k, threads))
+    plain = Teacher(teacher_spec(model_dir, threads))
     ray.init(address="local", num_cpus=threads, include_dashboard=False, log_to_driver=False)
-    pool = TeacherPool(teacher_spec(model_dir, 0, threads), 1, cpus_per_teacher=threads, gpus_per_teacher=0,
+    pool = TeacherPool(teacher_spec(model_dir, threads), 1, cpus_per_teacher=threads, gpus_per_teacher=0,
                        timeout_s=600)
 
     def baseline():
@@ -85,7 +85,6 @@ def measure_model(model_dir, workload, *, rounds: int, top_k: int, threads: int)
     contenders = {
         "plain transformers forward": baseline,
         "Teacher class": lambda: [plain.score([p] * len(c), c) for p, c in workload],
-        f"Teacher class, top_k={top_k}": lambda: [with_top_k.score([p] * len(c), c) for p, c in workload],
         "teacher actor (TeacherPool, Ray)": through_pool,
     }
     tokens = sum(len(c) for _, completions in workload for c in completions)
@@ -134,7 +133,6 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--prompt-len", type=int, default=20)
     parser.add_argument("--completion-len", type=int, default=48)
-    parser.add_argument("--top-k", type=int, default=8, help="for the top-k line (the ratio's Teacher uses 0)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--run", default="runs/distill/distill", help="an aha distill run's output directory")
     args = parser.parse_args()
@@ -152,7 +150,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             config = TinyModelConfig(hidden_size=hidden, num_layers=layers)
             model_dir = build_tiny_model(f"{tmp}/model", tiny_model_spec(config, Recipe().rollout.max_model_len))
-            rates = measure_model(model_dir, workload, rounds=args.rounds, top_k=args.top_k, threads=threads)
+            rates = measure_model(model_dir, workload, rounds=args.rounds, threads=threads)
         baseline = rates["plain transformers forward"]
         print(f"1) model hidden={hidden} layers={layers}:")
         for name, rate in rates.items():

@@ -66,14 +66,14 @@ def main() -> None:
     parser.add_argument("--kv-cache-gb", type=float, default=1.0)
     args = parser.parse_args()
 
-    from cluster.generate_job import generate
+    from cluster.commands.generate import generate
     from cluster.inputs.prompts import encode_prompts, load_rows
     from cluster.inputs.tasks import task_rows, write_rows
     from cluster.inputs.tiny_model import build_tiny_model, tiny_model_spec
-    from cluster.preflight import load_tokenizer
+    from cluster.startup.preflight import load_tokenizer
     from cluster.recipe import load_recipe
     from cluster.recipe.schema import TinyModelConfig
-    from cluster.specs import engine_spec, sampling_spec
+    from cluster.startup.specs import engine_spec, sampling_spec
 
     with tempfile.TemporaryDirectory() as tmp:
         max_len = 512 + args.tokens

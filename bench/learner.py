@@ -91,9 +91,9 @@ def aha_tokens_per_s(model_dir, sequences, micro_batch_size: int, steps: int, lr
     """Target tokens/s of aha's learner rank (a Ray actor) training on `sequences` each step."""
     import ray
 
-    from cluster.learner_group import LearnerGroup
+    from cluster.roles.learner_group import LearnerGroup
     from cluster.recipe import Recipe
-    from cluster.specs import learner_spec
+    from cluster.startup.specs import learner_spec
 
     ray.init(address="local", num_cpus=threads, include_dashboard=False, log_to_driver=False)
     spec = replace(learner_spec(Recipe(), str(model_dir)), zero_stage=zero_stage, lr=lr, grad_clip=1.0,

@@ -229,7 +229,7 @@ def main() -> int:
     from cluster.inputs.tiny_model import build_tiny_model, tiny_model_spec
     from cluster.recipe import Recipe
     from cluster.recipe.schema import TinyModelConfig
-    from cluster.specs import learner_spec
+    from cluster.startup.specs import learner_spec
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     stages = [int(s) for s in args.stages.split(",")]

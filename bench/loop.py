@@ -85,7 +85,7 @@ steps = {steps}
 
 def run_aha(recipe, name: str, staleness: int) -> tuple[dict, list[dict], Path]:
     """Train `recipe`; the mean split over steps 2.., the first step's start-up phases, the run."""
-    from cluster.loop import train
+    from cluster.commands.train import train
     from cluster.output.run_log import read_metrics
     from cluster.recipe.load import recipe_from_dict, recipe_to_dict
 
@@ -111,7 +111,7 @@ def last_step_work(recipe, out: Path):
 
     from cluster.inputs.data import PromptRow
     from cluster.inputs.prompts import encode_prompts
-    from cluster.preflight import load_tokenizer
+    from cluster.startup.preflight import load_tokenizer
 
     last = sorted((out / "rollouts").glob("step-*.parquet"))[-1]
     rows = pq.read_table(last, columns=["prompt", "num_tokens"]).to_pylist()
@@ -126,7 +126,7 @@ def raw_generate_s(recipe, model_path: str, prompts: list[list[int]], lengths: l
     engine settings as the rollout worker's, after a warm-up call)."""
     from vllm import LLM, SamplingParams
 
-    from cluster.specs import engine_spec
+    from cluster.startup.specs import engine_spec
 
     spec = engine_spec(recipe, model_path)
     llm = LLM(model=model_path, dtype="float32", max_model_len=spec.max_model_len, seed=spec.seed,

@@ -2,7 +2,7 @@
 and the time of the step that lost it against its neighbours' in the same run.
 
 Runs `aha train` on a tiny CPU recipe (2 rollout workers, 2 learner ranks) with fault
-injection (cluster/chaos.py): rollout worker 0's actor process is killed as step `--kill-at`
+injection (cluster/run/chaos.py): rollout worker 0's actor process is killed as step `--kill-at`
 starts sampling, and its engine processes during step `--push-kill-at`'s weight push. Reads
 the driver's output as it comes (each line time-stamped on arrival) and the run's metrics:
 

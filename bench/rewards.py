@@ -103,7 +103,7 @@ def main() -> None:
 
     from actors.reward_scorer import RewardScorer
     from cluster.recipe import Recipe
-    from cluster.specs import scorer_spec
+    from cluster.startup.specs import scorer_spec
     from rewards.math_reward import math_reward
 
     workload = make_workload(args.groups, args.group_size, args.seed)

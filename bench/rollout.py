@@ -88,11 +88,11 @@ def main() -> None:
     import ray
 
     from cluster.inputs.tiny_model import build_tiny_model, tiny_model_spec
-    from cluster.learner_group import LearnerGroup
+    from cluster.roles.learner_group import LearnerGroup
     from cluster.recipe import Recipe
     from cluster.recipe.schema import TinyModelConfig
-    from cluster.rollout_pool import RolloutPool, link_weights, push_weights
-    from cluster.specs import engine_spec, learner_spec, sampling_spec
+    from cluster.roles.rollout_pool import RolloutPool, link_weights, push_weights
+    from cluster.startup.specs import engine_spec, learner_spec, sampling_spec
 
     defaults = Recipe()  # the schema's defaults, with the fields this benchmark sets
 

@@ -16,8 +16,7 @@ import sys
 from pathlib import Path
 
 from cluster.recipe import Recipe, RecipeError, load_recipe, recipe_to_dict
-from cluster.recipe.checks import check_tiny_model
-from cluster.recipe.schema import TASK_NAMES, RolloutConfig, TinyModelConfig
+from cluster.recipe.schema import TASK_NAMES, TinyModelConfig
 from cluster.wire.errors import RunFailed, RunInterrupted, original_failure
 
 EXIT_BAD_INPUT = 2
@@ -30,9 +29,12 @@ def _recipe(args: argparse.Namespace, overrides: list[str]) -> Recipe:
 
 def cmd_check(args: argparse.Namespace, overrides: list[str]) -> int:
     """Validate a recipe with its overrides, and what it points at (rewards, data files, model,
-    memory: cluster/preflight.py), then print it fully resolved, as JSON. Writes nothing."""
-    from cluster.preflight import check_before_start, check_existing, print_warnings
+    memory: cluster/startup/preflight.py), then print it fully resolved, as JSON. Writes nothing."""
+    from cluster.startup.preflight import check_before_start, check_existing, print_warnings
 
+    if args.explain:  # no recipe: one key's reference
+        from cluster.recipe.reference import print_explanation
+        return print_explanation(args.explain, overrides)
     recipe = _recipe(args, overrides)
     with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON, whatever a user module prints
         warnings = check_before_start(recipe) + check_existing(recipe)
@@ -50,46 +52,19 @@ def _run_job(driver, args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
-    """Where each role's actors would go: on `--cluster` (a description file or NxG[xC]), on the
-    running cluster at cluster.address, or on this machine. Starts no actor."""
-    from cluster.launch import connect_ray, offered_cpus
-    from cluster.placement_plan import describe_nodes, live_cluster, parse_cluster
-    from cluster.recipe.placement import ClusterSpec, NodeSpec, describe, job_roles, plan_placement
+    """Where each role's actors would go (cluster/commands/plan.py). Starts no actor."""
+    from cluster.commands.plan import plan
 
-    recipe = _recipe(args, overrides)
-    if args.cluster:
-        cluster, where = parse_cluster(args.cluster), f"--cluster {args.cluster}"
-    elif recipe.cluster.address:
-        cluster, _ = live_cluster(connect_ray(recipe.cluster))
-        where = f"the running cluster at {recipe.cluster.address}"
-    else:
-        cluster, where = ClusterSpec((NodeSpec(cpus=offered_cpus(recipe.cluster), gpus=_local_gpus()),)), "this machine"
-    placement = plan_placement(recipe, cluster, job_roles(recipe, args.command))
-    print(f"placement of aha {args.command} {args.recipe} on {where}:")
-    print(describe(placement))
-    print(describe_nodes(placement))
+    print(f"placement of aha {args.command} {args.recipe} " + plan(_recipe(args, overrides), args.command,
+                                                                  described=args.cluster))
     return 0
 
 
-def _local_gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
 def cmd_submit(args: argparse.Namespace, overrides: list[str]) -> int:
-    """An aha command on a running Ray cluster as a Ray job (cluster/submit.py)."""
-    from cluster.submit import check_output_on_shared_storage, env_pairs, submit
+    """An aha command on a running Ray cluster as a Ray job (cluster/commands/submit.py)."""
+    from cluster.commands.submit import env_pairs, output_of, submit
 
-    # Checked as the job will load it (joining its cluster): a mistake is one line, nothing sent.
-    joined = [*overrides, "--cluster.address", "auto"]
-    if args.command == "pipeline":
-        from cluster.recipe.pipeline import load_pipeline
-
-        output_dir, key = load_pipeline(args.recipe, joined).output_dir, "pipeline.output_dir"
-    else:
-        output_dir, key = _recipe(args, joined).output_dir, "run.output_dir"
-    check_output_on_shared_storage(output_dir, key)
+    output_dir = output_of(args.command, args.recipe, overrides)
     return submit(args.command, output_dir, Path(args.recipe), overrides, address=args.address, python=args.python,
                   env=env_pairs(args.env), follow=args.follow, timeout_s=args.timeout,
                   submission_id=args.submission_id)
@@ -97,28 +72,28 @@ def cmd_submit(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     """Run the GRPO loop of a recipe (locally, or on the Ray cluster at cluster.address)."""
-    from cluster.loop import train
+    from cluster.commands.train import train
 
     return _run_job(train, args, overrides)
 
 
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     """Rejection sampling: sample completions of the recipe's prompts, keep the verified ones as traces."""
-    from cluster.generate_job import generate
+    from cluster.commands.generate import generate
 
     return _run_job(generate, args, overrides)
 
 
 def cmd_sft(args: argparse.Namespace, overrides: list[str]) -> int:
     """Supervised fine-tuning of the recipe's model on a trace data set (sft.train_path)."""
-    from cluster.sft_job import sft
+    from cluster.commands.sft import sft
 
     return _run_job(sft, args, overrides)
 
 
 def cmd_distill(args: argparse.Namespace, overrides: list[str]) -> int:
     """On-policy distillation of distill.teacher into the recipe's model."""
-    from cluster.distill_job import distill
+    from cluster.commands.distill import distill
 
     return _run_job(distill, args, overrides)
 
@@ -126,7 +101,7 @@ def cmd_distill(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
     """Turn a run's checkpoint into a Hugging Face model directory."""
     _no_overrides(overrides)
-    from cluster.export import export_checkpoint
+    from cluster.commands.export import export_checkpoint
 
     print(export_checkpoint(args.run_dir, args.out, step=args.step, overwrite=args.overwrite))
     return 0
@@ -134,7 +109,7 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     """Held-out evaluation of one or more models through rollout workers and scorers."""
-    from cluster.eval_job import run_eval
+    from cluster.commands.eval import run_eval
 
     run_eval(_recipe(args, overrides), args.model or [], out=args.out, overwrite=args.overwrite)
     return 0
@@ -147,7 +122,7 @@ def cmd_pipeline(args: argparse.Namespace, overrides: list[str]) -> int:
     pipeline = load_pipeline(args.recipe, overrides)  # every stage's recipe checked before anything runs
     if args.overwrite and args.start_from:
         raise RecipeError("", "--overwrite reruns every stage and --from the stages from one on: pass one of them")
-    from cluster.pipeline import run_pipeline
+    from cluster.commands.pipeline import run_pipeline
 
     run_pipeline(pipeline, overwrite=args.overwrite, start_from=args.start_from)
     return 0
@@ -155,7 +130,7 @@ def cmd_pipeline(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def cmd_smoke(args: argparse.Namespace, overrides: list[str]) -> int:
     """Sample a few groups through a vLLM rollout worker in a Ray actor: a stack check, no training."""
-    from cluster.smoke import run_smoke
+    from cluster.commands.smoke import run_smoke
 
     if args.prompts < 1:
         raise RecipeError("--prompts", f"must be >= 1, got {args.prompts}")
@@ -166,21 +141,11 @@ def cmd_smoke(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_tiny_model(args: argparse.Namespace, overrides: list[str]) -> int:
     """Write a random-initialised tiny Qwen2 model and character tokenizer to a directory."""
     _no_overrides(overrides)
-    from cluster.inputs.tiny_model import build_tiny_model, tiny_model_spec
+    from cluster.commands.tiny_model import tiny_model
 
-    try:
-        tiny = TinyModelConfig(hidden_size=args.hidden_size, num_layers=args.num_layers,
-                               num_kv_heads=args.num_kv_heads, seed=args.seed)
-        _check_tiny_options(tiny)
-        out = Path(args.out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-            raise FileExistsError(f"'{out}' exists and is not empty; pass --overwrite to replace a model aha "
-                                  "wrote there, or choose another directory")
-        path = build_tiny_model(out, tiny_model_spec(tiny, RolloutConfig().max_model_len),
-                                replace_pretrained=args.overwrite)
-    except (ValueError, FileExistsError) as err:
-        raise RecipeError("", str(err)) from None
-    print(path)
+    tiny = TinyModelConfig(hidden_size=args.hidden_size, num_layers=args.num_layers,
+                           num_kv_heads=args.num_kv_heads, seed=args.seed)
+    print(tiny_model(args.out, tiny, overwrite=args.overwrite))
     return 0
 
 
@@ -195,14 +160,6 @@ def cmd_data(args: argparse.Namespace, overrides: list[str]) -> int:
         raise RecipeError("", str(err)) from None
     print(path)
     return 0
-
-
-def _check_tiny_options(tiny: TinyModelConfig) -> None:
-    """The recipe's own rule for [model.tiny], the error naming the option: --num-layers."""
-    try:
-        check_tiny_model(tiny)
-    except RecipeError as err:
-        raise RecipeError("--" + err.key.rsplit(".", 1)[-1].replace("_", "-"), err.problem) from None
 
 
 def _no_overrides(overrides: list[str]) -> None:
@@ -237,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "only with data.eval_path, generate and eval no learner)")
     plan.set_defaults(run=cmd_plan)
 
-    from cluster.submit import COMMANDS, default_address
+    from cluster.commands.submit import COMMANDS, default_address
 
     submit = sub.add_parser("submit", help="run an aha command on a running Ray cluster as a Ray job")
     submit.add_argument("recipe", help="recipe TOML file, inside this directory (it is shipped as the job's)")
@@ -305,7 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.set_defaults(run=cmd_pipeline)
 
     check = sub.add_parser("check", help="validate a recipe and print it resolved")
-    check.add_argument("recipe", help="recipe TOML file")
+    what = check.add_mutually_exclusive_group(required=True)
+    what.add_argument("recipe", nargs="?", help="recipe TOML file")
+    what.add_argument("--explain", metavar="KEY", help="print a key's (algorithm.clip_high) or a table's (rollout) "
+                                                       "type, default, whether --resume may change it, and meaning")
     check.set_defaults(run=cmd_check)
 
     smoke = sub.add_parser("smoke", help="stack check: sample groups through a vLLM worker in a Ray actor, no training")
@@ -334,12 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cluster.chaos import ChaosError
+    from cluster.run.chaos import ChaosError
     from cluster.recipe.placement import ClusterSpecError, PlacementError
     from cluster.inputs.data import DataError
     from cluster.output.checkpoints import CheckpointError
     from cluster.output.run_dir import RunDirError
-    from cluster.stop import RunStopped, resume_command
+    from cluster.run.stop import RunStopped, resume_command
 
     parser = build_parser()
     args, overrides = parser.parse_known_args(argv)

@@ -1,9 +1,9 @@
-"""Actor specs for tests: built from the recipe's defaults by `cluster/specs.py` (the specs have
+"""Actor specs for tests: built from the recipe's defaults by `cluster/startup/specs.py` (the specs have
 no defaults of their own), with only the fields a test cares about changed."""
 
 from dataclasses import replace
 
-from cluster import specs
+from cluster.startup import specs
 from cluster.inputs.tiny_model import tiny_model_spec
 from cluster.recipe import Recipe
 from cluster.recipe.schema import TinyModelConfig

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cluster.distill_job import vocabulary_difference
+from cluster.commands.distill import vocabulary_difference
 from cluster.recipe import RecipeError, recipe_from_dict
 from learner.batching import TrainSequence, collate, collate_packed, micro_batches, token_logprobs
 from learner.distill_loss import distill_token_advantages, reverse_kl_loss
@@ -314,7 +314,6 @@ def test_a_valid_distill_recipe_loads():
     ({"kl_coef": -0.1}, "distill.kl_coef", ">= 0"),
     ({"kl_coef": math.nan}, "distill.kl_coef", "finite"),
     ({"reward_weight": -1.0}, "distill.reward_weight", ">= 0"),
-    ({"top_k": -1}, "distill.top_k", ">= 0"),
     ({"num_teachers": 0}, "distill.num_teachers", ">= 1"),
     ({"max_batch_tokens": 0}, "distill.max_batch_tokens", ">= 1"),
     ({"cpu_threads": -2}, "distill.cpu_threads", ">= 0"),
@@ -346,7 +345,7 @@ def test_teacher_cpus_count_in_the_cpu_budget():
 
 
 def test_a_student_larger_than_its_teacher_is_a_warning_and_counts_come_from_the_weights(tiny_model_dir, tmp_path):
-    from cluster.distill_job import check_teacher, parameter_count
+    from cluster.commands.distill import check_teacher, parameter_count
     from cluster.inputs.tiny_model import build_tiny_model
     from spec_helpers import tiny_spec
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.eval_job import default_output_dir
+from cluster.commands.eval import default_output_dir
 from cluster.output.eval_report import completions_table, eval_table, metric_columns, write_eval_outputs
 from cluster.output.run_dir import EVAL_OUTPUTS, RunDirError, claim_output_dir
 from cluster.recipe import Recipe
@@ -154,8 +154,8 @@ def test_the_outputs_are_written_whole(tmp_path):
 
 
 def test_the_next_models_engines_start_beside_this_ones_evaluation_only_where_two_fit(home):
-    from cluster.eval_job import _plan
-    from cluster.preflight import memory_bytes
+    from cluster.commands.eval import _plan
+    from cluster.startup.preflight import memory_bytes
     from cluster.recipe import load_recipe
     from test_placement_plan import GSM8K, _Ray
 

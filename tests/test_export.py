@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cluster.export import export_checkpoint, save_model_files
+from cluster.commands.export import export_checkpoint
+from cluster.output.base_model_files import save_model_files
 from cluster.output.checkpoints import CheckpointError, write_driver_state
 from cluster.output.run_dir import RunDirError
 from cluster.recipe import load_recipe, recipe_to_dict

@@ -1,11 +1,11 @@
-"""One step's intake (cluster/intake.py): which groups are kept, and what the learner takes when
+"""One step's intake (cluster/roles/intake.py): which groups are kept, and what the learner takes when
 it is free. The real scorers, engines and learner ranks drive it in tests/test_stack_loop.py."""
 
 import pytest
 
 from actors.reward_scorer import Score
 from cluster.inputs.data import PromptRow
-from cluster.intake import StepIntake, drop_reason, scored_group
+from cluster.roles.intake import StepIntake, drop_reason, scored_group
 from cluster.wire.errors import RunFailed
 from cluster.wire.samples import Sample
 

@@ -1,8 +1,9 @@
-"""The project's shape: packages import from this repository, and imports go one way.
+"""The project's shape: packages import from this repository, imports go one way, and no
+import circle exists anywhere.
 
-DESIGN.md section 3. The units are the four top-level packages and the sub-packages of
-`cluster`; each may import only the units listed for it in IMPORT_RULES (its own always).
-The drivers, `cluster`'s top-level modules, are the only place where all the parts meet.
+The units are the four top-level packages and the sub-packages of `cluster`; each may import
+only the units listed for it in IMPORT_RULES (its own always). docs/architecture.md draws the
+same rules. `cluster` alone is the CLI (cluster/cli.py): it parses and dispatches to commands.
 """
 
 import ast
@@ -16,8 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("cluster", "actors", "learner", "rewards")
 HEAVY = ("torch", "ray", "vllm", "deepspeed", "transformers")
 
-# unit -> the other units it may import. A unit is a top-level package or a sub-package of
-# cluster; "cluster" alone means the drivers (cluster/*.py), which may import everything.
+# unit -> the other units it may import.
 IMPORT_RULES = {
     "rewards": set(),  # pure reward functions and the sandbox: nothing of the project
     "cluster.wire": set(),  # the types actors, learner and driver share: nothing of the project
@@ -26,8 +26,23 @@ IMPORT_RULES = {
     "learner": {"cluster.wire", "rewards"},  # never the actors, never the driver
     "cluster.inputs": {"cluster.recipe"},  # datasets, tasks, tiny model: from the recipe
     "cluster.output": set(),  # metrics, rollouts, plots: plain data in, files out
+    # Ray, the placement applied, the actors' specs (their types live with the actors and the
+    # learner), the checks before anything starts.
+    "cluster.startup": {"cluster.recipe", "cluster.wire", "cluster.inputs", "rewards", "actors", "learner"},
+    # The driver's handle on each Ray role: launches actors/ and learner/, never a command.
+    "cluster.roles": {"cluster.recipe", "cluster.wire", "cluster.inputs", "cluster.output", "cluster.startup",
+                      "rewards", "actors", "learner"},
+    # The run around the step: scaffold, resume, stop, fault injection; drives roles, never a command.
+    "cluster.run": {"cluster.recipe", "cluster.wire", "cluster.inputs", "cluster.output", "cluster.startup",
+                    "cluster.roles", "learner"},
+    # One module per `aha` command: where all the parts meet.
+    "cluster.commands": {"cluster.recipe", "cluster.wire", "cluster.inputs", "cluster.output", "cluster.startup",
+                         "cluster.roles", "cluster.run", "rewards", "actors", "learner"},
+    # The CLI parses and dispatches: commands, the recipe, and the errors it turns into exit codes.
+    "cluster": {"cluster.commands", "cluster.recipe", "cluster.wire", "cluster.run", "cluster.startup",
+                "cluster.inputs", "cluster.output"},
 }
-UNITS = sorted([*IMPORT_RULES, "cluster"], key=len, reverse=True)  # longest prefix first
+UNITS = sorted(IMPORT_RULES, key=len, reverse=True)  # longest prefix first
 # Must import without torch, ray, vllm, deepspeed or transformers.
 LIGHT_MODULES = ["cluster.cli", "cluster.recipe", "cluster.recipe.schema", "cluster.recipe.load",
                  "cluster.recipe.checks", "cluster.recipe.placement", "cluster.recipe.pipeline",
@@ -70,7 +85,7 @@ def _imported_units(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {_unit_of(alias.name) for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from cluster import specs` imports cluster.specs: classify module.name.
+            # `from cluster.startup import specs` imports cluster.startup.specs: classify module.name.
             found |= {_unit_of(f"{node.module}.{alias.name}") for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level > 0:
             found.add("relative import")  # the project uses absolute imports only
@@ -79,6 +94,8 @@ def _imported_units(path: Path) -> set[str]:
 
 def _unit_files(unit: str) -> list[Path]:
     folder = REPO / unit.replace(".", "/")
+    if unit == "cluster":  # the CLI: cluster's own top-level modules, not its sub-packages
+        return sorted(folder.glob("*.py"))
     return sorted(folder.rglob("*.py"))
 
 
@@ -103,7 +120,96 @@ def test_the_scanner_sees_what_a_violation_looks_like(tmp_path):
     # relative imports, or the rule above proves nothing.
     source = tmp_path / "x.py"
     source.write_text("def f():\n    from learner.losses import kl\n    import actors.rollout_worker\n"
-                      "from cluster import loop\nfrom cluster.wire.samples import Sample\nfrom . import y\n")
-    assert _imported_units(source) == {"learner", "actors", "cluster", "cluster.wire", "relative import"}
-    assert _unit_of("cluster.loop") == "cluster" and _unit_of("cluster.recipe.schema") == "cluster.recipe"
+                      "from cluster.commands import train\nfrom cluster import cli\nfrom cluster.wire.samples import Sample\n"
+                      "from . import y\n")
+    assert _imported_units(source) == {"learner", "actors", "cluster.commands", "cluster", "cluster.wire",
+                                       "relative import"}
+    assert _unit_of("cluster.cli") == "cluster" and _unit_of("cluster.commands.train") == "cluster.commands"
+    assert _unit_of("cluster.recipe.schema") == "cluster.recipe"
     assert _unit_of("clusters.x") is None
+
+
+def _module_of(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _project_modules() -> dict[str, Path]:
+    return {_module_of(path): path for package in PACKAGES for path in (REPO / package).rglob("*.py")}
+
+
+def _imported_modules(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules a source file imports, at any depth (a function's own imports too:
+    a circle closed inside a function is still a circle)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from package import name`: the submodule when `name` is one, else the package.
+            found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                      for a in node.names}
+    return found & set(modules)
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (and self-imports): every
+    import circle. Tarjan's algorithm, iterative."""
+    index, low, on_stack, stack, cycles, counter = {}, {}, set(), [], [], [0]
+
+    def visit(root: str) -> None:
+        work = [(root, iter(sorted(graph.get(root, ()))))]
+        index[root] = low[root] = counter[0]; counter[0] += 1
+        stack.append(root); on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop(); on_stack.discard(member); component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1 or node in graph.get(node, ()):
+                        cycles.append(sorted(component))
+            elif child not in index:
+                index[child] = low[child] = counter[0]; counter[0] += 1
+                stack.append(child); on_stack.add(child)
+                work.append((child, iter(sorted(graph.get(child, ())))))
+            elif child in on_stack:
+                low[node] = min(low[node], index[child])
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def test_no_import_cycle_anywhere():
+    modules = _project_modules()
+    graph = {name: _imported_modules(path, modules) - {name} for name, path in modules.items()}
+    assert import_cycles(graph) == []
+
+
+def test_the_cycle_finder_sees_a_circle_closed_inside_a_function(tmp_path):
+    # The circle issue 32 found: the train command imported the distill command at the top,
+    # which imported the train command inside a function.
+    (tmp_path / "train.py").write_text("from pkg.distill import teacher\n")
+    (tmp_path / "distill.py").write_text("def distill():\n    from pkg.train import train\n")
+    modules = {"pkg.train": tmp_path / "train.py", "pkg.distill": tmp_path / "distill.py"}
+    graph = {name: _imported_modules(path, modules) for name, path in modules.items()}
+    assert import_cycles(graph) == [["pkg.distill", "pkg.train"]]
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+    assert import_cycles({"a": {"a"}}) == [["a"]]
+
+
+def test_the_cli_only_parses_and_dispatches():
+    # Every `cmd_*` in the CLI hands its work to a command module in one call or a few lines.
+    tree = ast.parse((REPO / "cluster" / "cli.py").read_text())
+    long = {f.name: f.end_lineno - f.lineno + 1 for f in tree.body
+            if isinstance(f, ast.FunctionDef) and f.name.startswith("cmd_") and f.end_lineno - f.lineno + 1 > 15}
+    assert long == {}

@@ -9,7 +9,7 @@ import torch
 from cluster.recipe import load_recipe
 from learner.batching import TrainSequence, collate, micro_batches, token_logprobs
 from learner.optim import deepspeed_config, lr_multiplier
-from cluster.specs import learner_spec
+from cluster.startup.specs import learner_spec
 
 
 def test_collate_aligns_masks_and_behaviour_logprobs_to_targets():

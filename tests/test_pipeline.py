@@ -1,5 +1,5 @@
 """Pipeline recipes (cluster/recipe/pipeline.py) and the pipeline's plan of what to skip, resume or
-run (cluster/pipeline.py), on plain files: no engines. The real stack runs in
+run (cluster/commands/pipeline.py), on plain files: no engines. The real stack runs in
 tests/test_stack_pipeline.py."""
 
 import json
@@ -13,7 +13,7 @@ import pytest
 
 from cluster.output.pipeline_report import (STAGE_DONE_FILE, read_stage_done, summary_table, write_stage_done,
                                             write_summary)
-from cluster.pipeline import plan, run_pipeline
+from cluster.commands.pipeline import plan, run_pipeline
 from cluster.recipe import RecipeError
 from cluster.recipe.pipeline import (STAGE_KINDS, StageKind, definition_changes, load_pipeline,
                                      pipeline_from_dict)
@@ -306,7 +306,7 @@ def test_a_setting_added_since_a_stage_finished_is_no_change_at_its_default():
 
 
 def test_a_first_stage_that_fails_before_writing_leaves_no_root_and_keeps_what_others_wrote(tmp_path, monkeypatch):
-    import cluster.pipeline as driver
+    import cluster.commands.pipeline as driver
 
     def failing(recipe, *, resume, overwrite):
         raise RecipeError("data.train_path", "a stand-in for a stage's own preflight failing")
@@ -355,7 +355,7 @@ def test_a_distillation_pipeline_samples_from_the_teacher_and_distils_the_base_m
     # Only distill stages keep the teacher: the others would otherwise be refused by their drivers.
     assert traces.recipe.distill.teacher == "" and sft.recipe.distill.teacher == ""
     assert student.recipe.distill.teacher == "/r/teacher" and student.recipe.model.path == "/r/base-model"
-    assert student.spec.makes_model and student.spec.driver == "cluster.distill_job:distill"
+    assert student.spec.makes_model and student.spec.driver == "cluster.commands.distill:distill"
 
 
 def test_distillation_stages_without_a_teacher_are_refused_in_one_line():

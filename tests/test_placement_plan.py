@@ -1,10 +1,10 @@
-"""The run's placement plan (cluster/placement_plan.py) and `aha plan`: clusters named on the
+"""The run's placement plan (cluster/startup/live_placement.py) and `aha plan`: clusters named on the
 command line, Ray's node table read into a cluster, each actor's node, and the printed plan."""
 
 import pytest
 
 from cluster.cli import main
-from cluster.placement_plan import RunPlan, _ranges, describe_nodes, label_selectors, live_cluster, parse_cluster
+from cluster.startup.live_placement import RunPlan, _ranges, describe_nodes, label_selectors, live_cluster, parse_cluster
 from cluster.recipe import load_recipe
 from cluster.recipe.placement import ClusterSpecError, NodeSpec, PlacementError, job_roles, plan_placement
 from test_recipes import REPO

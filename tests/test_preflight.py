@@ -1,4 +1,4 @@
-"""Every mistake before anything starts (cluster/preflight.py): hostile recipes, data files and
+"""Every mistake before anything starts (cluster/startup/preflight.py): hostile recipes, data files and
 model directories through the real `aha` command, one case per class. Each must end in exactly
 one line `aha: error: ...` naming the key, file or row, exit code 2, no traceback, and leave
 the user's files as they were. Nothing here starts Ray or an engine, so it is all fast.
@@ -21,7 +21,7 @@ import pytest
 
 from cluster.inputs.data import DataError, load_prompt_rows
 from cluster.inputs.prompts import encode_prompts, load_rows
-from cluster.preflight import check_kv_memory, check_prepared, memory_bytes
+from cluster.startup.preflight import check_kv_memory, check_prepared, memory_bytes
 from cluster.recipe import RecipeError, load_recipe
 from rewards.registry import REGISTRY, required_fields
 

@@ -336,7 +336,7 @@ def test_command_line(capsys):
 
 
 def test_the_engine_spec_follows_the_recipe():
-    from cluster.specs import engine_spec
+    from cluster.startup.specs import engine_spec
 
     r = recipe("arith-zero-cpu.toml", "--rollout.max_num_seqs", "32",
                "--rollout.weight_sync", "abort", "--run.seed", "5")

@@ -4,9 +4,9 @@ metrics, reading AHA_CHAOS, and the CLI's lines for a run that stopped but can r
 import pytest
 from ray.exceptions import ActorDiedError, RayTaskError
 
-from cluster.chaos import ChaosError, Fault, parse_faults
+from cluster.run.chaos import ChaosError, Fault, parse_faults
 from cluster.cli import main
-from cluster.recovery import Recovery, is_death, one_line
+from cluster.roles.recovery import Recovery, is_death, one_line
 from cluster.wire.errors import EngineDied, RunFailed, RunInterrupted
 
 

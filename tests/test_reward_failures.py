@@ -13,8 +13,8 @@ import pytest
 
 from actors.reward_scorer import RewardScorer, Score
 from cluster.inputs.data import PromptRow
-from cluster.intake import StepIntake, scored_group
-from cluster.loop import _rollout_rows, _step_metrics
+from cluster.roles.intake import StepIntake, scored_group
+from cluster.commands.train import _rollout_rows, _step_metrics
 from cluster.output.eval_metrics import reward_failure_shares, reward_failure_warnings
 from cluster.output.run_log import RunLog
 from cluster.recipe import Recipe

@@ -287,7 +287,7 @@ def test_aha_data_writes_the_format_its_suffix_names_and_never_overwrites_unaske
 
 def test_resume_refuses_a_training_file_whose_content_changed(tmp_path):
     from cluster.output.checkpoints import Checkpoint
-    from cluster.resume import ResumePoint, check_same_data, train_data_sha256
+    from cluster.run.resume_point import ResumePoint, check_same_data, train_data_sha256
 
     recipe = _synthetic_recipe(tmp_path)
     prepare_data(recipe)

@@ -12,7 +12,7 @@ from actors.rollout_worker import EngineSpec
 from cluster.inputs.tiny_model import TinyModelSpec, tiny_model_spec
 from cluster.recipe import Recipe, load_recipe
 from cluster.recipe.schema import AlgorithmConfig, TinyModelConfig
-from cluster.specs import engine_spec, learner_spec, sampling_spec, scorer_spec, teacher_spec
+from cluster.startup.specs import engine_spec, learner_spec, sampling_spec, scorer_spec, teacher_spec
 from cluster.wire.samples import SamplingSpec
 from cluster.wire.teacher import TeacherSpec
 from learner.losses import group_advantages, policy_loss
@@ -62,7 +62,7 @@ def _recipe_value(recipe: Recipe, spec_type, name: str):
 @pytest.mark.parametrize("recipe_file", ["arith-zero-cpu.toml", "math-dapo.toml", "countdown-qwen2.5-3b.toml"])
 def test_every_spec_field_carries_the_recipes_value(recipe_file):
     recipe = load_recipe(RECIPES / recipe_file, ["--learner.adam_eps", "3e-7", "--reward.failure_reward", "-0.5",
-                                                 "--distill.teacher", "t", "--distill.top_k", "3", "--cluster.num_cpus", "16",
+                                                 "--distill.teacher", "t", "--distill.max_batch_tokens", "999", "--cluster.num_cpus", "16",
                                                  "--algorithm.dynamic_sampling", "false"])
     built = {EngineSpec: engine_spec(recipe, "m"), LearnerSpec: learner_spec(recipe, "m"),
              ScorerSpec: scorer_spec(recipe), SamplingSpec: sampling_spec(recipe, seed=None),
@@ -76,7 +76,7 @@ def test_every_spec_field_carries_the_recipes_value(recipe_file):
             assert value == (tuple(expected) if isinstance(value, tuple) else expected), \
                 f"{spec_type.__name__}.{field.name}"
     assert built[EngineSpec].model_path == "m" and built[SamplingSpec].ignore_eos is False
-    assert built[TeacherSpec].model_path == "t" and built[TeacherSpec].top_k == 3
+    assert built[TeacherSpec].model_path == "t" and built[TeacherSpec].max_batch_tokens == 999
 
 
 def test_the_tiny_model_spec_is_the_recipes_model_tiny_table():

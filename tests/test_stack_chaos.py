@@ -1,4 +1,4 @@
-"""Surviving failures on the real stack: real processes of one run are killed (cluster/chaos.py).
+"""Surviving failures on the real stack: real processes of one run are killed (cluster/run/chaos.py).
 
 Steps 2-5 lose, in turn, a rollout worker's actor while its groups are being sampled, a reward
 scorer's actor, a worker's vLLM engine processes during the weight push, and a worker that

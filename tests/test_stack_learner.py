@@ -14,9 +14,9 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM
 
-from cluster.learner_group import LearnerGroup
+from cluster.roles.learner_group import LearnerGroup
 from cluster.output.checkpoints import CheckpointError, complete_checkpoints
-from cluster.resume import save_checkpoint
+from cluster.run.resume_point import save_checkpoint
 from cluster.wire.errors import RunFailed, RunInterrupted, original_failure
 from learner.batching import TrainSequence, collate, token_logprobs
 from learner.spec import LearnerSpec

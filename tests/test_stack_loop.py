@@ -346,7 +346,7 @@ def test_weights_that_overflow_end_the_run_in_one_line_and_leave_no_checkpoint(t
 
 def test_a_mistake_found_while_ray_starts_is_raised_and_that_ray_is_shut_down(monkeypatch):
     # The drivers load their tokenizer and check their prompts in a thread while Ray starts
-    # (cluster/system.py): the inputs' own error wins and leaves no Ray behind, nor its lines.
+    # (cluster/roles/system.py): the inputs' own error wins and leaves no Ray behind, nor its lines.
     import io
     import logging
     import threading
@@ -355,7 +355,7 @@ def test_a_mistake_found_while_ray_starts_is_raised_and_that_ray_is_shut_down(mo
     import ray
 
     from cluster.recipe import RecipeError, load_recipe
-    from cluster.system import prepare_while_ray_starts
+    from cluster.startup.ray import prepare_while_ray_starts
 
     recipe = load_recipe(Path(__file__).parents[1] / "deploy/recipes/arith-zero-cpu.toml")  # a local Ray
     assert not ray.is_initialized()

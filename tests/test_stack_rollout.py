@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.rollout_worker import RolloutWorker
-from cluster.evaluation import cut_to_budget
+from cluster.roles.evaluation import cut_to_budget
 from learner.learner import free_port
 from learner.weight_broadcast import WeightSender
 from learner.weights import manifest_of

@@ -7,8 +7,8 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM
 
-from cluster.learner_group import LearnerGroup
-from cluster.rollout_pool import RolloutPool, link_weights, push_weights
+from cluster.roles.learner_group import LearnerGroup
+from cluster.roles.rollout_pool import RolloutPool, link_weights, push_weights
 from learner.batching import TrainSequence
 from learner.losses import group_advantages
 from spec_helpers import engine_spec, learner_spec, sampling_spec

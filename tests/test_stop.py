@@ -1,4 +1,4 @@
-"""Stopping a run on request (cluster/stop.py): the first SIGTERM/SIGINT only marks the request,
+"""Stopping a run on request (cluster/run/stop.py): the first SIGTERM/SIGINT only marks the request,
 the second stops at once, the handlers are given back, and the resume command is the same
 command line with --resume. Real signals, sent to this process."""
 
@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from cluster.stop import StopRequest, resume_command
+from cluster.run.stop import StopRequest, resume_command
 
 
 def test_the_first_signal_asks_the_second_stops_and_the_handlers_come_back(capsys):

@@ -1,4 +1,4 @@
-"""`aha submit`'s checks and the job it builds (cluster/submit.py); the submission itself runs
+"""`aha submit`'s checks and the job it builds (cluster/commands/submit.py); the submission itself runs
 against a real two-node cluster in tests/test_stack_cluster.py."""
 
 import shlex
@@ -9,7 +9,7 @@ import pytest
 from cluster.cli import main
 from cluster.recipe import RecipeError, load_recipe
 from cluster.recipe.pipeline import load_pipeline
-from cluster.submit import check_output_on_shared_storage, env_pairs, job_entrypoint, submit_when_an_agent_answers
+from cluster.commands.submit import check_output_on_shared_storage, env_pairs, job_entrypoint, submit_when_an_agent_answers
 from cluster.wire.errors import RunFailed
 from test_recipes import REPO
 

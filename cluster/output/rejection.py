@@ -1,6 +1,6 @@
 """Rejection sampling's pure parts (`aha generate`): which scored completions become traces, the
 trace rows, and the run's summary. Plain data in, plain data out; the driver is
-cluster/generate_job.py and the files are written by cluster/output/trace_parts.py.
+cluster/commands/generate.py and the files are written by cluster/output/trace_parts.py.
 
 A completion is *verified* when the correctness reward gives it 1.0. Of a prompt's verified
 completions, exact duplicates of an earlier one are dropped (`dedupe`), then the policy keeps

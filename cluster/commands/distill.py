@@ -1,6 +1,6 @@
 """`aha distill`: on-policy distillation from a frozen teacher.
 
-The GRPO loop (cluster/loop.py) runs as it is — the student samples on the rollout workers,
+The GRPO loop (cluster/commands/train.py) runs as it is — the student samples on the rollout workers,
 the scorers grade the answers (held-out accuracy, and the task term when distill.reward_weight
 > 0), weights are pushed and staleness is checked as in `aha train` — with one more role: a
 teacher actor (actors/teacher.py) returns its logprob of every token the student sampled, and
@@ -21,8 +21,8 @@ from cluster.wire.samples import Group
 
 def distill(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Distil distill.teacher into model.path by `recipe`; returns the output directory."""
-    from cluster.loop import train
-    from cluster.preflight import print_warnings
+    from cluster.commands.train import train
+    from cluster.startup.preflight import print_warnings
 
     if not recipe.distill.teacher:
         raise RecipeError("distill.teacher", "is required: aha distill needs the teacher model to learn from "
@@ -35,7 +35,7 @@ def distill(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) ->
 
 def check_teacher(recipe: Recipe) -> list[str]:
     """The teacher exists and is a causal LM; warning lines (a student larger than its teacher)."""
-    from cluster.preflight import check_model
+    from cluster.startup.preflight import check_model
 
     directory = check_model(recipe, recipe.distill.teacher, "distill.teacher")
     if directory is not None:
@@ -53,7 +53,7 @@ def check_teacher(recipe: Recipe) -> list[str]:
 def check_same_vocabulary(recipe: Recipe, student_tokenizer) -> None:
     """Refuse a teacher whose vocabulary is not the student's, saying where they differ: the
     teacher scores the student's token ids as they are."""
-    from cluster.preflight import load_tokenizer
+    from cluster.startup.preflight import load_tokenizer
 
     teacher = recipe.distill.teacher
     teacher_model = replace(recipe.model, path=teacher, tokenizer=recipe.distill.teacher_tokenizer, tiny=None,
@@ -68,7 +68,7 @@ def check_same_vocabulary(recipe: Recipe, student_tokenizer) -> None:
 def _student_tokenizer(recipe: Recipe):
     """The student's tokenizer before the run: model.tokenizer or the model's own, and for a tiny
     model still to build the one every tiny model is built with."""
-    from cluster.preflight import load_tokenizer
+    from cluster.startup.preflight import load_tokenizer
 
     if not recipe.model.tokenizer and not Path(recipe.model.path).is_dir() and recipe.model.tiny is not None:
         from cluster.inputs.tiny_model import build_tokenizer
@@ -122,56 +122,3 @@ def parameter_count(directory: Path) -> int | None:
                     count *= size
                 total += count
     return total
-
-
-# ---------------------------------------------------------------------------------------
-# During the run: a group's teacher scores, and the step's distillation metrics.
-
-
-class GroupTeacher:
-    """The teacher's part of a distillation step, in two halves so that the teacher scores a
-    group while the engines generate the next: `submit` sends a group's sequences to a teacher
-    actor as the group arrives, `finish` waits for the scores (bounded by cluster.timeout_s)
-    and returns the scored group with them."""
-
-    def __init__(self, pool, recipe: Recipe):
-        self.pool, self.distill = pool, recipe.distill
-
-    def submit(self, samples: list):
-        return self.pool.submit([s.prompt_ids for s in samples], [s.completion_ids for s in samples])
-
-    def ready(self, pending) -> bool:
-        return self.pool.ready(pending)
-
-    def finish(self, group: Group, pending) -> Group:
-        return with_teacher_scores(group, self.pool.collect(pending), self.distill)
-
-
-def with_teacher_scores(group: Group, scores: list, distill) -> Group:
-    """`group` with the teacher's score of every sampled token and, for distill.loss =
-    "advantage", the per-token advantages reward_weight·A − kl_coef·(log π_student − log π_teacher)."""
-    import torch
-
-    from learner.distill_loss import distill_token_advantages
-
-    token_advantages = []
-    if distill.loss == "advantage":
-        token_advantages = [
-            distill_token_advantages(torch.tensor(s.logprobs, dtype=torch.float64),
-                                     torch.tensor(score.logprobs, dtype=torch.float64), advantage,
-                                     kl_coef=distill.kl_coef, reward_weight=distill.reward_weight).tolist()
-            for s, score, advantage in zip(group.samples, scores, group.advantages, strict=True)]
-    return replace(group, teacher=scores, token_advantages=token_advantages)
-
-
-def distill_metrics(groups: list[Group]) -> dict[str, float]:
-    """The step's reverse KL per sampled token (the engine's logprob minus the teacher's, mean
-    over tokens), how often the student sampled the teacher's own top token, and token counts."""
-    gaps, agree, tokens = 0.0, 0, 0
-    for group in groups:
-        for sample, score in zip(group.samples, group.teacher, strict=True):
-            gaps += sum(s - t for s, t in zip(sample.logprobs, score.logprobs, strict=True))
-            agree += sum(a == b for a, b in zip(sample.completion_ids, score.greedy_ids, strict=True))
-            tokens += len(sample.completion_ids)
-    return {"distill/reverse_kl": gaps / max(tokens, 1), "distill/teacher_agreement": agree / max(tokens, 1),
-            "distill/teacher_tokens": tokens}

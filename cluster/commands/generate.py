@@ -43,8 +43,8 @@ def generate(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -
     `resume` continues an interrupted run there; `overwrite` replaces an earlier one."""
     from cluster.inputs.prepare import prepare_data, prepare_model
     from cluster.output.run_dir import GENERATE_OUTPUTS, check_claimable, claim_output_dir
-    from cluster.preflight import check_before_start, print_warnings, require_prompt_file
-    from cluster.system import prepare_while_ray_starts
+    from cluster.startup.preflight import check_before_start, print_warnings, require_prompt_file
+    from cluster.startup.ray import prepare_while_ray_starts
 
     require_prompt_file(recipe)
     warnings = check_before_start(recipe)
@@ -66,7 +66,7 @@ def _check_prepared(recipe: Recipe, model_path: str, warnings: list[str]) -> Inp
     data.max_prompt_tokens, reward fields); beside Ray's start."""
     from cluster.inputs.data import DataError
     from cluster.inputs.prompts import load_rows
-    from cluster.preflight import check_prepared, load_tokenizer
+    from cluster.startup.preflight import check_prepared, load_tokenizer
 
     tokenizer = load_tokenizer(recipe, model_path)
     warnings = warnings + check_prepared(recipe, model_path, tokenizer)
@@ -100,7 +100,7 @@ def earlier_work(out: Path) -> str:
 def settings(recipe: Recipe) -> dict:
     """What decides the traces: model, prompts, sampling, rewards, policy. A resumed run must
     have the same; summary.json records them."""
-    from cluster.evaluation import correctness_reward
+    from cluster.roles.evaluation import correctness_reward
 
     model, data, rollout, reward, gen = recipe.model, recipe.data, recipe.rollout, recipe.reward, recipe.generate
     return {
@@ -167,13 +167,13 @@ def _sample(recipe: Recipe, inputs: Inputs, todo: list[PromptRow], parts, first:
     from tqdm import tqdm
 
     from cluster.inputs.prompts import encode_prompts
-    from cluster.launch import connect_ray
+    from cluster.startup.ray import connect_ray
     from cluster.output.run_dir import PLACEMENT_FILE
-    from cluster.placement_plan import plan_run, write_placement
-    from cluster.rollout_pool import GroupStream, RolloutPool
-    from cluster.recovery import Recovery
-    from cluster.scorer_pool import ScorerPool
-    from cluster.specs import engine_spec, sampling_spec, scorer_spec
+    from cluster.startup.live_placement import plan_run, write_placement
+    from cluster.roles.rollout_pool import GroupStream, RolloutPool
+    from cluster.roles.recovery import Recovery
+    from cluster.roles.scorer_pool import ScorerPool
+    from cluster.startup.specs import engine_spec, sampling_spec, scorer_spec
 
     gen, cluster = recipe.generate, recipe.cluster
     sampling = replace(sampling_spec(recipe, seed=None), group_size=gen.samples_per_prompt)
@@ -241,7 +241,7 @@ def _sample(recipe: Recipe, inputs: Inputs, todo: list[PromptRow], parts, first:
 
 
 def _score(recipe: Recipe, scorers, row: PromptRow, samples) -> list:
-    from cluster.evaluation import correctness_reward
+    from cluster.roles.evaluation import correctness_reward
     from cluster.output.rejection import Scored
 
     name = correctness_reward(recipe)

@@ -1,33 +1,6 @@
-"""Connecting to Ray: in-process on this machine, or an existing cluster by address."""
+"""Bounded waits on Ray calls: every wait on an actor has a deadline and says what it waited for."""
 
 from __future__ import annotations
-
-import os
-
-
-def offered_cpus(cluster) -> int:
-    """Logical CPUs a local Ray gets: the recipe's `cluster.num_cpus`, else this machine's."""
-    return cluster.num_cpus or os.cpu_count() or 1
-
-
-def connect_ray(cluster):
-    """Start Ray in-process (no `cluster.address`) or join the cluster at `cluster.address`.
-
-    The repository's own packages are importable in every worker: locally they are installed
-    into the virtualenv; on a cluster the job is submitted with `--working-dir .`, which Ray
-    ships and puts on each worker's path.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return ray
-    if cluster.address:
-        ray.init(address=cluster.address, log_to_driver=True)
-    else:
-        # "local": a Ray of this run's own, even where RAY_ADDRESS is set or `ray start` left a
-        # cluster on this machine (Ray would join those, and then refuse num_cpus).
-        ray.init(address="local", num_cpus=offered_cpus(cluster), include_dashboard=False, log_to_driver=True)
-    return ray
 
 
 def answered(ray, refs: list) -> bool:

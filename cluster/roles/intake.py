@@ -1,6 +1,6 @@
 """One step's intake of groups: scoring in flight, which groups are kept, what the learner takes.
 
-The loop (`cluster/loop.py`) waits on one thing at a time only when there is nothing else to
+The loop (`cluster/commands/train.py`) waits on one thing at a time only when there is nothing else to
 do: a group arriving from the engines, a score coming back, the learner finishing a call.
 `ScoresInFlight` holds the groups sent to the reward scorers (and, distilling, the teacher)
 so that scoring overlaps generation instead of blocking the driver per group; `StepIntake`
@@ -78,7 +78,7 @@ class StepIntake:
 class _Scoring:
     row: object  # the prompt's dataset row (cluster/inputs/prompts.PromptRow)
     samples: list
-    scores: object  # a ScoreTicket (cluster/scorer_pool.py)
+    scores: object  # a ScoreTicket (cluster/roles/scorer_pool.py)
     teacher: object = None  # the teacher's pending call, when distilling
 
 

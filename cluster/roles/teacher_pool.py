@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from actors.teacher import Teacher
-from cluster.launch import answered, get_all
-from cluster.recovery import one_line
+from cluster.roles.calls import answered, get_all
+from cluster.roles.recovery import one_line
 from cluster.wire.errors import RunFailed
 from cluster.wire.teacher import TeacherInfo, TeacherScore, TeacherSpec
 
@@ -39,7 +39,7 @@ class TeacherPool:
 
         self._ray, self.timeout_s = ray, timeout_s
         actor, resources = ray.remote(Teacher), {"num_cpus": cpus_per_teacher, "num_gpus": gpus_per_teacher}
-        # `nodes`: the run's plan (cluster/placement_plan.py) puts teacher i on node nodes[i].
+        # `nodes`: the run's plan (cluster/startup/live_placement.py) puts teacher i on node nodes[i].
         pinned = [{"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)} for node in nodes or []]
         self.teachers = [actor.options(**resources, **(pinned[i] if pinned else {})).remote(spec)
                          for i in range(num_teachers)]
@@ -101,3 +101,51 @@ def _one_line_failures(what: str):
     except TimeoutError as err:  # after RayTaskError: a remote TimeoutError is one too
         raise RunFailed(str(err)) from None
 
+
+class GroupTeacher:
+    """The teacher's part of a distillation step, in two halves so that the teacher scores a
+    group while the engines generate the next: `submit` sends a group's sequences to a teacher
+    actor as the group arrives, `finish` waits for the scores (bounded by cluster.timeout_s)
+    and returns the scored group with them."""
+
+    def __init__(self, pool, recipe: Recipe):
+        self.pool, self.distill = pool, recipe.distill
+
+    def submit(self, samples: list):
+        return self.pool.submit([s.prompt_ids for s in samples], [s.completion_ids for s in samples])
+
+    def ready(self, pending) -> bool:
+        return self.pool.ready(pending)
+
+    def finish(self, group: Group, pending) -> Group:
+        return with_teacher_scores(group, self.pool.collect(pending), self.distill)
+
+
+def with_teacher_scores(group: Group, scores: list, distill) -> Group:
+    """`group` with the teacher's score of every sampled token and, for distill.loss =
+    "advantage", the per-token advantages reward_weight·A − kl_coef·(log π_student − log π_teacher)."""
+    import torch
+
+    from learner.distill_loss import distill_token_advantages
+
+    token_advantages = []
+    if distill.loss == "advantage":
+        token_advantages = [
+            distill_token_advantages(torch.tensor(s.logprobs, dtype=torch.float64),
+                                     torch.tensor(score.logprobs, dtype=torch.float64), advantage,
+                                     kl_coef=distill.kl_coef, reward_weight=distill.reward_weight).tolist()
+            for s, score, advantage in zip(group.samples, scores, group.advantages, strict=True)]
+    return replace(group, teacher=scores, token_advantages=token_advantages)
+
+
+def distill_metrics(groups: list[Group]) -> dict[str, float]:
+    """The step's reverse KL per sampled token (the engine's logprob minus the teacher's, mean
+    over tokens), how often the student sampled the teacher's own top token, and token counts."""
+    gaps, agree, tokens = 0.0, 0, 0
+    for group in groups:
+        for sample, score in zip(group.samples, group.teacher, strict=True):
+            gaps += sum(s - t for s, t in zip(sample.logprobs, score.logprobs, strict=True))
+            agree += sum(a == b for a, b in zip(sample.completion_ids, score.greedy_ids, strict=True))
+            tokens += len(sample.completion_ids)
+    return {"distill/reverse_kl": gaps / max(tokens, 1), "distill/teacher_agreement": agree / max(tokens, 1),
+            "distill/teacher_tokens": tokens}

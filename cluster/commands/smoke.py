@@ -42,9 +42,10 @@ def run_smoke(recipe: Recipe, num_prompts: int = 4) -> dict:
     from cluster.inputs.data import PromptSampler
     from cluster.inputs.prepare import prepare_data, prepare_model
     from cluster.inputs.prompts import encode_prompts, load_rows
-    from cluster.launch import connect_ray, get_with_timeout
-    from cluster.preflight import check_before_start, check_prepared, load_tokenizer, print_warnings
-    from cluster.specs import engine_spec, sampling_spec
+    from cluster.roles.calls import get_with_timeout
+    from cluster.startup.ray import connect_ray
+    from cluster.startup.preflight import check_before_start, check_prepared, load_tokenizer, print_warnings
+    from cluster.startup.specs import engine_spec, sampling_spec
 
     started = time.perf_counter()
     print_warnings(check_before_start(recipe))

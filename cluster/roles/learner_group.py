@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 
-from cluster.launch import answered, get_all
-from cluster.placement_plan import label_selectors
-from cluster.recovery import is_death, one_line
+from cluster.roles.calls import answered, get_all
+from cluster.startup.live_placement import label_selectors
+from cluster.roles.recovery import is_death, one_line
 from cluster.wire.errors import RunFailed, RunInterrupted
 from cluster.wire.samples import Group
 from learner.batching import TrainSequence, plan_micro_batches
@@ -46,7 +46,7 @@ class LearnerGroup:
         actor = ray.remote(Learner)
         options = {"num_cpus": cpus_per_rank, "num_gpus": gpus_per_rank}
         self.placement = None
-        if nodes:  # the run's plan (cluster/placement_plan.py): rank r's bundle on node nodes[r]
+        if nodes:  # the run's plan (cluster/startup/live_placement.py): rank r's bundle on node nodes[r]
             from ray.util.placement_group import placement_group
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 

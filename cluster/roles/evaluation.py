@@ -1,7 +1,7 @@
 """Held-out evaluation through a running rollout pool and scorer pool.
 
 One function, `evaluate`, serves both the GRPO loop's periodic evaluation and `aha eval`
-(cluster/eval_job.py): greedy accuracy; pass@k and maj@k (majority vote over k samples) for
+(cluster/commands/eval.py): greedy accuracy; pass@k and maj@k (majority vote over k samples) for
 the recipe's k; greedy accuracy against the max-token budget (inference-time scaling); and the
 greedy completions' mean length and reflection-word rate. A completion is correct when the
 recipe's correctness reward (`eval.correctness`, by default the first of `reward.weights`)
@@ -18,8 +18,8 @@ from cluster.inputs.data import PromptRow
 from cluster.inputs.prompts import encode_prompts
 from cluster.output.eval_metrics import aggregate_eval, budget_curve, reflection_rate, response_stats
 from cluster.recipe import Recipe
-from cluster.rollout_pool import GroupStream
-from cluster.specs import sampling_spec
+from cluster.roles.rollout_pool import GroupStream
+from cluster.startup.specs import sampling_spec
 from cluster.wire.samples import Sample, SamplingSpec
 from rewards.extract import extract_final_answer
 

@@ -3,7 +3,7 @@
 `train` is the whole loop, readable top to bottom. Groups stream: each finished group is sent
 to the scorers at once and, scored and turned into group-relative advantages, waits for the
 learner; whenever the learner is free it takes every group waiting in one forward/backward
-call (cluster/intake.py), while the rest of the step is still generating and scoring. The
+call (cluster/roles/intake.py), while the rest of the step is still generating and scoring. The
 optimizer steps when the step's groups are all in. With `algorithm.max_staleness = s >= 1`
 the next `s` steps' prompts are already generating while the learner trains (async mode);
 a group made by weights more than `s` versions old is dropped and counted.
@@ -19,25 +19,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from cluster.chaos import Chaos
-from cluster.distill_job import GroupTeacher, distill_metrics
-from cluster.evaluation import correctness_reward, evaluate_during_run
+from cluster.run.chaos import Chaos
+from cluster.roles.teacher_pool import GroupTeacher, distill_metrics
+from cluster.roles.evaluation import correctness_reward, evaluate_during_run
 from cluster.inputs.data import PromptSampler
-from cluster.intake import ScoresInFlight, StepIntake, drop_reason
+from cluster.roles.intake import ScoresInFlight, StepIntake, drop_reason
 from cluster.inputs.prompts import encode_prompts, load_rows
-from cluster.learner_group import train_sequences
+from cluster.roles.learner_group import train_sequences
 from cluster.output.eval_metrics import (group_stats, reflection_rate, response_stats, reward_failure_shares,
                                          reward_failure_warnings)
-from cluster.export import save_model_files
+from cluster.output.base_model_files import save_model_files
 from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, PLACEMENT_FILE, RECIPE_FILE
 from cluster.recipe import Recipe, RecipeError, recipe_to_dict
-from cluster.resume import (check_same_data, find_resume_point, naming_last_checkpoint, save_checkpoint,
+from cluster.run.resume_point import (check_same_data, find_resume_point, naming_last_checkpoint, save_checkpoint,
                             train_data_sha256)
-from cluster.placement_plan import write_placement
-from cluster.rollout_pool import GroupStream, push_weights
-from cluster.specs import sampling_spec
-from cluster.stop import RunStopped, StopRequest
-from cluster.system import prepare_while_ray_starts, start_system
+from cluster.startup.live_placement import write_placement
+from cluster.roles.rollout_pool import GroupStream, push_weights
+from cluster.startup.specs import sampling_spec
+from cluster.run.stop import RunStopped, StopRequest
+from cluster.roles.system import start_system
+from cluster.startup.ray import prepare_while_ray_starts
 from cluster.wire.samples import Group
 
 
@@ -54,9 +55,9 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, dist
     """Run `recipe` to `run.steps`; returns the output directory. With `resume`, continue the
     run there from its newest complete checkpoint (same data order and weight version); with
     `overwrite`, start afresh even where an earlier run left checkpoints. `distilling`: the
-    recipe's distill.teacher grades every sampled token (`aha distill`, cluster/distill_job.py)."""
+    recipe's distill.teacher grades every sampled token (`aha distill`, cluster/commands/distill.py)."""
     from cluster.output.run_dir import claim_output_dir
-    from cluster.preflight import check_before_start, require_prompt_file
+    from cluster.startup.preflight import check_before_start, require_prompt_file
 
     if recipe.distill.teacher and not distilling:
         raise RecipeError("distill.teacher", "is set, so this recipe distils: run it with aha distill (or set "
@@ -76,7 +77,7 @@ def _train(recipe: Recipe, run_dir, resume: bool, warnings: list[str], chaos: Ch
     from cluster.inputs.prepare import prepare_data, prepare_model
     from cluster.output.plots import plot_run, print_run_end
     from cluster.output.run_log import RunLog, summary_line
-    from cluster.preflight import check_prepared, load_tokenizer, print_warnings
+    from cluster.startup.preflight import check_prepared, load_tokenizer, print_warnings
 
     out, begun = run_dir.path, time.perf_counter()
     resume_at = find_resume_point(run_dir, recipe) if resume else None

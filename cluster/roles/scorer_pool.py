@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 
 from actors.reward_scorer import RewardScorer, Score, ScorerSpec
-from cluster.launch import answered, get_all
-from cluster.placement_plan import label_selectors
-from cluster.recovery import Recovery, is_death, one_line
+from cluster.roles.calls import answered, get_all
+from cluster.startup.live_placement import label_selectors
+from cluster.roles.recovery import Recovery, is_death, one_line
 
 
 @dataclass
@@ -37,7 +37,7 @@ class ScorerPool:
         self._ray, self.timeout_s, self.spec = ray, timeout_s, spec
         self.recovery = recovery or Recovery(max_restarts=0)
         self._actor, self._cpus, self.placement = ray.remote(RewardScorer), cpus_per_scorer, None
-        if nodes:  # the run's plan (cluster/placement_plan.py): scorer i's bundle on node nodes[i]
+        if nodes:  # the run's plan (cluster/startup/live_placement.py): scorer i's bundle on node nodes[i]
             from ray.util.placement_group import placement_group
 
             self.placement = placement_group([{"CPU": cpus_per_scorer} for _ in range(num_scorers)],

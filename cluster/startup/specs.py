@@ -107,5 +107,5 @@ def teacher_spec(recipe: Recipe) -> TeacherSpec:
     """A frozen teacher (`aha distill`): the recipe's distill settings, on the run's device."""
     distill = recipe.distill
     return TeacherSpec(model_path=distill.teacher, tokenizer_path=distill.teacher_tokenizer, dtype=distill.dtype,
-                       device=recipe.cluster.device, top_k=distill.top_k, max_batch_tokens=distill.max_batch_tokens,
+                       device=recipe.cluster.device, max_batch_tokens=distill.max_batch_tokens,
                        cpu_threads=distill.cpu_threads, trust_remote_code=recipe.model.trust_remote_code)

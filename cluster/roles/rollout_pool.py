@@ -4,7 +4,7 @@ Prompts are spread over the workers round-robin; the groups come back as one str
 soon as it is done, whichever worker made it. The pool also links the workers to the learner
 for weight sync: learner rank 0 is rank 0 of the weight group, worker i is rank i + 1. A
 worker that dies is replaced in its own placement bundle, brought onto the current weights,
-and its unfinished prompts are sampled again (cluster/recovery.py counts what that cost).
+and its unfinished prompts are sampled again (cluster/roles/recovery.py counts what that cost).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from actors.rollout_worker import EngineSpec, RolloutWorker
-from cluster.launch import get_all
-from cluster.placement_plan import label_selectors
-from cluster.recovery import Recovery, is_death, one_line
+from cluster.roles.calls import get_all
+from cluster.startup.live_placement import label_selectors
+from cluster.roles.recovery import Recovery, is_death, one_line
 from cluster.wire.samples import Sample, SamplingSpec
 
 class RolloutPool:
@@ -40,7 +40,7 @@ class RolloutPool:
         self.tensor_parallel = spec.tensor_parallel_size
         self.recovery = recovery or Recovery(max_restarts=0)
         bundle = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
-        # `nodes` (the run's plan, cluster/placement_plan.py) pins worker i's bundle to its node;
+        # `nodes` (the run's plan, cluster/startup/live_placement.py) pins worker i's bundle to its node;
         # without it, PACK keeps a small job on one node and Ray spreads what does not fit.
         self.placement = placement_group([dict(bundle) for _ in range(num_workers)], strategy="PACK",
                                          bundle_label_selector=label_selectors(nodes) if nodes else None)
@@ -53,7 +53,7 @@ class RolloutPool:
         self._starting = [w.process_ids.remote() for w in self.workers]
         self._processes = None
         self.learners, self.version = None, None  # set by link_weights and push_weights
-        self.during_push = None  # a fault-injection hook (cluster/chaos.py), called mid-broadcast
+        self.during_push = None  # a fault-injection hook (cluster/run/chaos.py), called mid-broadcast
         if wait:
             self.wait_started()
 

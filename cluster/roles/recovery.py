@@ -1,8 +1,8 @@
 """Surviving dead actors: which errors mean an actor is gone, each role's restart budget, and
 what recovering cost (restarts, prompts re-queued, seconds), for the run's metrics.
 
-A rollout worker or a reward scorer that dies is replaced (cluster/rollout_pool.py,
-cluster/scorer_pool.py) at most `cluster.max_restarts` times per role; past that, or when a
+A rollout worker or a reward scorer that dies is replaced (cluster/roles/rollout_pool.py,
+cluster/roles/scorer_pool.py) at most `cluster.max_restarts` times per role; past that, or when a
 learner rank dies (a DeepSpeed job cannot take a new rank), the run stops with `RunInterrupted`,
 whose line the CLI completes with the command that resumes from the last checkpoint.
 """

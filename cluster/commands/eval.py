@@ -1,7 +1,7 @@
 """`aha eval`: held-out evaluation of one or more models, side by side on the same problems.
 
 Each model (a hub id, a local directory, a run's `final/`; by default the recipe's model.path)
-is evaluated by `cluster.evaluation.evaluate` — the code the GRPO loop's periodic evaluation
+is evaluated by `cluster.roles.evaluation.evaluate` — the code the GRPO loop's periodic evaluation
 runs — with the recipe's template, rewards and `[eval]` settings, on the first
 `eval.num_prompts` rows of `data.eval_path`. The reward scorers are started once; each model
 gets a fresh rollout pool (the engines load a model at start), shut down once it is evaluated.
@@ -45,8 +45,8 @@ def default_output_dir(recipe: Recipe) -> Path:
 def run_eval(recipe: Recipe, models: list[str], *, out: str | None = None, overwrite: bool = False) -> Path:
     """Evaluate `models` (empty: the recipe's model) and write the outputs; returns the directory."""
     from cluster.output.run_dir import EVAL_OUTPUTS, check_claimable, claim_output_dir
-    from cluster.preflight import print_warnings
-    from cluster.system import prepare_while_ray_starts
+    from cluster.startup.preflight import print_warnings
+    from cluster.startup.ray import prepare_while_ray_starts
 
     targets = _targets(recipe, models)
     out_dir = Path(out) if out else default_output_dir(recipe)
@@ -82,7 +82,7 @@ def _prepare_and_check(recipe: Recipe, targets: list[Target]):
     path) and the held-out rows."""
     from cluster.inputs.prepare import prepare_data, prepare_model
     from cluster.inputs.prompts import load_rows
-    from cluster.preflight import check_kv_memory, check_model, check_reward_fields, resolve_rewards
+    from cluster.startup.preflight import check_kv_memory, check_model, check_reward_fields, resolve_rewards
 
     rewards = resolve_rewards(recipe)
     for target in targets:
@@ -103,7 +103,7 @@ def _encode_for_each(recipe: Recipe, targets: list[Target], rows) -> tuple[dict,
     here, not after its engine started), beside Ray's start. Returns the tokenizers by label
     and warning lines."""
     from cluster.inputs.prompts import encode_prompts
-    from cluster.preflight import load_tokenizer, tag_warning
+    from cluster.startup.preflight import load_tokenizer, tag_warning
 
     tokenizers, warnings = {}, []
     for target in targets:
@@ -119,13 +119,13 @@ def _encode_for_each(recipe: Recipe, targets: list[Target], rows) -> tuple[dict,
 def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows, out: Path) -> None:
     """Start the scorers once and, per model, a rollout pool (the next one beside this one's
     evaluation, where two fit); write the outputs after each."""
-    from cluster.evaluation import evaluate
-    from cluster.launch import connect_ray
+    from cluster.roles.evaluation import evaluate
+    from cluster.startup.ray import connect_ray
     from cluster.output.eval_report import eval_table, write_eval_outputs
-    from cluster.placement_plan import placement_record
-    from cluster.recovery import Recovery
-    from cluster.scorer_pool import ScorerPool
-    from cluster.specs import scorer_spec
+    from cluster.startup.live_placement import placement_record
+    from cluster.roles.recovery import Recovery
+    from cluster.roles.scorer_pool import ScorerPool
+    from cluster.startup.specs import scorer_spec
 
     cluster = recipe.cluster
     plan, at_once = _plan(recipe, connect_ray(cluster), len(targets))  # a plan that cannot fit is one line here
@@ -172,8 +172,8 @@ def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows,
 def _start_engines(target: Target, plan, share: int, recovery):
     """Start `target`'s rollout pool, not waited for, on share `share` of the plan's rollout
     nodes (0, or 1 for the second of two pools at once); returns it and those nodes."""
-    from cluster.rollout_pool import RolloutPool
-    from cluster.specs import engine_spec
+    from cluster.roles.rollout_pool import RolloutPool
+    from cluster.startup.specs import engine_spec
 
     cluster, workers = target.recipe.cluster, target.recipe.rollout.num_workers
     nodes = plan.nodes_of("rollout")[share * workers:(share + 1) * workers]
@@ -189,8 +189,8 @@ def _plan(recipe: Recipe, ray, num_models: int):
     cluster has room for twice the rollout workers, on GPUs of their own (two engines on one
     GPU would each claim its memory) and, on this machine's CPUs, with memory for both KV
     caches. Otherwise one: the models' engines start one after the other."""
-    from cluster.placement_plan import plan_run
-    from cluster.preflight import check_kv_memory
+    from cluster.startup.live_placement import plan_run
+    from cluster.startup.preflight import check_kv_memory
     from cluster.recipe.placement import PlacementError
 
     gpus = recipe.cluster.rollout_gpus
@@ -209,7 +209,7 @@ def _close(pool, timeout_s: float) -> None:
     model's engines need that memory. A stop that fails or hangs is reported, not waited out."""
     import ray
 
-    from cluster.launch import get_all
+    from cluster.roles.calls import get_all
 
     try:
         get_all(ray, [worker.shutdown.remote() for worker in pool.workers], min(timeout_s, ENGINE_STOP_S),
@@ -221,7 +221,7 @@ def _close(pool, timeout_s: float) -> None:
 
 def eval_settings(recipe: Recipe, num_prompts: int) -> dict:
     """What the numbers mean: the data, how many problems, and the [eval] settings used."""
-    from cluster.evaluation import correctness_reward
+    from cluster.roles.evaluation import correctness_reward
 
     settings = recipe.eval
     return {"eval_path": recipe.data.eval_path, "num_prompts": num_prompts, "template": recipe.data.template,

@@ -214,7 +214,7 @@ def _run_step(pipeline: Pipeline, step: Step, label: str, driver) -> bool:
 def evaluate_stage(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Path:
     """An `eval` stage: `aha eval` of the stage's model into the stage's directory (an
     interrupted one is evaluated again: its results are the pipeline's own)."""
-    from cluster.eval_job import run_eval
+    from cluster.commands.eval import run_eval
 
     return run_eval(recipe, [], out=str(recipe.output_dir), overwrite=True)
 
@@ -254,7 +254,7 @@ def _evaluate_models(pipeline: Pipeline, stages: list[Stage], out: Path) -> list
     `evaluate` on the same rows, after the stage's last step, or before its first for the base
     model) is taken from that stage's metrics and heldout/ records; the others are evaluated
     now by `aha eval`'s code. Returns the models' paths."""
-    from cluster.eval_job import eval_settings, run_eval
+    from cluster.commands.eval import eval_settings, run_eval
     from cluster.inputs.prepare import prepare_data, prepare_model
     from cluster.output.eval_report import write_eval_outputs
     from cluster.output.run_dir import EVAL_OUTPUTS, claim_output_dir
@@ -300,7 +300,7 @@ def _measured_at(pipeline: Pipeline, stage: Stage, path: str, *, first: bool):
     """The stage's evaluation before its first step (`first`) or after its last, as (metrics,
     records relabelled as `path`'s, a label), when it was made with the pipeline's evaluation
     settings and its records were kept; else None."""
-    from cluster.eval_job import evaluation_inputs
+    from cluster.commands.eval import evaluation_inputs
     from cluster.output.eval_report import read_step_records
     from cluster.output.run_log import read_metrics
 

@@ -65,6 +65,22 @@ def check_output_on_shared_storage(output: Path, key: str = "run.output_dir") ->
                           "path on storage every node mounts")
 
 
+def output_of(command: str, recipe_path: str, overrides: list[str]) -> Path:
+    """Where the job's output goes, checked as the job will load it (joining its cluster) and
+    refused when not on shared storage: a mistake is one line, nothing sent."""
+    joined = [*overrides, "--cluster.address", "auto"]
+    if command == "pipeline":
+        from cluster.recipe.pipeline import load_pipeline
+
+        output_dir, key = load_pipeline(recipe_path, joined).output_dir, "pipeline.output_dir"
+    else:
+        from cluster.recipe import load_recipe
+
+        output_dir, key = load_recipe(recipe_path, joined).output_dir, "run.output_dir"
+    check_output_on_shared_storage(output_dir, key)
+    return output_dir
+
+
 def submit(command: str, output_dir: Path, recipe_path: Path, overrides: list[str], *, address: str, python: str,
            env: dict[str, str], follow: bool, timeout_s: float, submission_id: str = "") -> int:
     """Submit the job; print its id and where its output (`output_dir`, checked by the caller

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.recipe import Recipe, RecipeError
-from cluster.resume import naming_last_checkpoint
+from cluster.run.resume_point import naming_last_checkpoint
 
 
 @dataclass
@@ -39,8 +39,8 @@ def sft(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Pat
     from cluster.inputs.prepare import prepare_data, prepare_model
     from cluster.inputs.traces import load_traces
     from cluster.output.run_dir import check_claimable, claim_output_dir
-    from cluster.preflight import check_before_start, load_tokenizer
-    from cluster.system import prepare_while_ray_starts
+    from cluster.startup.preflight import check_before_start, load_tokenizer
+    from cluster.startup.ray import prepare_while_ray_starts
 
     if not recipe.sft.train_path:
         raise RecipeError("sft.train_path", "is required (a trace data set: Parquet or JSONL with prompt + "
@@ -74,21 +74,21 @@ def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path:
     """The SFT loop itself, in the claimed (locked) output directory."""
     from tqdm import tqdm
 
-    from cluster.evaluation import evaluate_during_run
-    from cluster.export import save_model_files
+    from cluster.roles.evaluation import evaluate_during_run
+    from cluster.output.base_model_files import save_model_files
     from cluster.inputs.data import PromptSampler
     from cluster.inputs.prepare import file_sha256
     from cluster.inputs.prompts import load_rows
     from cluster.output.plots import plot_run, print_run_end
     from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, PLACEMENT_FILE, RECIPE_FILE
     from cluster.output.run_log import RunLog
-    from cluster.preflight import check_prepared, print_warnings
+    from cluster.startup.preflight import check_prepared, print_warnings
     from cluster.recipe import recipe_to_dict
-    from cluster.resume import check_same_data, find_resume_point, save_checkpoint
-    from cluster.rollout_pool import push_weights
-    from cluster.placement_plan import write_placement
-    from cluster.stop import RunStopped, StopRequest
-    from cluster.system import start_system
+    from cluster.run.resume_point import check_same_data, find_resume_point, save_checkpoint
+    from cluster.roles.rollout_pool import push_weights
+    from cluster.startup.live_placement import write_placement
+    from cluster.run.stop import RunStopped, StopRequest
+    from cluster.roles.system import start_system
 
     out, sft_cfg, run = run_dir.path, recipe.sft, recipe.run
     resume_at = find_resume_point(run_dir, recipe) if resume else None

@@ -17,20 +17,6 @@ from cluster.output.checkpoints import CheckpointError, Checkpoint, complete_che
 from cluster.output.run_dir import MODEL_FILES_DIR, RECIPE_FILE, RUN_MARKER, RunDirError
 
 
-def save_model_files(directory: str | Path, model_path: str, tokenizer, *, trust_remote_code: bool) -> None:
-    """Keep the base model's config, tokenizer and generation config beside the run's
-    checkpoints: what turns a checkpoint's weights back into a model directory."""
-    from transformers import AutoConfig, GenerationConfig
-
-    target = Path(directory)
-    AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code).save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    try:
-        GenerationConfig.from_pretrained(model_path).save_pretrained(target)
-    except OSError:  # the base model has none; transformers derives one from the config
-        pass
-
-
 def export_checkpoint(run_dir: str | Path, out: str | Path, *, step: int | None = None,
                       overwrite: bool = False) -> Path:
     """Write checkpoint `step` (default: the newest complete one) of the run in `run_dir` to
