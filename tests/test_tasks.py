@@ -212,6 +212,7 @@ def test_aha_data_and_a_recipes_synthetic_table_write_the_same_file(tmp_path, ta
     assert main(["data", task, str(tmp_path / "cli.parquet"), "--rows", "40", "--seed", "3"]) == 0
     recipe = load_recipe(None, ["--model.path", "m", "--data.train_path", str(tmp_path / "recipe.parquet"),
                                 "--data.synthetic.task", task, "--data.synthetic.train_rows", "40",
-                                "--data.synthetic.eval_rows", "0", "--data.synthetic.seed", "3", "--cluster.num_cpus", "8"])
+                                "--data.synthetic.eval_rows", "0", "--data.synthetic.seed", "3",
+                                "--cluster.num_cpus", "8"])
     assert prepare_data(recipe) == [tmp_path / "recipe.parquet"]
     assert (tmp_path / "cli.parquet").read_bytes() == (tmp_path / "recipe.parquet").read_bytes()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from cluster.recipe.checks import RecipeError, check_recipe, key_text
+from cluster.recipe.keys import find
 from cluster.recipe.schema import Recipe
 
 def _type_name(tp) -> str:
@@ -82,23 +83,6 @@ def recipe_from_dict(table: dict) -> Recipe:
 # Overrides from the command line: --section.key value
 
 
-def _field_type(dotted: str):
-    """The annotation a dotted key refers to, or RecipeError if there is no such key."""
-    cls, tp = Recipe, None
-    parts = dotted.split(".")
-    for depth, part in enumerate(parts):
-        if cls is None:
-            raise RecipeError(dotted, "unknown key")
-        hints = typing.get_type_hints(cls)
-        if part not in hints:
-            known = ", ".join(sorted(hints))
-            raise RecipeError(".".join(parts[: depth + 1]), f"unknown key (known: {known})")
-        tp = hints[part]
-        nested = [a for a in (typing.get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)]
-        cls = nested[0] if nested else None
-    return tp
-
-
 def _parse_toml_value(raw: str):
     """One TOML value, or None when `raw` is not exactly one (trailing keys are refused too)."""
     try:
@@ -117,7 +101,7 @@ def parse_override_value(dotted: str, raw: str):
 
     A list field also takes a comma-separated list (`--run.reflection_words wait,hmm`).
     """
-    tp = _field_type(dotted)
+    tp = find(dotted).annotation
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
     if _is_text(tp):

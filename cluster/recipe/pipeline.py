@@ -57,15 +57,15 @@ class StageKind:
     reads_traces: bool = False  # trains on traces: sft.train_path, or traces_from
 
 
-CHECKPOINTED = "cluster.pipeline:has_complete_checkpoint"
+CHECKPOINTED = "cluster.commands.pipeline:has_complete_checkpoint"
 # A new kind ("distill", say) is one line here and a driver with the same signature.
 STAGE_KINDS = {
-    "train": StageKind("cluster.loop:train", FINAL_DIR, CHECKPOINTED, makes_model=True),
-    "generate": StageKind("cluster.generate_job:generate", TRACES_FILE, "cluster.generate_job:earlier_work",
+    "train": StageKind("cluster.commands.train:train", FINAL_DIR, CHECKPOINTED, makes_model=True),
+    "generate": StageKind("cluster.commands.generate:generate", TRACES_FILE, "cluster.commands.generate:earlier_work",
                           makes_traces=True),
-    "sft": StageKind("cluster.sft_job:sft", FINAL_DIR, CHECKPOINTED, makes_model=True, reads_traces=True),
-    "distill": StageKind("cluster.distill_job:distill", FINAL_DIR, CHECKPOINTED, makes_model=True),
-    "eval": StageKind("cluster.pipeline:evaluate_stage", "eval.json"),
+    "sft": StageKind("cluster.commands.sft:sft", FINAL_DIR, CHECKPOINTED, makes_model=True, reads_traces=True),
+    "distill": StageKind("cluster.commands.distill:distill", FINAL_DIR, CHECKPOINTED, makes_model=True),
+    "eval": StageKind("cluster.commands.pipeline:evaluate_stage", "eval.json"),
 }
 PIPELINE_KEYS = ("name", "output_dir", "stages", "evaluate")
 STAGE_KEYS = ("kind", "model_from", "traces_from")  # besides recipe sections
@@ -79,7 +79,7 @@ DERIVED = {
 BASE_MODEL_KEYS = ("path", "tokenizer", "tiny", "pretrain")
 # What may differ from a finished stage's record without making it a different stage: how it
 # ran and was watched (resources, cadence), not what it made. Its length and its evaluation do.
-NOT_A_CHANGE = tuple(key for key in RESUMABLE if key not in ("run.steps", "eval."))
+NOT_A_CHANGE = tuple(key for key in RESUMABLE if key != "run.steps" and not key.startswith("eval."))
 
 
 @dataclass(frozen=True)
@@ -424,4 +424,4 @@ def _default(dotted: str):
 
 
 def _not_a_change(key: str) -> bool:
-    return any(key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in NOT_A_CHANGE)
+    return key in NOT_A_CHANGE
