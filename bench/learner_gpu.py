@@ -12,7 +12,7 @@ plain class, world size 1, no Ray) on `cuda` in bf16 and:
 Then the KL reference, entropy bonus, two PPO epochs and gradient checkpointing are run for
 ZeRO-0 and ZeRO-3 (the two ways the reference is built) and must stay finite, and a checkpoint
 save/load and a Hugging Face export must give back the weights exactly.
-Prints tokens/s of each and the ratio aha / plain torch (DESIGN target: >= 0.8).
+Prints tokens/s of each and the ratio aha / plain torch (target: >= 0.8, docs/benchmarks.md).
 
     python3 bench/learner_gpu.py [--hidden 512 --layers 8 --steps 5 --stages 0,1,2,3]
 

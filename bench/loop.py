@@ -14,7 +14,7 @@ its ratio to on-policy.
 Workloads: `demo` is `make demo`'s RL recipe (deploy/recipes/arith-zero-cpu.toml, its cached
 base model and data under runs/demo, made first if missing; its held-out evaluation before RL
 counts in the time to first step); `small` a 256-wide 4-layer model, 8 prompts x 8 x 64 tokens;
-`design` DESIGN.md's target shape (hidden 512, 8 layers, 16 prompts x 8 x 128 tokens).
+`design` the target shape of docs/benchmarks.md (hidden 512, 8 layers, 16 prompts x 8 x 128 tokens).
 Targets (issue 16): overhead <= 20% of the demo's step, design <= 30 s/step, demo's time to
 first step <= 20 s.
 """
@@ -46,7 +46,7 @@ hidden_size = {hidden}
 num_layers = {layers}
 [data]
 train_path = "{out}/data/train.parquet"
-# About 48 prompt tokens, DESIGN.md's workload (3.5 TFLOP a step); the r1_zero preamble alone
+# About 48 prompt tokens, the design workload's (3.5 TFLOP a step); the r1_zero preamble alone
 # is ~300 characters, which would make every step several times that work.
 template = "User: {{prompt}} Think, then answer.\\nAssistant: <think>"
 max_prompt_tokens = 64

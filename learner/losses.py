@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 # The advantage estimators live in their own registry; `learner.losses.group_advantages` stays
-# the name the drivers and DESIGN use.
+# the name the drivers use.
 from learner.advantages import group_advantages  # noqa: F401
 
 KL_KINDS = ("k1", "k2", "k3")

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-# Head size is fixed: vLLM's CPU attention kernel rejects 16 and 64 is safe (DESIGN.md 5).
+# Head size is fixed: vLLM's CPU attention kernel rejects 16 and 64 is safe.
 HEAD_DIM = 64
 SPEC_MARKER = "aha_tiny_spec.json"  # in every model directory aha writes
 PRETRAIN_RECORD = "aha_pretrain.json"  # in a model directory aha pre-trained (cluster/inputs/pretrain.py)

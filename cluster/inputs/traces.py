@@ -1,4 +1,4 @@
-"""Trace data sets (DESIGN section 4): what `aha generate` writes and `aha sft` reads.
+"""Trace data sets (docs/commands.md): what `aha generate` writes and `aha sft` reads.
 
 A trace file is Parquet or JSON Lines with either `prompt` + `completion` columns (the
 completion is what the model writes after the templated prompt, `<think>` part included) or

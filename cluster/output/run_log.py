@@ -1,6 +1,6 @@
 """The run's output directory: metrics, rollouts and TensorBoard events (plots: cluster/output/plots.py).
 
-Layout (DESIGN.md section 4):
+Layout (docs/commands.md, aha train):
 
     output_dir/
       metrics.jsonl      one JSON object per step, with "step"; NaN/inf written as null
