@@ -4,7 +4,7 @@ The rollout workers sample `generate.samples_per_prompt` completions of each of 
 `generate.num_prompts` rows of data.train_path (rendered with data.template, sampled with the
 rollout.* settings), the reward scorers grade them, and the completions the correctness reward
 gives 1.0 are kept by the `generate.keep` policy (cluster/output/rejection.py). The result is a
-trace data set (DESIGN.md section 4) that `aha sft` reads: `prompt` + `completion` and
+trace data set (docs/commands.md) that `aha sft` reads: `prompt` + `completion` and
 `messages`, with the reward components, token counts and the model that wrote them.
 
 It writes as it goes, a chunk of `generate.chunk_prompts` prompts at a time

@@ -3,7 +3,7 @@ of the reasoning recipe, and the student's side of off-policy distillation.
 
 The same DeepSpeed ranks, ZeRO stages and packed micro-batches as RL, with the SFT objective
 (token NLL of the completion / assistant tokens, learner/sft_loss.py). The traces
-(`sft.train_path`, DESIGN section 4) are encoded as RL prompts them (cluster/inputs/traces.py),
+(`sft.train_path`, docs/commands.md) are encoded as RL prompts them (cluster/inputs/traces.py),
 visited in a seeded order epoch after epoch, `sft.batch_size` sequences per optimizer step.
 Every `sft.eval_every` steps (and before and after): the held-out loss on `sft.eval_path`, and,
 where `data.eval_path` is set, held-out task accuracy through rollout workers and scorers, to
