@@ -9,44 +9,34 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from cluster.commands.eval import default_output_dir
+from cluster.inputs.tiny_recipe import SAMPLING_ONLY, write_tiny_recipe
 from cluster.output.eval_report import completions_table, eval_table, metric_columns, write_eval_outputs
 from cluster.output.run_dir import EVAL_OUTPUTS, RunDirError, claim_output_dir
 from cluster.recipe import Recipe
 from cluster.recipe.schema import RunConfig
 
 AHA = str(Path(sys.executable).with_name("aha"))
+GSM8K = Path(__file__).resolve().parent.parent / "deploy/recipes/gsm8k-qwen2.5-1.5b.toml"
 ROWS = [{"prompt": f"{a}+{b}", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6)]]
-RECIPE = """
-[model]
-path = "{model}"
-[data]
-train_path = "{home}/eval.parquet"
-eval_path = "{home}/eval.parquet"
-max_prompt_tokens = 400
-[rollout]
-max_new_tokens = 16
-max_model_len = 512
-kv_cache_gb = 0.2
-[reward]
-weights = {{ arithmetic = 1.0 }}
-[cluster]
-num_cpus = 4
-[run]
-name = "tiny"
-"""
+RECIPE = {
+    **SAMPLING_ONLY, "data.train_path": "{root}/eval.parquet", "data.eval_path": "{root}/eval.parquet",
+    "rollout.max_new_tokens": 16, "rollout.enforce_eager": None, "reward": {"weights": {"arithmetic": 1.0}},
+    "cluster": {"num_cpus": 4}, "run.name": "tiny",
+}
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, tiny_model_dir) -> Path:
     home = tmp_path_factory.mktemp("evaluser")
     pq.write_table(pa.Table.from_pylist(ROWS), home / "eval.parquet")
-    (home / "recipe.toml").write_text(RECIPE.format(model=tiny_model_dir, home=home))
+    write_tiny_recipe(home / "recipe.toml", {**RECIPE, "model.path": str(tiny_model_dir)})
     return home
 
 
@@ -157,11 +147,11 @@ def test_the_next_models_engines_start_beside_this_ones_evaluation_only_where_tw
     from cluster.commands.eval import _plan
     from cluster.startup.preflight import memory_bytes
     from cluster.recipe import load_recipe
-    from test_placement_plan import GSM8K, _Ray
 
-    def node(cpus: float, gpus: float = 0.0) -> _Ray:  # one head node, as Ray's node table gives it
-        return _Ray([{"NodeID": "n" * 8, "Alive": True,
-                      "Resources": {"CPU": cpus, "GPU": gpus, "node:__internal_head__": 1.0}}])
+    def node(cpus: float, gpus: float = 0.0) -> SimpleNamespace:  # one head node, as `ray.nodes()` gives it
+        table = [{"NodeID": "n" * 8, "Alive": True,
+                  "Resources": {"CPU": cpus, "GPU": gpus, "node:__internal_head__": 1.0}}]
+        return SimpleNamespace(nodes=lambda: table)
 
     gpu = load_recipe(GSM8K)  # 4 engines of 1 GPU each
     plan, at_once = _plan(gpu, node(192, 8), 3)

@@ -9,32 +9,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.inputs.tiny_recipe import SAMPLING_ONLY, write_tiny_recipe
+
 AHA = str(Path(sys.executable).with_name("aha"))
-RECIPE = """
-[model]
-path = "{model}"
-[data]
-train_path = "{home}/train.parquet"
-max_prompt_tokens = 400
-[rollout]
-max_new_tokens = 6
-max_model_len = 512
-kv_cache_gb = 0.2
-[reward]
-weights = {{ arithmetic = 1.0 }}
-[cluster]
-num_cpus = 4
-[generate]
-samples_per_prompt = 2
-[run]
-output_dir = "{home}/gen"
-"""
+RECIPE = {
+    **SAMPLING_ONLY, "data.train_path": "{root}/train.parquet", "data.eval_path": None,
+    "rollout.max_new_tokens": 6, "rollout.enforce_eager": None, "reward": {"weights": {"arithmetic": 1.0}},
+    "cluster": {"num_cpus": 4}, "generate.samples_per_prompt": 2, "run.output_dir": "{root}/gen",
+}
 
 
 @pytest.fixture
 def home(tmp_path, tiny_model_dir):
     pq.write_table(pa.Table.from_pylist([{"prompt": "1+2", "answer": "3"}]), tmp_path / "train.parquet")
-    (tmp_path / "recipe.toml").write_text(RECIPE.format(model=tiny_model_dir, home=tmp_path))
+    write_tiny_recipe(tmp_path / "recipe.toml", {**RECIPE, "model.path": str(tiny_model_dir)})
     return tmp_path
 
 

@@ -6,82 +6,56 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
+from cluster.inputs.tiny_recipe import tiny_recipe_table, write_tiny_recipe
 from cluster.output.pipeline_report import (STAGE_DONE_FILE, read_stage_done, summary_table, write_stage_done,
                                             write_summary)
 from cluster.commands.pipeline import plan, run_pipeline
 from cluster.recipe import RecipeError
 from cluster.recipe.pipeline import (STAGE_KINDS, StageKind, definition_changes, load_pipeline,
                                      pipeline_from_dict)
-from test_run_dir import fake_checkpoint
+from checkpoint_helpers import fake_checkpoint
 
 AHA = str(Path(sys.executable).with_name("aha"))
-BASE = """
-[model]
-path = "{root}/base-model"
-[model.tiny]
-hidden_size = 128
-[data]
-train_path = "{root}/train.parquet"
-eval_path = "{root}/eval.parquet"
-[reward]
-weights = {{ arithmetic = 1.0, format = 0.1 }}
-[cluster]
-num_cpus = 4
-"""
-R1 = BASE + """
-[pipeline]
-name = "r1"
-output_dir = "{root}/out"
-stages = ["cold_start", "rl", "rejection", "sft2"]
-[stages.cold_start]
-kind = "sft"
-sft.train_path = "{root}/cold.parquet"
-[stages.rl]
-kind = "train"
-run.steps = 40
-reward.weights = {{ format = 1.0 }}
-[stages.rejection]
-kind = "generate"
-[stages.sft2]
-kind = "sft"
-model_from = "rl"
-traces_from = "rejection"
-"""
-TWO = BASE + """
-[pipeline]
-output_dir = "{root}/out"
-stages = ["a", "b"]
-[stages.a]
-kind = "train"
-run.steps = 2
-[stages.b]
-kind = "train"
-run.steps = 3
-"""
+# The base recipe of these pipelines: the tiny recipe reduced to what a pipeline's plan reads
+# (no engine starts here).
+BASE = {
+    "model.path": "{root}/base-model", "model.tiny": {"hidden_size": 128},
+    "data": {"train_path": "{root}/train.parquet", "eval_path": "{root}/eval.parquet"},
+    "rollout": None, "reward": {"weights": {"arithmetic": 1.0, "format": 0.1}}, "algorithm": None, "learner": None,
+    "cluster": {"num_cpus": 4}, "eval": None, "run": None,
+}
+R1 = {
+    **BASE,
+    "pipeline": {"name": "r1", "output_dir": "{root}/out", "stages": ["cold_start", "rl", "rejection", "sft2"]},
+    "stages.cold_start": {"kind": "sft", "sft": {"train_path": "{root}/cold.parquet"}},
+    "stages.rl": {"kind": "train", "run": {"steps": 40}, "reward": {"weights": {"format": 1.0}}},
+    "stages.rejection": {"kind": "generate"},
+    "stages.sft2": {"kind": "sft", "model_from": "rl", "traces_from": "rejection"},
+}
+TWO = {
+    **BASE,
+    "pipeline": {"output_dir": "{root}/out", "stages": ["a", "b"]},
+    "stages.a": {"kind": "train", "run": {"steps": 2}},
+    "stages.b": {"kind": "train", "run": {"steps": 3}},
+}
 
 
-def parse(text: str, root="/r", **edits):
-    table = tomllib.loads(text.format(root=root))
-    for dotted, value in edits.items():
-        *parents, leaf = dotted.split("__")
-        node = table
-        for part in parents:
-            node = node.setdefault(part, {})
-        if value is None:
-            node.pop(leaf, None)
-        else:
-            node[leaf] = value
-    return pipeline_from_dict(table)
+def parse(recipe: dict, root="/r", **edits):
+    """The pipeline of `recipe` (tiny-recipe overrides) with `edits`: keys with __ for dots, None removes."""
+    edited = dict(recipe)
+    for key, value in edits.items():
+        edited.pop(key.replace("__", "."), None)  # an edit goes last, after every override it changes
+        edited[key.replace("__", ".")] = value
+    return pipeline_from_dict(tiny_recipe_table(root, edited))
 
 
-def error_of(text: str, **edits) -> str:
+def error_of(recipe: dict, **edits) -> str:
     with pytest.raises(RecipeError) as caught:
-        parse(text, **edits)
+        parse(recipe, **edits)
     message = str(caught.value)
     assert "\n" not in message
     return message
@@ -111,8 +85,7 @@ def test_each_stage_is_the_base_with_its_overrides_and_its_paths_set_by_the_pipe
 
 
 def test_the_output_root_defaults_to_runs_name_and_the_name_to_the_file(tmp_path):
-    recipe = tmp_path / "my-chain.toml"
-    recipe.write_text(TWO.format(root=tmp_path).replace(f'output_dir = "{tmp_path}/out"\n', ""))
+    recipe = write_tiny_recipe(tmp_path / "my-chain.toml", {**TWO, "pipeline.output_dir": None})
     pipeline = load_pipeline(recipe, ["--rollout.group_size", "4"])
     assert pipeline.name == "my-chain" and pipeline.output_dir == Path("runs/my-chain")
     assert all(s.recipe.rollout.group_size == 4 for s in pipeline.stages)  # overrides apply to the base
@@ -262,9 +235,7 @@ def test_a_kind_whose_driver_is_missing_fails_before_anything_is_written(tmp_pat
 
 
 def test_a_bad_pipeline_on_the_command_line_is_one_line_exit_2_and_writes_nothing(tmp_path):
-    recipe = tmp_path / "bad.toml"
-    recipe.write_text(TWO.format(root=tmp_path).replace('[stages.b]\nkind = "train"',
-                                                        '[stages.b]\nkind = "train"\nmodel_from = "c"'))
+    recipe = write_tiny_recipe(tmp_path / "bad.toml", {**TWO, "stages.b.model_from": "c"})
     done = subprocess.run([AHA, "pipeline", str(recipe)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr == "aha: error: stages.b.model_from: there is no stage 'c' before 'b' (it can name: a, base)\n"
@@ -326,24 +297,14 @@ def test_a_first_stage_that_fails_before_writing_leaves_no_root_and_keeps_what_o
     assert (tmp_path / "out" / "base-model").is_dir()
 
 
-DISTILL = BASE + """
-[distill]
-teacher = "{root}/teacher"
-[pipeline]
-output_dir = "{root}/out"
-stages = ["traces", "sft", "student"]
-[stages.traces]
-kind = "generate"
-model_from = "teacher"
-[stages.sft]
-kind = "sft"
-model_from = "base"
-traces_from = "traces"
-[stages.student]
-kind = "distill"
-model_from = "base"
-run.steps = 5
-"""
+DISTILL = {
+    **BASE,
+    "distill.teacher": "{root}/teacher",
+    "pipeline": {"output_dir": "{root}/out", "stages": ["traces", "sft", "student"]},
+    "stages.traces": {"kind": "generate", "model_from": "teacher"},
+    "stages.sft": {"kind": "sft", "model_from": "base", "traces_from": "traces"},
+    "stages.student": {"kind": "distill", "model_from": "base", "run": {"steps": 5}},
+}
 
 
 def test_a_distillation_pipeline_samples_from_the_teacher_and_distils_the_base_model():

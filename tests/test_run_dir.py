@@ -13,11 +13,12 @@ import pytest
 
 from cluster.inputs.prepare import prepare_data
 from cluster.output.checkpoints import (CheckpointError, complete_checkpoints, drop_newer_than, prune_checkpoints,
-                                        read_driver_state, write_driver_state)
+                                        read_driver_state)
 from cluster.output.run_dir import (EVAL_OUTPUTS, LOCK_FILE, RUN_MARKER, RUN_OUTPUTS, RunDirError, check_claimable,
                                    claim_output_dir)
 from cluster.recipe import load_recipe, recipe_to_dict
 from cluster.recipe.resume import resume_conflicts
+from checkpoint_helpers import fake_checkpoint
 
 AHA = str(Path(sys.executable).with_name("aha"))
 RECIPE = Path(__file__).resolve().parent.parent / "deploy" / "recipes" / "arith-zero-cpu.toml"
@@ -25,18 +26,6 @@ RECIPE = Path(__file__).resolve().parent.parent / "deploy" / "recipes" / "arith-
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def fake_checkpoint(directory: Path, version: int, *, complete: bool = True, ranks: int = 1) -> Path:
-    """What the learner ranks and the driver write for one checkpoint (contents are stand-ins)."""
-    tag = directory / f"version-{version}"
-    tag.mkdir(parents=True)
-    (tag / "mp_rank_00_model_states.pt").write_bytes(b"shard")
-    for rank in range(ranks):
-        (tag / f"rng_rank{rank}.pt").write_bytes(b"rng")
-    if complete:
-        write_driver_state(tag, {"step": version, "sampler": {"position": 0}, "weight_version": version})
-    return tag
 
 
 # -- claiming a directory -----------------------------------------------------------------------
