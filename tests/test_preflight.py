@@ -21,6 +21,7 @@ import pytest
 
 from cluster.inputs.data import DataError, load_prompt_rows
 from cluster.inputs.prompts import encode_prompts, load_rows
+from cluster.inputs.tiny_recipe import write_tiny_recipe
 from cluster.startup.preflight import check_kv_memory, check_prepared, memory_bytes
 from cluster.recipe import RecipeError, load_recipe
 from rewards.registry import REGISTRY, required_fields
@@ -105,76 +106,75 @@ def world(tmp_path_factory, tiny_model_dir) -> Path:
     return home
 
 
-def recipe_text(home: Path, extra: str = "") -> str:
-    """A recipe on the user's own model and data; `extra` adds dotted keys before the tables."""
-    return f"""{extra}
-model.path = "{home}/model"
-data.train_path = "{home}/train.parquet"
-data.eval_path = "{home}/eval.parquet"
-data.template = "r1_zero"
-data.max_prompt_tokens = 400
-rollout.max_model_len = 512
-rollout.max_new_tokens = 32
-rollout.kv_cache_gb = 0.1
-reward.weights = {{ arithmetic = 1.0, format = 0.1 }}
-cluster.device = "cpu"
-cluster.num_cpus = 16
-run.steps = 5
-"""
+# The tiny recipe on the user's own model and data (no tiny model, no synthetic data).
+USER_RECIPE = {
+    "model.tiny": None, "data.synthetic": None,
+    "data.train_path": "{root}/train.parquet", "data.eval_path": "{root}/eval.parquet",
+    "rollout": {"max_model_len": 512, "max_new_tokens": 32, "kv_cache_gb": 0.1},
+    "reward": {"weights": {"arithmetic": 1.0, "format": 0.1}},
+    "algorithm": None, "learner": None, "eval": None,
+    "cluster": {"device": "cpu", "num_cpus": 16},
+    "run": {"steps": 5},
+}
 
 
-# (id, TOML written before the base recipe, overrides, environment changes, what the one line must name)
+def write_user_recipe(path: Path, home: Path, extra: dict | None = None) -> Path:
+    """USER_RECIPE on the files in `home`, with the tiny-recipe overrides `extra` on top."""
+    return write_tiny_recipe(path, {**USER_RECIPE, **(extra or {})}, root=home)
+
+
+# (id, recipe overrides, command-line overrides, environment changes, what the one line must name)
 H = "{home}"
 CASES = [
-    ("unknown-reward", "", ["--reward.weights", "{nosuch = 1.0}"], {}, "reward.weights.nosuch: not a built-in"),
-    ("reward-import-fails", "", ["--reward.weights", '{"userrew.broken:f" = 1.0}'], {},
+    ("unknown-reward", {}, ["--reward.weights", "{nosuch = 1.0}"], {}, "reward.weights.nosuch: not a built-in"),
+    ("reward-import-fails", {}, ["--reward.weights", '{"userrew.broken:f" = 1.0}'], {},
      "reward.weights.userrew.broken:f: cannot import module 'userrew.broken': RuntimeError: boom"),
-    ("reward-module-exits", "", ["--reward.weights", '{"userrew.exits:f" = 1.0}'], {},
+    ("reward-module-exits", {}, ["--reward.weights", '{"userrew.exits:f" = 1.0}'], {},
      "reward.weights.userrew.exits:f: cannot import module 'userrew.exits': SystemExit: 3"),
-    ("reward-module-missing", "", ["--reward.weights", '{"nopkg.mod:f" = 1.0}'], {}, "reward.weights.nopkg.mod:f"),
-    ("data-lacks-reward-field", "", ["--data.train_path", f"{H}/solution.parquet"], {},
+    ("reward-module-missing", {}, ["--reward.weights", '{"nopkg.mod:f" = 1.0}'], {}, "reward.weights.nopkg.mod:f"),
+    ("data-lacks-reward-field", {}, ["--data.train_path", f"{H}/solution.parquet"], {},
      "solution.parquet': reward 'arithmetic' needs the row field 'answer'"),
-    ("user-reward-field", "", ["--reward.weights", '{"userrew.good:needs_hint" = 1.0}'], {},
+    ("user-reward-field", {}, ["--reward.weights", '{"userrew.good:needs_hint" = 1.0}'], {},
      "train.parquet': reward 'userrew.good:needs_hint' needs the row field 'hint'"),
-    ("reward-field-null", "", ["--data.eval_path", f"{H}/null-answer.parquet"], {},
+    ("reward-field-null", {}, ["--data.eval_path", f"{H}/null-answer.parquet"], {},
      "null-answer.parquet': row 3 has no value for field 'answer'"),
-    ("not-utf8-jsonl", "", ["--data.train_path", f"{H}/latin1.jsonl"], {}, "latin1.jsonl': line 2 is not valid UTF-8"),
-    ("not-utf8-parquet", "", ["--data.eval_path", f"{H}/latin1.parquet"], {},
+    ("not-utf8-jsonl", {}, ["--data.train_path", f"{H}/latin1.jsonl"], {}, "latin1.jsonl': line 2 is not valid UTF-8"),
+    ("not-utf8-parquet", {}, ["--data.eval_path", f"{H}/latin1.parquet"], {},
      "latin1.parquet': column 'prompt' row 1 is not valid UTF-8"),
-    ("jsonl-error-deep-in-file", "", ["--data.train_path", f"{H}/deep.jsonl"], {},
+    ("jsonl-error-deep-in-file", {}, ["--data.train_path", f"{H}/deep.jsonl"], {},
      "deep.jsonl': cannot read it as jsonl: line 25001 is not valid JSON"),
-    ("data-path-with-a-newline", "", ["--data.eval_path", "no\nsuch.parquet"], {},
+    ("data-path-with-a-newline", {}, ["--data.eval_path", "no\nsuch.parquet"], {},
      "data file 'no such.parquet': no such file"),
-    ("eval-file-missing", "", ["--data.eval_path", f"{H}/nothere.parquet"], {}, "nothere.parquet': no such file"),
-    ("train-prompt-too-long", "", ["--data.train_path", f"{H}/long.parquet"], {},
+    ("eval-file-missing", {}, ["--data.eval_path", f"{H}/nothere.parquet"], {}, "nothere.parquet': no such file"),
+    ("train-prompt-too-long", {}, ["--data.train_path", f"{H}/long.parquet"], {},
      "long.parquet': row 3 is"),
-    ("eval-prompt-too-long", "", ["--data.eval_path", f"{H}/long.parquet"], {}, "long.parquet': row 3 is"),
-    ("model-missing", "", ["--model.path", f"{H}/nothere"], {}, "model.path: '{home}/nothere' does not exist"),
-    ("model-empty-dir", "", ["--model.path", f"{H}/empty-dir"], {}, "model.path: '{home}/empty-dir' is an empty"),
-    ("model-is-a-file", "", ["--model.path", f"{H}/a-file"], {}, "model.path: '{home}/a-file' is a file"),
-    ("model-bad-config", "", ["--model.path", f"{H}/bad-config"], {}, "bad-config/config.json' is not valid JSON"),
-    ("model-config-not-a-model", "", ["--model.path", f"{H}/no-model-type"], {}, "names no model_type"),
-    ("model-truncated-weights", "", ["--model.path", f"{H}/truncated"], {},
+    ("eval-prompt-too-long", {}, ["--data.eval_path", f"{H}/long.parquet"], {}, "long.parquet': row 3 is"),
+    ("model-missing", {}, ["--model.path", f"{H}/nothere"], {}, "model.path: '{home}/nothere' does not exist"),
+    ("model-empty-dir", {}, ["--model.path", f"{H}/empty-dir"], {}, "model.path: '{home}/empty-dir' is an empty"),
+    ("model-is-a-file", {}, ["--model.path", f"{H}/a-file"], {}, "model.path: '{home}/a-file' is a file"),
+    ("model-bad-config", {}, ["--model.path", f"{H}/bad-config"], {}, "bad-config/config.json' is not valid JSON"),
+    ("model-config-not-a-model", {}, ["--model.path", f"{H}/no-model-type"], {}, "names no model_type"),
+    ("model-truncated-weights", {}, ["--model.path", f"{H}/truncated"], {},
      "truncated/model.safetensors' is truncated"),
-    ("model-no-tokenizer", "", ["--model.path", f"{H}/no-tokenizer"], {}, "no-tokenizer' has no vocabulary"),
-    ("tokenizer-not-loading", "", ["--model.tokenizer", f"{H}/empty-dir"], {}, "model.tokenizer: no tokenizer loads"),
-    ("hub-id-offline", "", ["--model.path", "no-such-org/no-such-model"], {"HF_HUB_OFFLINE": "1"},
+    ("model-no-tokenizer", {}, ["--model.path", f"{H}/no-tokenizer"], {}, "no-tokenizer' has no vocabulary"),
+    ("tokenizer-not-loading", {}, ["--model.tokenizer", f"{H}/empty-dir"], {}, "model.tokenizer: no tokenizer loads"),
+    ("hub-id-offline", {}, ["--model.path", "no-such-org/no-such-model"], {"HF_HUB_OFFLINE": "1"},
      "model.path: 'no-such-org/no-such-model' is not a local directory and not in the Hugging Face cache"),
     # Online the hub answers "no such model"; without a network the lookup fails at once. Either way: one line.
-    ("hub-id-unknown", "", ["--model.path", "no-such-org/no-such-model"], {"HF_HUB_OFFLINE": None},
+    ("hub-id-unknown", {}, ["--model.path", "no-such-org/no-such-model"], {"HF_HUB_OFFLINE": None},
      "model.path: 'no-such-org/no-such-model' is not a local directory"),
-    ("not-a-hub-id", "", ["--model.path", "a/b/c"], {}, "model.path: 'a/b/c' is not a local directory"),
-    ("max-model-len-over-the-model", "", ["--rollout.max_model_len", "4096"], {},
+    ("not-a-hub-id", {}, ["--model.path", "a/b/c"], {}, "model.path: 'a/b/c' is not a local directory"),
+    ("max-model-len-over-the-model", {}, ["--rollout.max_model_len", "4096"], {},
      "rollout.max_model_len: 4096 is longer than the model takes (max_position_embeddings = 2048"),
-    ("kv-cache-under-one-sequence", "", ["--rollout.kv_cache_gb", "0.0001"], {},
+    ("kv-cache-under-one-sequence", {}, ["--rollout.kv_cache_gb", "0.0001"], {},
      "rollout.kv_cache_gb: 0.0001 GiB holds the KV cache of 104 tokens of this model, less than one sequence"),
-    ("chat-template-missing", "", ["--model.path", f"{H}/no-chat-template", "--data.template", "chat"], {},
+    ("chat-template-missing", {}, ["--model.path", f"{H}/no-chat-template", "--data.template", "chat"], {},
      "data.template: 'chat' renders prompts with the tokenizer's chat template"),
-    ("kv-cache-over-memory", "", ["--rollout.kv_cache_gb", "100000"], {}, "rollout.kv_cache_gb: 1 rollout worker"),
-    ("memory-fraction-over-memory", "", ["--rollout.kv_cache_gb", "0", "--rollout.num_workers", "4",
+    ("kv-cache-over-memory", {}, ["--rollout.kv_cache_gb", "100000"], {}, "rollout.kv_cache_gb: 1 rollout worker"),
+    ("memory-fraction-over-memory", {}, ["--rollout.kv_cache_gb", "0", "--rollout.num_workers", "4",
                                          "--rollout.gpu_memory_utilization", "1.0"], {},
      "rollout.gpu_memory_utilization: 4 rollout worker(s) x 1 of"),
-    ("tiny-model-eval-too-long", "model.tiny.seed = 0", ["--data.eval_path", f"{H}/long.parquet"], {},
+    ("tiny-model-eval-too-long", {"model.tiny.seed": 0}, ["--data.eval_path", f"{H}/long.parquet"], {},
      "long.parquet': row 3 is"),
 ]
 
@@ -201,14 +201,14 @@ def results(world, tmp_path_factory):
     def one(case):
         name, extra, overrides, env_changes, _ = case
         path = recipes / f"{name}.toml"
-        path.write_text(recipe_text(world, extra.replace(H, str(world))))
+        write_user_recipe(path, world, extra)
         return run_aha("check", str(path), *[o.replace(H, str(world)) for o in overrides],
                        env_changes={**env, **env_changes})
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         done = dict(zip([c[0] for c in CASES], pool.map(one, CASES)))
-    done["good"] = one(("good", "", [], {}, ""))
-    done["tags-warning"] = one(("tags-warning", "", ["--model.path", f"{H}/special-tags"], {}, ""))
+    done["good"] = one(("good", {}, [], {}, ""))
+    done["tags-warning"] = one(("tags-warning", {}, ["--model.path", f"{H}/special-tags"], {}, ""))
     assert tree_hashes(world) == before, "aha changed the user's files"
     assert not (recipes / "hf-cache").exists(), "aha check downloaded or cached something"
     return done
@@ -295,7 +295,7 @@ def test_check_prepared_names_the_eval_file(world, tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
     path = tmp_path / "r.toml"
-    path.write_text(recipe_text(world))
+    write_user_recipe(path, world)
     recipe = load_recipe(path, ["--data.eval_path", str(world / "long.parquet")])
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     too_long = r"long\.parquet': row 3 is \d+ tokens after the template, over data.max_prompt_tokens=400"
@@ -312,7 +312,7 @@ def test_kv_memory_fits_what_this_machine_has(world, tmp_path):
     total, available = memory_bytes()
     assert 0 < available <= total
     path = tmp_path / "r.toml"
-    path.write_text(recipe_text(world))
+    write_user_recipe(path, world)
     fits = f"{0.5 * available / 2**30:.3f}"
     check_kv_memory(load_recipe(path, ["--rollout.kv_cache_gb", fits]))
     check_kv_memory(load_recipe(path, ["--rollout.kv_cache_gb", "100000", "--cluster.address", "auto"]))  # remote

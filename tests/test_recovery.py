@@ -4,6 +4,7 @@ metrics, reading AHA_CHAOS, and the CLI's lines for a run that stopped but can r
 import pytest
 from ray.exceptions import ActorDiedError, RayTaskError
 
+from cluster.inputs.tiny_recipe import write_tiny_recipe
 from cluster.run.chaos import ChaosError, Fault, parse_faults
 from cluster.cli import main
 from cluster.roles.recovery import Recovery, is_death, one_line
@@ -71,11 +72,13 @@ def test_chaos_entries_are_read_strictly():
 
 
 def test_a_bad_chaos_entry_is_one_line_exit_2_before_anything_is_written(tmp_path, monkeypatch, capsys):
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(f'[model]\npath = "{tmp_path}/model"\n[model.tiny]\nhidden_size = 64\n'
-                      f'[data]\ntrain_path = "{tmp_path}/train.parquet"\neval_path = "{tmp_path}/eval.parquet"\n'
-                      f'[data.synthetic]\ntask = "arithmetic"\n'
-                      f'[cluster]\nnum_cpus = 4\n[run]\noutput_dir = "{tmp_path}/run"\n')
+    # Only what reading the recipe needs: AHA_CHAOS is refused before any input is built.
+    recipe = write_tiny_recipe(tmp_path / "recipe.toml", {
+        "model.tiny": {"hidden_size": 64},
+        "data": {"train_path": "{root}/train.parquet", "eval_path": "{root}/eval.parquet",
+                 "synthetic": {"task": "arithmetic"}},
+        "rollout": None, "reward": None, "algorithm": None, "learner": None, "cluster": {"num_cpus": 4}, "eval": None,
+        "run": {"output_dir": "{root}/run"}})
     monkeypatch.setenv("AHA_CHAOS", "rollout@train:2")
     monkeypatch.chdir(tmp_path)
     assert main(["train", str(recipe)]) == 2
