@@ -1,14 +1,16 @@
 """The run's placement plan (cluster/startup/live_placement.py) and `aha plan`: clusters named on the
 command line, Ray's node table read into a cluster, each actor's node, and the printed plan."""
 
+from pathlib import Path
+
 import pytest
 
 from cluster.cli import main
 from cluster.startup.live_placement import RunPlan, _ranges, describe_nodes, label_selectors, live_cluster, parse_cluster
 from cluster.recipe import load_recipe
 from cluster.recipe.placement import ClusterSpecError, NodeSpec, PlacementError, job_roles, plan_placement
-from test_recipes import REPO
 
+REPO = Path(__file__).resolve().parents[1]
 GSM8K = REPO / "deploy/recipes/gsm8k-qwen2.5-1.5b.toml"
 
 

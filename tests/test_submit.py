@@ -3,6 +3,7 @@ against a real two-node cluster in tests/test_stack_cluster.py."""
 
 import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -11,8 +12,8 @@ from cluster.recipe import RecipeError, load_recipe
 from cluster.recipe.pipeline import load_pipeline
 from cluster.commands.submit import check_output_on_shared_storage, env_pairs, job_entrypoint, submit_when_an_agent_answers
 from cluster.wire.errors import RunFailed
-from test_recipes import REPO
 
+REPO = Path(__file__).resolve().parents[1]
 RECIPE = '[model]\npath = "Qwen/Qwen2.5-0.5B"\n[data]\ntrain_path = "data/train.parquet"\n[run]\noutput_dir = "{out}"\n'
 
 
