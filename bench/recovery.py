@@ -26,52 +26,21 @@ import tempfile
 import time
 from pathlib import Path
 
+from cluster.inputs.tiny_recipe import write_tiny_recipe
+
 AHA = str(Path(sys.executable).with_name("aha"))
-RECIPE = """
-[model]
-path = "{out}/model"
-[model.tiny]
-hidden_size = 128
-num_layers = 2
-[data]
-train_path = "{out}/data/train.parquet"
-eval_path = ""
-template = "r1_zero"
-max_prompt_tokens = 400
-[data.synthetic]
-task = "arithmetic"
-train_rows = 256
-eval_rows = 0
-[rollout]
-num_workers = 2
-group_size = 8
-prompts_per_step = 8
-max_new_tokens = 48
-max_model_len = 512
-kv_cache_gb = 0.2
-enforce_eager = true
-[reward]
-weights = {{ arithmetic = 1.0, format = 0.5 }}
-workers_per_scorer = 1
-[learner]
-num_ranks = 2
-zero_stage = 2
-lr = 1e-4
-micro_batch_size = 8
-[cluster]
-num_cpus = 5
-scorer_cpus = 0.5
-timeout_s = 300
-[run]
-output_dir = "{out}/run"
-steps = {steps}
-"""
+# The tiny recipe with a second rollout worker (the one that dies has a neighbour) and longer
+# steps than the tests' (8 groups of 8, 48 tokens), so that a step's time is worth comparing.
+OVERRIDES = {
+    "data.eval_path": "", "data.synthetic.train_rows": 256, "data.synthetic.eval_rows": 0, "eval": None,
+    "rollout.num_workers": 2, "rollout.group_size": 8, "rollout.prompts_per_step": 8, "rollout.max_new_tokens": 48,
+    "algorithm": None, "learner.micro_batch_size": 8, "cluster.num_cpus": 5, "run.checkpoint_every": None,
+}
 
 
 def run_with_faults(out: Path, steps: int, chaos: str) -> list[tuple[float, str]]:
     """Run the recipe with AHA_CHAOS = `chaos`; returns its output lines with their arrival times."""
-    recipe = out / "recipe.toml"
-    recipe.write_text(RECIPE.format(out=out, steps=steps))
+    recipe = write_tiny_recipe(out / "recipe.toml", {**OVERRIDES, "run.steps": steps})
     env = {**os.environ, "AHA_CHAOS": chaos, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([AHA, "train", str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, cwd=out, env=env)

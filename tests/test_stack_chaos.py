@@ -18,21 +18,19 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.inputs.tiny_recipe import write_tiny_recipe
 from cluster.output.checkpoints import complete_checkpoints
 from cluster.output.run_log import read_metrics
-from test_stack_loop import AHA, RECIPE, _consumed, _sampler_order
+from stack_helpers import AHA, consumed, sampler_order
 
 pytestmark = pytest.mark.stack
 GROUP_SIZE = 4
 
 
 def _recipe(tmp_path, steps: int) -> Path:
-    text = (RECIPE.format(out=tmp_path).replace("steps = 3", f"steps = {steps}")
-            .replace("num_cpus = 4", "num_cpus = 5").replace("[rollout]\n", "[rollout]\nnum_workers = 2\n"))
-    assert "num_workers = 2" in text and f"steps = {steps}" in text
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(text)
-    return recipe
+    # A second rollout worker (and a CPU for it), so that one can die while the other works.
+    return write_tiny_recipe(tmp_path / "recipe.toml", {"run.steps": steps, "cluster.num_cpus": 5,
+                                                        "rollout.num_workers": 2})
 
 
 def _aha(tmp_path, recipe, *args, chaos: str = "", timeout: int = 900):
@@ -81,7 +79,7 @@ def test_dead_actors_are_replaced_a_dead_learner_rank_stops_and_nothing_is_lost_
     assert "[aha] resuming from version-5 (step 5)" in finished.stdout
     run = tmp_path / "run"
     # Exactly the sampler's prompts at every step, each trained on as one whole group.
-    assert _consumed(run) == _sampler_order(tmp_path, 6)
+    assert consumed(run) == sampler_order(tmp_path, 6)
     rows = pq.read_table(run / "rollouts").to_pylist()
     per_group = Counter((row["step"], row["prompt_index"]) for row in rows)
     assert set(per_group.values()) == {GROUP_SIZE}

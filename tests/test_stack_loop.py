@@ -1,78 +1,19 @@
 """The real loop end to end on CPU: vLLM rollout workers, reward scorers and DeepSpeed ranks
-as Ray actors, a few steps with the tiny model."""
+as Ray actors, a few steps of the tiny recipe (cluster/inputs/tiny_recipe.py)."""
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.inputs.tiny_recipe import write_tiny_recipe
 from cluster.output.run_log import read_metrics
 from cluster.wire.errors import RunFailed
+from stack_helpers import AHA, consumed, sampler_order, train, train_rows, wait_for
 
 pytestmark = pytest.mark.stack
-AHA = str(Path(sys.executable).with_name("aha"))
-
-RECIPE = """
-[model]
-path = "{out}/model"
-[model.tiny]
-hidden_size = 128
-num_layers = 2
-[data]
-train_path = "{out}/data/train.parquet"
-eval_path = "{out}/data/eval.parquet"
-template = "r1_zero"
-max_prompt_tokens = 400
-[data.synthetic]
-task = "arithmetic"
-train_rows = 64
-eval_rows = 16
-[rollout]
-group_size = 4
-prompts_per_step = 4
-max_new_tokens = 12
-max_model_len = 512
-kv_cache_gb = 0.2
-enforce_eager = true
-[reward]
-weights = {{ arithmetic = 1.0, format = 0.5 }}
-workers_per_scorer = 1
-[algorithm]
-# A random tiny model earns no reward, so every advantage is 0; the entropy bonus still moves
-# the weights each step, which is what the weight-sync and staleness checks need.
-entropy_coef = 0.01
-[learner]
-num_ranks = 2
-zero_stage = 2
-lr = 1e-4
-micro_batch_size = 4
-[cluster]
-num_cpus = 4
-rollout_cpus = 1
-learner_cpus = 1
-scorer_cpus = 0.5
-timeout_s = 300
-[eval]
-num_prompts = 8
-k = [2]
-budgets = [4]
-[run]
-output_dir = "{out}/run"
-steps = 3
-checkpoint_every = 2
-"""
-
-
-def _train(tmp_path, *overrides, timeout=600, env=None):
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE.format(out=tmp_path))
-    done = subprocess.run([AHA, "train", str(recipe), *overrides], capture_output=True, text=True,
-                          timeout=timeout, cwd=tmp_path, env=env)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return tmp_path / "run", done
 
 
 def test_a_few_on_policy_steps_leave_everything_behind(tmp_path):
@@ -84,11 +25,10 @@ def test_a_few_on_policy_steps_leave_everything_behind(tmp_path):
     (stuck / "metrics.jsonl").write_text('{"step": 1, "reward_mean": 0.5}\n{"step": 2, "rew')
     (stuck / "rollouts" / "step-000001.parquet").write_bytes(b"old")
     (stuck / "notes.txt").write_text("mine")
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE.format(out=tmp_path))
+    recipe = write_tiny_recipe(tmp_path / "recipe.toml")
     first = subprocess.Popen([AHA, "train", str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              cwd=tmp_path)
-    _wait_for(lambda: "pid" in _read(stuck / ".aha-lock"), first)
+    wait_for(lambda: "pid" in _read(stuck / ".aha-lock"), first)
     # A second run into the same directory meanwhile is refused in one line naming the holder.
     second = subprocess.run([AHA, "train", str(recipe)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
@@ -131,7 +71,7 @@ def test_a_few_on_policy_steps_leave_everything_behind(tmp_path):
     assert len(table) == 16 and {r["step"] for r in table} == {2}
     assert {r["weight_version"] for r in table} == {1}  # on-policy: made by the weights of step 1
     assert all(isinstance(r["completion"], str) for r in table)
-    assert _consumed(run) == _sampler_order(tmp_path, 3)
+    assert consumed(run) == sampler_order(tmp_path, 3)
     # checkpoint_every = 2 and the end: versions 2 and 3, each complete (its driver state last).
     assert sorted(p.name for p in (run / "checkpoints").glob("version-*")) == ["version-2", "version-3"]
     assert json.loads((run / "checkpoints" / "version-3" / "driver-state.json").read_text())["step"] == 3
@@ -182,7 +122,7 @@ def async_run_with_a_nan_reward(tmp_path_factory):
     independent things of it, and each whole run costs ~45 s of start-up on CPU."""
     tmp_path = tmp_path_factory.mktemp("async-nan")
     env = _user_reward_env(tmp_path, "nan_reward", NAN_REWARD)
-    return _train(tmp_path, "--algorithm.max_staleness", "1", "--reward.weights",
+    return train(tmp_path, "--algorithm.max_staleness", "1", "--reward.weights",
                   f"{{'{NAN_NAME}' = 1.0, format = 0.5}}", "--reward.failure_reward", "-1.0",
                   "--data.eval_path", "", "--data.synthetic.eval_rows", "0", env=env)
 
@@ -215,12 +155,12 @@ def score(completion, answer, **fields):
 
 def test_dynamic_sampling_drops_flat_groups_and_refills_the_step(tmp_path):
     env = _user_reward_env(tmp_path, "half_flat", HALF_FLAT_REWARD)
-    run, done = _train(tmp_path, "--algorithm.dynamic_sampling", "true", "--reward.weights", "{'half_flat:score' = 1.0}",
+    run, done = train(tmp_path, "--algorithm.dynamic_sampling", "true", "--reward.weights", "{'half_flat:score' = 1.0}",
                        "--data.eval_path", "", "--data.synthetic.eval_rows", "0", "--rollout.sleep_between_steps", "true",
                        "--run.log_every", "2", env=env)
     metrics = read_metrics(run)
     assert [m["step"] for m in metrics] == [1, 2, 3]
-    answers = {row.index: int(row.fields["answer"]) for row in _train_rows(tmp_path)}
+    answers = {row.index: int(row.fields["answer"]) for row in train_rows(tmp_path)}
     for step in (1, 2, 3):
         rows = pq.read_table(run / "rollouts" / f"step-{step:06d}.parquet").to_pylist()
         groups = {r["prompt_index"] for r in rows}
@@ -251,50 +191,12 @@ def _read(path) -> str:
         return ""
 
 
-def _wait_for(condition, process, timeout=300):
-    """Poll `condition` until it holds; fail if `process` ends first (showing its stderr where
-    that is piped) or after `timeout` seconds."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            stderr = process.communicate()[1] or ""
-            pytest.fail(f"the run ended first (exit {process.returncode}): {stderr[-3000:]}")
-        assert time.monotonic() < deadline, f"timed out after {timeout} s"
-        time.sleep(0.1)
-
-
-def _train_rows(tmp_path):
-    from cluster.inputs.data import load_prompt_rows
-
-    return load_prompt_rows(tmp_path / "data" / "train.parquet")
-
-
-def _sampler_order(tmp_path, steps: int) -> dict[int, list[int]]:
-    """What an uninterrupted on-policy run consumes: the seeded sampler's batches, in order."""
-    from cluster.inputs.data import PromptSampler
-
-    sampler = PromptSampler(_train_rows(tmp_path), seed=0, shuffle=True)
-    return {step: sorted(row.index for row in sampler.next_batch(4)) for step in range(1, steps + 1)}
-
-
-def _consumed(run) -> dict[int, list[int]]:
-    """Prompt indices trained on, per step, from the run's rollout files."""
-    rows = pq.read_table(run / "rollouts").to_pylist()
-    steps: dict[int, set[int]] = {}
-    for row in rows:
-        steps.setdefault(row["step"], set()).add(row["prompt_index"])
-    return {step: sorted(indices) for step, indices in sorted(steps.items())}
-
-
 def test_a_fresh_run_refuses_an_output_directory_it_did_not_make(tmp_path):
     # Writing there would mix a run's files with the user's: nothing is touched, and the user
     # is told to pick another directory.
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "reward_mean": 0.5}\n')
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE.format(out=tmp_path))
+    recipe = write_tiny_recipe(tmp_path / "recipe.toml")
     done = subprocess.run([AHA, "train", str(recipe)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
@@ -329,8 +231,7 @@ def test_a_reward_returning_nan_is_a_counted_explained_failure_not_a_crash(async
 
 def test_weights_that_overflow_end_the_run_in_one_line_and_leave_no_checkpoint(tmp_path):
     # The issue's case: `--learner.lr 1e308` used to save a NaN checkpoint and exit 0.
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE.format(out=tmp_path))
+    recipe = write_tiny_recipe(tmp_path / "recipe.toml")
     done = subprocess.run([AHA, "train", str(recipe), "--learner.lr", "1e308", "--run.checkpoint_every", "1",
                            "--data.eval_path", "", "--data.synthetic.eval_rows", "0"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
