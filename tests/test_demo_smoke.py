@@ -12,39 +12,21 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.inputs.tiny_recipe import write_tiny_recipe
+
 pytestmark = pytest.mark.stack
 AHA = str(Path(sys.executable).with_name("aha"))
 REPO = Path(__file__).resolve().parent.parent
 
-RECIPE = """
-[model]
-path = "{out}/model"
-[model.tiny]
-hidden_size = 128
-num_layers = 2
-[data]
-train_path = "{out}/data/train.parquet"
-eval_path = "{out}/data/eval.parquet"
-template = "r1_zero"
-max_prompt_tokens = 600
-[data.synthetic]
-task = "countdown"
-train_rows = 50
-eval_rows = 10
-[rollout]
-group_size = 4
-max_new_tokens = 16
-max_model_len = 640
-kv_cache_gb = 0.25
-enforce_eager = true
-[reward]
-weights = {{ countdown = 1.0 }}
-[cluster]
-num_cpus = 2
-learner_cpus = 0.5
-scorer_cpus = 0.5
-timeout_s = 300
-"""
+# The tiny recipe on countdown prompts, within 2 CPUs.
+RECIPE = {
+    "data.max_prompt_tokens": 600, "data.synthetic": {"task": "countdown", "train_rows": 50, "eval_rows": 10},
+    "rollout.prompts_per_step": None, "rollout.max_new_tokens": 16, "rollout.max_model_len": 640,
+    "rollout.kv_cache_gb": 0.25,
+    "reward": {"weights": {"countdown": 1.0}},
+    "algorithm": None, "learner": None, "eval": None, "run": None,
+    "cluster": {"num_cpus": 2, "learner_cpus": 0.5, "scorer_cpus": 0.5, "timeout_s": 300},
+}
 
 
 def test_the_demo_recipe_builds_its_inputs_and_samples_through_ray(tmp_path):
@@ -68,8 +50,7 @@ def test_the_demo_recipe_builds_its_inputs_and_samples_through_ray(tmp_path):
 
 
 def test_smoke_with_a_bad_recipe_exits_2_before_starting_anything(tmp_path):
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE.format(out=tmp_path))
+    recipe = write_tiny_recipe(tmp_path / "recipe.toml", RECIPE)
     done = subprocess.run([AHA, "smoke", str(recipe), "--rollout.group_size", "1"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
@@ -78,8 +59,7 @@ def test_smoke_with_a_bad_recipe_exits_2_before_starting_anything(tmp_path):
 
 
 def test_prompts_longer_than_the_limit_are_a_clear_error(tmp_path):
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE.format(out=tmp_path))
+    recipe = write_tiny_recipe(tmp_path / "recipe.toml", RECIPE)
     done = subprocess.run([AHA, "smoke", str(recipe), "--data.max_prompt_tokens", "100"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]

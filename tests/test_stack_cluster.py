@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.inputs.tiny_recipe import write_tiny_recipe
 from cluster.output.run_log import read_metrics
 
 pytestmark = pytest.mark.stack
@@ -31,44 +32,20 @@ RAY = str(Path(sys.executable).with_name("ray"))
 AHA = str(Path(sys.executable).with_name("aha"))
 REPO = Path(__file__).resolve().parent.parent
 
-RECIPE = """
-[model]
-path = "{out}/model"
-[model.tiny]
-hidden_size = 128
-num_layers = 2
-[data]
-train_path = "{out}/data/train.parquet"
-template = "{{prompt}} <think>"
-max_prompt_tokens = 32
-[data.synthetic]
-task = "chain_sum"
-train_rows = 32
-eval_rows = 0
-[rollout]
-num_workers = 1
-group_size = 4
-prompts_per_step = 2
-max_new_tokens = 8
-max_model_len = 64
-kv_cache_gb = 0.1
-enforce_eager = true
-[reward]
-weights = {{ arithmetic = 1.0 }}
-workers_per_scorer = 1
-[learner]
-num_ranks = 1
-micro_batch_size = 8
-[cluster]
-address = "auto"
-rollout_cpus = 2
-learner_cpus = 1
-scorer_cpus = 0.5
-timeout_s = 300
-[run]
-output_dir = "{out}/run"
-steps = 2
-"""
+# The tiny recipe on the running two-node Ray cluster: one worker, one learner rank, short chain
+# sums, two steps.
+RECIPE = {
+    "data.eval_path": None, "data.template": "{prompt} <think>", "data.max_prompt_tokens": 32,
+    "data.synthetic": {"task": "chain_sum", "train_rows": 32, "eval_rows": 0},
+    "rollout.num_workers": 1, "rollout.prompts_per_step": 2, "rollout.max_new_tokens": 8, "rollout.max_model_len": 64,
+    "rollout.kv_cache_gb": 0.1,
+    "reward.weights": {"arithmetic": 1.0},
+    "algorithm": None,
+    "learner": {"num_ranks": 1, "micro_batch_size": 8},
+    "cluster.num_cpus": None, "cluster.address": "auto", "cluster.rollout_cpus": 2,
+    "eval": None,
+    "run.steps": 2, "run.checkpoint_every": None,
+}
 
 
 def _free_port() -> int:
@@ -161,8 +138,7 @@ def test_aha_submit_to_a_token_protected_two_node_cluster_places_actors_as_plann
     # aha submit ships the repository, so the recipe goes inside it for the test's length (not in
     # a git-ignored folder: Ray's packaging leaves out what .gitignore lists).
     recipe = REPO / ".aha-test-recipes" / f"{tmp_path.name}.toml"
-    recipe.parent.mkdir(exist_ok=True)
-    recipe.write_text(RECIPE.format(out=tmp_path))
+    write_tiny_recipe(recipe, RECIPE, root=tmp_path)
     try:
         planned = subprocess.run([AHA, "plan", str(recipe), "--cluster.address", gcs], env=env, cwd=REPO,
                                  capture_output=True, text=True, timeout=180)

@@ -15,64 +15,35 @@ from pathlib import Path
 
 import pytest
 
+from cluster.inputs.tiny_recipe import write_tiny_recipe
 from cluster.output.checkpoints import complete_checkpoints
 from cluster.output.run_log import read_metrics
 
 pytestmark = pytest.mark.stack
 AHA = str(Path(sys.executable).with_name("aha"))
 
-RECIPE = """
-[model]
-path = "{student}"
-{tiny}
-[data]
-train_path = "{out}/data/train.parquet"
-eval_path = ""
-template = "{{prompt}}=? <think>"
-max_prompt_tokens = 32
-[data.synthetic]
-task = "arithmetic"
-train_rows = 64
-eval_rows = 0
-[rollout]
-group_size = 4
-prompts_per_step = 4
-max_new_tokens = 16
-max_model_len = 128
-kv_cache_gb = 0.05
-enforce_eager = true
-[reward]
-weights = {{ arithmetic = 1.0 }}
-workers_per_scorer = 1
-[learner]
-lr = {lr}
-micro_batch_size = 16
-[distill]
-teacher = "{teacher}"
-loss = "{loss}"
-[cluster]
-num_cpus = 4
-rollout_cpus = 1
-learner_cpus = 1
-scorer_cpus = 0.5
-teacher_cpus = 0.5
-timeout_s = {timeout}
-[run]
-output_dir = "{out}/run"
-steps = {steps}
-checkpoint_every = {checkpoint_every}
-"""
+# The tiny recipe distilling a student (a model directory, or a tiny model built where a test
+# says so) from a teacher: short sums with no held-out set, one learner rank beside the teacher.
+DISTILL = {
+    "model.tiny": None,
+    "data.eval_path": "", "data.template": "{prompt}=? <think>", "data.max_prompt_tokens": 32,
+    "data.synthetic.eval_rows": 0,
+    "rollout.max_new_tokens": 16, "rollout.max_model_len": 128, "rollout.kv_cache_gb": 0.05,
+    "reward.weights": {"arithmetic": 1.0},
+    "algorithm": None,
+    "learner.num_ranks": None, "learner.micro_batch_size": 16,
+    "cluster.teacher_cpus": 0.5,
+    "eval": None,
+}
 # A student built on the fly (the refusals come before it is built).
-TINY_STUDENT = "[model.tiny]\nhidden_size = 128\nnum_layers = 1\nseed = 0"
+TINY_STUDENT = {"hidden_size": 128, "num_layers": 1, "seed": 0}
 
 
-def _write_recipe(out: Path, *, student, teacher, tiny="", loss="advantage", lr=3e-3, steps=4, checkpoint_every=0,
+def _write_recipe(out: Path, *, student, teacher, tiny=None, loss="advantage", lr=3e-3, steps=4, checkpoint_every=0,
                   timeout=300) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "recipe.toml"
-    path.write_text(RECIPE.format(out=out, student=student, tiny=tiny, teacher=teacher, loss=loss, lr=lr, steps=steps,
-                                  checkpoint_every=checkpoint_every, timeout=timeout))
-    return path
+    return write_tiny_recipe(out / "recipe.toml", {
+        **DISTILL, "model.path": str(student), "model.tiny": tiny, "distill": {"teacher": str(teacher), "loss": loss},
+        "learner.lr": lr, "cluster.timeout_s": timeout, "run.steps": steps, "run.checkpoint_every": checkpoint_every})
 
 
 def _tiny(directory: Path, *, embedding_scale: float = 1.0, **fields) -> Path:
@@ -249,7 +220,7 @@ def test_mistakes_are_refused_before_anything_starts(tmp_path, teacher_dir):
 
     cases = {
         # the student is an existing directory (the teacher's): its vocabulary is checked at once
-        "vocabulary": case("vocabulary", other_vocab, student=teacher_dir, tiny=""),
+        "vocabulary": case("vocabulary", other_vocab, student=teacher_dir, tiny=None),
         # a tiny student not built yet: checked against the tokenizer every tiny model has
         "vocabulary-tiny": case("vocabulary-tiny", other_vocab),
         "no-teacher": case("no-teacher", ""),
@@ -274,58 +245,22 @@ def test_mistakes_are_refused_before_anything_starts(tmp_path, teacher_dir):
         assert not (tmp_path / name / "student").exists(), name  # nor was the student built
 
 
-PIPELINE = """
-[model]
-path = "{out}/student"
-[model.tiny]
-hidden_size = 64
-num_layers = 1
-num_kv_heads = 1
-[data]
-train_path = "{out}/data/train.parquet"
-template = "{{prompt}}=? <think>"
-max_prompt_tokens = 32
-[data.synthetic]
-task = "arithmetic"
-train_rows = 16
-eval_rows = 0
-[rollout]
-max_new_tokens = 8
-max_model_len = 128
-kv_cache_gb = 0.05
-enforce_eager = true
-[reward]
-weights = {{ "even_length:score" = 1.0 }}
-workers_per_scorer = 1
-[learner]
-micro_batch_size = 8
-[sft]
-batch_size = 4
-max_length = 64
-[distill]
-teacher = "{teacher}"
-[cluster]
-num_cpus = 4
-rollout_cpus = 1
-learner_cpus = 1
-scorer_cpus = 0.5
-teacher_cpus = 0.5
-timeout_s = 300
-[pipeline]
-name = "offpolicy"
-output_dir = "{out}/pipe"
-stages = ["traces", "sft"]
-evaluate = false
-[stages.traces]
-kind = "generate"
-model_from = "teacher"
-generate.num_prompts = 6
-generate.samples_per_prompt = 4
-[stages.sft]
-kind = "sft"
-model_from = "base"
-traces_from = "traces"
-"""
+# Off-policy distillation as a pipeline: the teacher writes verified traces, a smaller student
+# built here is fine-tuned on them.
+PIPELINE = {
+    **DISTILL,
+    "model.path": "{root}/student", "model.tiny": {"hidden_size": 64, "num_layers": 1, "num_kv_heads": 1},
+    "data.synthetic.train_rows": 16,
+    "rollout.group_size": None, "rollout.prompts_per_step": None, "rollout.max_new_tokens": 8,
+    "reward.weights": {"even_length:score": 1.0},
+    "learner": {"micro_batch_size": 8},
+    "sft": {"batch_size": 4, "max_length": 64},
+    "run": None,
+    "pipeline": {"name": "offpolicy", "output_dir": "{root}/pipe", "stages": ["traces", "sft"], "evaluate": False},
+    "stages.traces": {"kind": "generate", "model_from": "teacher",
+                      "generate": {"num_prompts": 6, "samples_per_prompt": 4}},
+    "stages.sft": {"kind": "sft", "model_from": "base", "traces_from": "traces"},
+}
 # A random tiny teacher never solves a sum; this reward verifies about half of any texts, so the
 # pipeline has traces to keep and to train on.
 EVEN_LENGTH = "def score(completion, **fields):\n    return 1.0 if len(completion) % 2 == 0 else 0.0\n"
@@ -335,8 +270,7 @@ def test_off_policy_distillation_pipeline_generate_then_sft_on_tiny_models(tmp_p
     import pyarrow.parquet as pq
 
     (tmp_path / "even_length.py").write_text(EVEN_LENGTH)
-    recipe = tmp_path / "pipeline.toml"
-    recipe.write_text(PIPELINE.format(out=tmp_path, teacher=teacher_dir))
+    recipe = write_tiny_recipe(tmp_path / "pipeline.toml", {**PIPELINE, "distill.teacher": str(teacher_dir)})
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     done = subprocess.run([AHA, "pipeline", str(recipe)], capture_output=True, text=True, timeout=900, cwd=tmp_path,
                           env=env)

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.inputs.tiny_model import build_tiny_model
+from cluster.inputs.tiny_recipe import SAMPLING_ONLY, write_tiny_recipe
 from cluster.output.eval_metrics import reflection_rate
 from rewards.extract import extract_final_answer
 from rewards.registry import REGISTRY, resolve_reward
@@ -31,42 +32,21 @@ COIN_REWARD = """
 def score(completion, answer, **fields):
     return 1.0 if (sum(map(ord, completion)) + int(answer)) % 2 == 0 else 0.0
 """
-RECIPE = """
-[model]
-path = "{home}/unused"
-[data]
-train_path = "{home}/eval.parquet"
-eval_path = "{home}/eval.parquet"
-template = "r1_zero"
-max_prompt_tokens = 400
-[rollout]
-max_new_tokens = 12
-max_model_len = 512
-kv_cache_gb = 0.2
-enforce_eager = true
-[reward]
-weights = {{ "eval_coin:score" = 1.0, arithmetic = 0.5 }}
-workers_per_scorer = 1
-[cluster]
-num_cpus = 4
-rollout_cpus = 1
-scorer_cpus = 0.5
-timeout_s = 300
-[eval]
-num_prompts = {num_prompts}
-k = {k}
-budgets = [{budget}]
-[run]
-name = "tiny"
-"""
+# The models to compare are given on the command line; the recipe's model.path is never read.
+RECIPE = {
+    **SAMPLING_ONLY, "model.path": "{root}/unused",
+    "data.train_path": "{root}/eval.parquet", "data.eval_path": "{root}/eval.parquet",
+    "reward.weights": {"eval_coin:score": 1.0, "arithmetic": 0.5},
+    "eval": {"num_prompts": NUM_PROMPTS, "k": K, "budgets": [BUDGET]},
+    "run.name": "tiny",
+}
 
 
 def test_two_models_side_by_side_match_a_hand_count(tmp_path, tiny_model_dir, monkeypatch):
     other = build_tiny_model(tmp_path / "other", tiny_spec(seed=7))
     pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "eval.parquet")
     (tmp_path / "eval_coin.py").write_text(COIN_REWARD)
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE.format(home=tmp_path, num_prompts=NUM_PROMPTS, k=K, budget=BUDGET))
+    recipe = write_tiny_recipe(tmp_path / "recipe.toml", RECIPE)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}  # the scorer's workers import the user's reward
     done = subprocess.run([AHA, "eval", str(recipe), "--model", str(tiny_model_dir), "--model", str(other),

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.inputs.tiny_recipe import SAMPLING_ONLY, write_tiny_recipe
 from cluster.inputs.traces import load_traces
 from cluster.recipe import Recipe
 from rewards.registry import REGISTRY, resolve_reward
@@ -39,43 +40,19 @@ def score(completion, answer, **fields):
     time.sleep(float(os.environ.get("COIN_DELAY", "0")))
     return 1.0 if (sum(map(ord, completion)) + int(answer)) % 2 == 0 or int(answer) % 3 == 0 else 0.0
 """
-RECIPE = """
-[model]
-path = "{model}"
-[data]
-train_path = "{home}/train.parquet"
-template = "r1_zero"
-max_prompt_tokens = 400
-[rollout]
-max_new_tokens = {tokens}
-top_k = 2
-max_model_len = 512
-kv_cache_gb = 0.2
-enforce_eager = true
-[reward]
-weights = {{ "generate_coin:score" = 1.0, arithmetic = 0.5 }}
-workers_per_scorer = 1
-[cluster]
-num_cpus = 4
-rollout_cpus = 1
-scorer_cpus = 0.5
-timeout_s = 300
-[generate]
-samples_per_prompt = {k}
-num_prompts = {num_prompts}
-chunk_prompts = {chunk}
-keep_rejected = true
-[run]
-output_dir = "{home}/gen"
-"""
+RECIPE = {
+    **SAMPLING_ONLY, "data.train_path": "{root}/train.parquet", "data.eval_path": None,
+    "rollout.max_new_tokens": TOKENS, "rollout.top_k": 2,
+    "reward.weights": {"generate_coin:score": 1.0, "arithmetic": 0.5},
+    "generate": {"samples_per_prompt": K, "num_prompts": NUM_PROMPTS, "chunk_prompts": CHUNK, "keep_rejected": True},
+    "run.output_dir": "{root}/gen",
+}
 
 
 def test_generate_killed_and_resumed_keeps_exactly_the_verified_traces_once(tmp_path, tiny_model_dir, monkeypatch):
     pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "train.parquet")
     (tmp_path / "generate_coin.py").write_text(COIN_REWARD)
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE.format(model=tiny_model_dir, home=tmp_path, k=K, num_prompts=NUM_PROMPTS, chunk=CHUNK,
-                                     tokens=TOKENS))
+    recipe = write_tiny_recipe(tmp_path / "recipe.toml", {**RECIPE, "model.path": str(tiny_model_dir)})
     out, env = tmp_path / "gen", {**os.environ, "PYTHONPATH": str(tmp_path)}
     progress = out / "progress.jsonl"
 
@@ -97,7 +74,7 @@ def test_generate_killed_and_resumed_keeps_exactly_the_verified_traces_once(tmp_
     again = subprocess.run([AHA, "generate", str(recipe)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                            env=env)
     assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr[-3000:]
-    assert f"prompts done); pass --resume to continue it, --overwrite" in again.stderr
+    assert "prompts done); pass --resume to continue it, --overwrite" in again.stderr
 
     done = subprocess.run([AHA, "generate", str(recipe), "--resume"], capture_output=True, text=True, timeout=900,
                           cwd=tmp_path, env=env)

@@ -15,66 +15,26 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.inputs.tiny_recipe import write_tiny_recipe
+
 pytestmark = pytest.mark.stack
 AHA = str(Path(sys.executable).with_name("aha"))
 
-RECIPE = """
-[model]
-path = "{home}/model"
-[model.tiny]
-hidden_size = 128
-num_layers = 2
-[data]
-train_path = "{home}/data/train.parquet"
-eval_path = "{home}/data/eval.parquet"
-template = "r1_zero"
-max_prompt_tokens = 400
-[data.synthetic]
-task = "arithmetic"
-train_rows = 32
-eval_rows = 4
-[rollout]
-group_size = 2
-prompts_per_step = 2
-max_new_tokens = 8
-max_model_len = 512
-kv_cache_gb = 0.2
-enforce_eager = true
-[reward]
-weights = {{ arithmetic = 1.0, format = 0.5 }}
-workers_per_scorer = 1
-[algorithm]
-entropy_coef = 0.01  # a random model earns no reward; the entropy bonus still moves the weights
-[learner]
-lr = 1e-4
-micro_batch_size = 4
-[cluster]
-num_cpus = 4
-rollout_cpus = 1
-learner_cpus = 1
-scorer_cpus = 0.5
-timeout_s = 300
-[eval]
-num_prompts = 4
-
-[pipeline]
-name = "two"
-output_dir = "{home}/pipe"
-stages = ["rl1", "rl2"]
-[stages.rl1]
-kind = "train"
-run.steps = {steps1}
-[stages.rl2]
-kind = "train"
-run.steps = 1
-learner.lr = 5e-5
-rollout.top_p = 0.95
-"""
+# Two short GRPO stages of the tiny recipe: smaller steps, one learner rank, a small held-out set.
+RECIPE = {
+    "data.synthetic.train_rows": 32, "data.synthetic.eval_rows": 4,
+    "rollout.group_size": 2, "rollout.prompts_per_step": 2, "rollout.max_new_tokens": 8,
+    "learner.num_ranks": None,
+    "eval": {"num_prompts": 4},
+    "run": None,
+    "pipeline": {"name": "two", "output_dir": "{root}/pipe", "stages": ["rl1", "rl2"]},
+    "stages.rl1.kind": "train",
+    "stages.rl2": {"kind": "train", "run": {"steps": 1}, "learner": {"lr": 5e-5}, "rollout": {"top_p": 0.95}},
+}
 
 
 def _pipeline(home: Path, steps1: int = 1, timeout: int = 1200):
-    recipe = home / "pipeline.toml"
-    recipe.write_text(RECIPE.format(home=home, steps1=steps1))
+    recipe = write_tiny_recipe(home / "pipeline.toml", {**RECIPE, "stages.rl1.run.steps": steps1})
     started = time.monotonic()
     done = subprocess.run([AHA, "pipeline", str(recipe)], capture_output=True, text=True, timeout=timeout, cwd=home)
     return done, time.monotonic() - started

@@ -15,6 +15,7 @@ import torch
 
 from cluster.inputs.data import PromptSampler
 from cluster.inputs.tasks import write_parquet
+from cluster.inputs.tiny_recipe import write_tiny_recipe
 from cluster.output.run_log import read_metrics
 
 pytestmark = pytest.mark.stack
@@ -23,63 +24,34 @@ AHA = str(Path(sys.executable).with_name("aha"))
 # Every prompt sums to 2 and every trace answers 2: a pattern a random tiny model learns in a
 # few steps, so held-out accuracy through the engines moves only if the SFT weights reach them.
 PROMPTS = ["1+1", "0+2", "2+0", "1+0+1", "0+1+1", "1+1+0", "0+0+2", "2+0+0", "0+2+0"]
-RECIPE = """
-[model]
-path = "{out}/model"
-[model.tiny]
-hidden_size = 64
-num_layers = 2
-[data]
-template = "{{prompt}}=? <think>"
-max_prompt_tokens = 32
-{eval_line}
-[sft]
-train_path = "{out}/traces.parquet"
-eval_path = "{out}/held.parquet"
-epochs = 2
-batch_size = {batch}
-max_length = 64
-eval_every = {eval_every}
-[rollout]
-max_new_tokens = 16
-max_model_len = 96
-kv_cache_gb = 0.05
-enforce_eager = true
-stop = ["</answer>"]
-[reward]
-weights = {{ arithmetic = 1.0 }}
-workers_per_scorer = 1
-[learner]
-num_ranks = {ranks}
-zero_stage = {zero}
-lr = 3e-3
-micro_batch_size = 2
-[eval]
-num_prompts = 9
-[cluster]
-num_cpus = 4
-rollout_cpus = 1
-learner_cpus = 1
-scorer_cpus = 0.5
-timeout_s = 300
-[run]
-output_dir = "{out}/run"
-checkpoint_every = {checkpoint_every}
-"""
+# The tiny recipe as an SFT run on the traces _world writes: a smaller model, short sequences,
+# no synthetic data, no GRPO settings.
+SFT = {
+    "model.tiny": {"hidden_size": 64, "num_layers": 2},
+    "data": {"template": "{prompt}=? <think>", "max_prompt_tokens": 32},
+    "sft": {"train_path": "{root}/traces.parquet", "eval_path": "{root}/held.parquet", "epochs": 2, "max_length": 64},
+    "rollout": {"max_new_tokens": 16, "max_model_len": 96, "kv_cache_gb": 0.05, "enforce_eager": True,
+                "stop": ["</answer>"]},
+    "reward.weights": {"arithmetic": 1.0},
+    "algorithm": None,
+    "learner.lr": 3e-3,
+    "learner.micro_batch_size": 2,
+    "eval": {"num_prompts": 9},
+    "run.steps": None,
+}
 
 
 def _world(tmp_path: Path, *, rows: int, eval_prompts: bool, ranks: int, zero: int, batch: int, eval_every: int,
-           checkpoint_every: int) -> Path:
+           checkpoint_every: int, overrides: dict | None = None) -> Path:
     traces = [{"prompt": PROMPTS[i % len(PROMPTS)], "completion": "2</think><answer>2</answer>" + " " * (i % 5),
                "reward": 1.0} for i in range(rows)]  # lengths differ, so rows pack unevenly over the ranks
     write_parquet(traces, tmp_path / "traces.parquet")
     write_parquet(traces[:6], tmp_path / "held.parquet")
     write_parquet([{"prompt": p, "answer": "2"} for p in PROMPTS], tmp_path / "eval.parquet")
-    eval_line = f'eval_path = "{tmp_path}/eval.parquet"' if eval_prompts else ""
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE.format(out=tmp_path, eval_line=eval_line, ranks=ranks, zero=zero, batch=batch,
-                                    eval_every=eval_every, checkpoint_every=checkpoint_every))
-    return recipe
+    eval_path = {"data.eval_path": "{root}/eval.parquet"} if eval_prompts else {}
+    return write_tiny_recipe(tmp_path / "recipe.toml", {
+        **SFT, **eval_path, "learner.num_ranks": ranks, "learner.zero_stage": zero, "sft.batch_size": batch,
+        "sft.eval_every": eval_every, "run.checkpoint_every": checkpoint_every, **(overrides or {})})
 
 
 def _sampler_rows(num_rows: int, steps: int, batch: int) -> list[list[int]]:
@@ -172,21 +144,19 @@ def test_sigkill_and_resume_continue_the_data_order(tmp_path):
     assert (run / "final" / "config.json").is_file()
 
 
-NO_MODEL = ("[model.tiny]\nhidden_size = 64\nnum_layers = 2\n", "")  # no tiny model to build at model.path
+NO_MODEL = {"model.tiny": None}  # no tiny model to build at model.path
 
 
-@pytest.mark.parametrize("overrides, edit, message", [
+@pytest.mark.parametrize("overrides, recipe_overrides, message", [
     (("--sft.train_path", "nope.parquet"), None, "data file 'nope.parquet': no such file"),
     (("--sft.train_path", ""), None, "a recipe only for aha sft sets sft.train_path"),
     (("--sft.max_length", "8", "--sft.too_long", "error"), None, "over sft.max_length=8"),
     (("--sft.eval_path", "traces.parquet", "--sft.train_path", "traces.parquet"), None, "is the training file"),
     (("--model.path", "no/such/model"), NO_MODEL, "model.path"),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, overrides, edit, message):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, overrides, recipe_overrides, message):
     recipe = _world(tmp_path, rows=8, eval_prompts=False, ranks=1, zero=2, batch=4, eval_every=0,
-                    checkpoint_every=0)
-    if edit is not None:
-        recipe.write_text(recipe.read_text().replace(*edit))
+                    checkpoint_every=0, overrides=recipe_overrides)
     done = subprocess.run([AHA, "sft", str(recipe), *overrides], capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
     # One error line (building the tiny model may print its progress bar before it).
