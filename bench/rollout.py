@@ -91,7 +91,8 @@ def main() -> None:
     from cluster.roles.learner_group import LearnerGroup
     from cluster.recipe import Recipe
     from cluster.recipe.schema import TinyModelConfig
-    from cluster.roles.rollout_pool import RolloutPool, link_weights, push_weights
+    from cluster.roles.rollout_pool import RolloutPool
+    from cluster.roles.weight_sync import WeightSync
     from cluster.startup.specs import engine_spec, learner_spec, sampling_spec
 
     defaults = Recipe()  # the schema's defaults, with the fields this benchmark sets
@@ -112,9 +113,10 @@ def main() -> None:
             through_actor = actor_tokens_per_s(pool.workers[0], prompts, sampling)
             learners = LearnerGroup(replace(learner_spec(defaults, model_dir), zero_stage=0), 1,
                                     cpus_per_rank=1, gpus_per_rank=0, timeout_s=600)
-            link_weights(learners, pool, 600)
-            push_weights(learners, pool, version=1, timeout_s=600)  # warm-up
-            sync_s = min(push_weights(learners, pool, version=v, timeout_s=600) for v in (2, 3, 4))
+            weights = WeightSync(learners, pool, 600)
+            weights.link()
+            weights.push(1)  # warm-up
+            sync_s = min(weights.push(v) for v in (2, 3, 4))
         finally:
             ray.shutdown()
         copy_s, nbytes = in_process_copy_s(model_dir)

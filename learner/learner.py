@@ -24,7 +24,7 @@ import torch
 
 from cluster.wire.errors import RunFailed
 from cluster.wire.phases import PhaseClock
-from cluster.wire.weights import TensorMeta
+from cluster.wire.weights import WEIGHT_BUCKET_BYTES, TensorMeta
 from learner.batching import MicroBatch, TrainSequence, empty_micro_batch, micro_batches, token_logprobs
 from learner.losses import LossOutput, MetricTotals, metric_means, metric_totals
 from learner.objectives import Forward, objective_named
@@ -347,7 +347,7 @@ class Learner:
 
     # -- weights out, checkpoints ---------------------------------------------------------
 
-    def iter_weights(self, bucket_bytes: int = 64 << 20):
+    def iter_weights(self, bucket_bytes: int = WEIGHT_BUCKET_BYTES):
         """(hf_name, tensor) for every parameter, on rank 0; other ranks take part, yield nothing.
 
         Under ZeRO-3 parameters are gathered one bucket at a time, so peak memory stays near
@@ -358,7 +358,7 @@ class Learner:
         yield from iter_gathered(self.engine.module, zero3=self.spec.zero_stage == 3,
                                  is_source=self.rank == 0, bucket_bytes=bucket_bytes)
 
-    def collect_weights(self, bucket_bytes: int = 64 << 20) -> dict[str, torch.Tensor]:
+    def collect_weights(self, bucket_bytes: int = WEIGHT_BUCKET_BYTES) -> dict[str, torch.Tensor]:
         """All weights as a dict of CPU copies on rank 0 ({} elsewhere); for tests and export."""
         return {name: t.detach().to("cpu", copy=True) for name, t in self.iter_weights(bucket_bytes)}
 
@@ -375,7 +375,7 @@ class Learner:
         host, _ = self.rendezvous_address()
         self._sender = WeightSender(host, port, world_size, timeout_s=self.spec.timeout_s, device=self.device)
 
-    def broadcast_weights(self, bucket_bytes: int = 64 << 20) -> int:
+    def broadcast_weights(self, bucket_bytes: int = WEIGHT_BUCKET_BYTES) -> int:
         """Send the current weights to the rollout workers; collective over learner ranks
         (ZeRO-3 gathers), rank 0 sends. Returns the bytes sent (0 on other ranks)."""
         tensors = self.iter_weights(bucket_bytes)

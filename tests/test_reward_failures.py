@@ -14,7 +14,7 @@ import pytest
 from actors.reward_scorer import RewardScorer, Score
 from cluster.inputs.data import PromptRow
 from cluster.roles.intake import StepIntake, scored_group
-from cluster.commands.train import _rollout_rows, _step_metrics
+from cluster.run.step_record import rollout_rows, step_metrics
 from cluster.output.eval_metrics import reward_failure_shares, reward_failure_warnings
 from cluster.output.run_log import RunLog
 from cluster.recipe import Recipe
@@ -76,7 +76,7 @@ def test_a_steps_failures_reach_its_metrics_rollouts_and_warning(tmp_path):
     intake = StepIntake(wanted=2, max_dropped=0)
     for group in groups:
         intake.accept(group, 0)
-    metrics = _step_metrics(recipe, intake, {"tokens": 12}, {"step": 1.0, "train": 0.5, "generate": 0.5})
+    metrics = step_metrics(recipe, intake, {"tokens": 12}, {"step": 1.0, "train": 0.5, "generate": 0.5})
     assert metrics["reward_failures/x"] == pytest.approx(3 / 6) and metrics["reward_failures/y"] == 0.0
     # Half is not most: no warning yet; one more failure makes it 4 of 6.
     failures = [f for g in groups for f in g.failures]
@@ -86,9 +86,9 @@ def test_a_steps_failures_reach_its_metrics_rollouts_and_warning(tmp_path):
         "[aha] warning: step 3: reward 'x' failed for 4 of 6 completions: ValueError: boom"]
 
     with RunLog(tmp_path, tensorboard=False) as log:
-        log.write_rollouts(1, _rollout_rows(1, groups))
-        log.write_rollouts(2, _rollout_rows(2, groups[1:2]))
-        log.write_rollouts(3, [{**row, "reward_failure/x": None} for row in _rollout_rows(3, groups[1:])])
+        log.write_rollouts(1, rollout_rows(1, groups))
+        log.write_rollouts(2, rollout_rows(2, groups[1:2]))
+        log.write_rollouts(3, [{**row, "reward_failure/x": None} for row in rollout_rows(3, groups[1:])])
     table = pq.read_table(tmp_path / "rollouts")  # every step's file reads back as one table
     assert str(table.schema.field("reward_failure/x").type) == "string"
     rows = [r for r in table.to_pylist() if r["step"] == 1]

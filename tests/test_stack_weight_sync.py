@@ -8,7 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from cluster.roles.learner_group import LearnerGroup
-from cluster.roles.rollout_pool import RolloutPool, link_weights, push_weights
+from cluster.roles.rollout_pool import RolloutPool
+from cluster.roles.weight_sync import WeightSync
 from learner.batching import TrainSequence
 from learner.losses import group_advantages
 from spec_helpers import engine_spec, learner_spec, sampling_spec
@@ -25,15 +26,16 @@ def system(tiny_model_dir):
     pool = RolloutPool(engine, 2, cpus_per_worker=1, gpus_per_worker=0, timeout_s=TIMEOUT_S)
     learner = learner_spec(tiny_model_dir, zero_stage=3, lr=1e-3, micro_batch_size=4, timeout_s=120)
     learners = LearnerGroup(learner, 2, cpus_per_rank=1, gpus_per_rank=0, timeout_s=TIMEOUT_S)
-    link_weights(learners, pool, TIMEOUT_S)
-    yield pool, learners
+    weights = WeightSync(learners, pool, TIMEOUT_S, bucket_bytes=512 << 10)
+    weights.link()
+    yield pool, learners, weights
     learners.shutdown()
     pool.shutdown()
     ray.shutdown()
 
 
 def test_stream_spreads_prompts_and_returns_every_group_once(system):
-    pool, _ = system
+    pool, _, _ = system
     prompts = [[3, 20 + i, 30 + i, 40] for i in range(6)]
     groups = dict(pool.stream(prompts, sampling_spec(group_size=2, max_new_tokens=8, seed=0)))
     assert sorted(groups) == list(range(6))
@@ -41,7 +43,7 @@ def test_stream_spreads_prompts_and_returns_every_group_once(system):
 
 
 def test_trained_weights_reach_every_engine(system, tmp_path):
-    pool, learners = system
+    pool, learners, weights = system
     prompts = [[3, 20 + i, 30 + i, 40] for i in range(4)]
     groups = dict(pool.stream(prompts, sampling_spec(group_size=4, max_new_tokens=16, seed=1)))
     # Reward: length parity, just to get non-zero group-relative advantages.
@@ -52,8 +54,8 @@ def test_trained_weights_reach_every_engine(system, tmp_path):
              for i in range(4)]
     learners.accumulate(train, end_of_step=True)
     assert learners.step()["weight_version"] == 1
-    seconds = push_weights(learners, pool, version=1, timeout_s=TIMEOUT_S, bucket_bytes=512 << 10)
-    assert pool.versions() == [1, 1] and seconds > 0
+    seconds = weights.push(1)
+    assert pool.versions() == [1, 1] and weights.version == 1 and seconds > 0
 
     exported = AutoModelForCausalLM.from_pretrained(learners.export_hf(str(tmp_path / "hf")), dtype=torch.float32)
     prompt = prompts[0]

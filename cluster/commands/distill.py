@@ -16,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from cluster.recipe import Recipe, RecipeError
-from cluster.wire.samples import Group
 
 
 def distill(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Path:

@@ -124,8 +124,7 @@ def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows,
     from cluster.output.eval_report import eval_table, write_eval_outputs
     from cluster.startup.live_placement import placement_record
     from cluster.roles.recovery import Recovery
-    from cluster.roles.scorer_pool import ScorerPool
-    from cluster.startup.specs import scorer_spec
+    from cluster.roles.system import start_scorers
 
     cluster = recipe.cluster
     plan, at_once = _plan(recipe, connect_ray(cluster), len(targets))  # a plan that cannot fit is one line here
@@ -133,8 +132,7 @@ def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows,
         print("[aha] eval: each next model's engines start while the one before is evaluated", flush=True)
     recovery = Recovery(cluster.max_restarts)  # dead workers and scorers are replaced, as in a training run
     # The scorers boot beside the first model's engines; they are waited for once those are up.
-    scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers, cpus_per_scorer=cluster.scorer_cpus,
-                         timeout_s=cluster.timeout_s, recovery=recovery, nodes=plan.nodes_of("scorer"), wait=False)
+    scorers = start_scorers(recipe, plan, recovery)
 
     results, records, upcoming = [], [], None
     try:
@@ -172,15 +170,11 @@ def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows,
 def _start_engines(target: Target, plan, share: int, recovery):
     """Start `target`'s rollout pool, not waited for, on share `share` of the plan's rollout
     nodes (0, or 1 for the second of two pools at once); returns it and those nodes."""
-    from cluster.roles.rollout_pool import RolloutPool
-    from cluster.startup.specs import engine_spec
+    from cluster.roles.system import start_rollout_pool
 
-    cluster, workers = target.recipe.cluster, target.recipe.rollout.num_workers
+    workers = target.recipe.rollout.num_workers
     nodes = plan.nodes_of("rollout")[share * workers:(share + 1) * workers]
-    pool = RolloutPool(engine_spec(target.recipe, target.path), workers, cpus_per_worker=cluster.rollout_cpus,
-                       gpus_per_worker=cluster.rollout_gpus, timeout_s=cluster.timeout_s, recovery=recovery,
-                       health_timeout_s=cluster.health_timeout_s, nodes=nodes, wait=False)
-    return pool, nodes
+    return start_rollout_pool(target.recipe, target.path, nodes, recovery), nodes
 
 
 def _plan(recipe: Recipe, ray, num_models: int):

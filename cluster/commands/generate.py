@@ -170,10 +170,10 @@ def _sample(recipe: Recipe, inputs: Inputs, todo: list[PromptRow], parts, first:
     from cluster.startup.ray import connect_ray
     from cluster.output.run_dir import PLACEMENT_FILE
     from cluster.startup.live_placement import plan_run, write_placement
-    from cluster.roles.rollout_pool import GroupStream, RolloutPool
+    from cluster.roles.rollout_pool import GroupStream
     from cluster.roles.recovery import Recovery
-    from cluster.roles.scorer_pool import ScorerPool
-    from cluster.startup.specs import engine_spec, sampling_spec, scorer_spec
+    from cluster.roles.system import start_rollout_pool, start_scorers
+    from cluster.startup.specs import sampling_spec
 
     gen, cluster = recipe.generate, recipe.cluster
     sampling = replace(sampling_spec(recipe, seed=None), group_size=gen.samples_per_prompt)
@@ -181,14 +181,11 @@ def _sample(recipe: Recipe, inputs: Inputs, todo: list[PromptRow], parts, first:
     plan = plan_run(recipe, connect_ray(cluster), "generate")  # a plan that cannot fit is one line here
     recovery = Recovery(cluster.max_restarts)  # dead workers and scorers are replaced, as in a training run
     # The scorers and the engines boot side by side; the scorers are waited for once the engines are up.
-    scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers, cpus_per_scorer=cluster.scorer_cpus,
-                         timeout_s=cluster.timeout_s, recovery=recovery, nodes=plan.nodes_of("scorer"), wait=False)
+    scorers = start_scorers(recipe, plan, recovery)
     pool = None
     try:
-        pool = RolloutPool(engine_spec(recipe, inputs.model_path), recipe.rollout.num_workers,
-                           cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus,
-                           timeout_s=cluster.timeout_s, recovery=recovery, health_timeout_s=cluster.health_timeout_s,
-                           nodes=plan.nodes_of("rollout"))
+        pool = start_rollout_pool(recipe, inputs.model_path, plan.nodes_of("rollout"), recovery)
+        pool.wait_started()
         scorers.wait_started()
     except BaseException:  # nothing started is left behind
         scorers.shutdown()

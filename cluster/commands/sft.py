@@ -13,14 +13,13 @@ metrics.jsonl, TensorBoard, plots and `final/` are the GRPO loop's.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.recipe import Recipe, RecipeError
-from cluster.run.resume_point import naming_last_checkpoint
+from cluster.run.scaffold import TrainingRun, claimed_run
 
 
 @dataclass
@@ -38,7 +37,7 @@ def sft(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Pat
     from cluster.inputs.data import DataError
     from cluster.inputs.prepare import prepare_data, prepare_model
     from cluster.inputs.traces import load_traces
-    from cluster.output.run_dir import check_claimable, claim_output_dir
+    from cluster.output.run_dir import check_claimable
     from cluster.startup.preflight import check_before_start, load_tokenizer
     from cluster.startup.ray import prepare_while_ray_starts
 
@@ -64,37 +63,21 @@ def sft(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Pat
         return tokenizer, encode_trace_sets(recipe, tokenizer)
 
     (tokenizer, traces), _ = prepare_while_ray_starts(recipe, encode)
-    with claim_output_dir(recipe.output_dir, resume=resume, overwrite=overwrite) as run_dir:
-        with naming_last_checkpoint(run_dir.checkpoints):
-            return _sft(recipe, run_dir, resume, warnings, model_path, tokenizer, traces)
+    with claimed_run(recipe, resume=resume, overwrite=overwrite) as run_dir:
+        with TrainingRun(recipe, run_dir, stage="SFT", resume=resume) as run:
+            return _sft(recipe, run, warnings, model_path, tokenizer, traces)
 
 
-def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path: str, tokenizer,
+def _sft(recipe: Recipe, run: TrainingRun, warnings: list[str], model_path: str, tokenizer,
          traces: TraceSets) -> Path:
-    """The SFT loop itself, in the claimed (locked) output directory."""
-    from tqdm import tqdm
-
-    from cluster.roles.evaluation import evaluate_during_run
-    from cluster.output.base_model_files import save_model_files
+    """The SFT steps, in the run's claimed (locked) output directory."""
     from cluster.inputs.data import PromptSampler
     from cluster.inputs.prepare import file_sha256
     from cluster.inputs.prompts import load_rows
-    from cluster.output.plots import plot_run, print_run_end
-    from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, PLACEMENT_FILE, RECIPE_FILE
-    from cluster.output.run_log import RunLog
     from cluster.startup.preflight import check_prepared, print_warnings
-    from cluster.recipe import recipe_to_dict
-    from cluster.run.resume_point import check_same_data, find_resume_point, save_checkpoint
-    from cluster.roles.rollout_pool import push_weights
-    from cluster.startup.live_placement import write_placement
-    from cluster.run.stop import RunStopped, StopRequest
-    from cluster.roles.system import start_system
 
-    out, sft_cfg, run = run_dir.path, recipe.sft, recipe.run
-    resume_at = find_resume_point(run_dir, recipe) if resume else None
-    data_sha256 = file_sha256(sft_cfg.train_path)
-    if resume_at is not None:
-        check_same_data(resume_at, sft_cfg.train_path, data_sha256)
+    sft_cfg = recipe.sft
+    run.check_data(sft_cfg.train_path, file_sha256(sft_cfg.train_path))
     eval_rows = load_rows(recipe, recipe.data.eval_path)[: recipe.eval.num_prompts] if recipe.data.eval_path else []
     if eval_rows:
         warnings = warnings + check_prepared(recipe, model_path, tokenizer)
@@ -103,82 +86,63 @@ def _sft(recipe: Recipe, run_dir, resume: bool, warnings: list[str], model_path:
     if traces.skipped:
         print(f"[aha] skipped {traces.skipped} training rows over sft.max_length={sft_cfg.max_length} tokens "
               "(sft.too_long = \"skip\")", flush=True)
-    sampler = PromptSampler(list(range(len(traces.train))), seed=run.seed, shuffle=sft_cfg.shuffle)
-    log = RunLog(out)
-    system = start_system(recipe, model_path, tokenizer, "sft", total_steps=steps)
-    bar = stop = None  # made just before the first step; the finally closes what was made
-    try:
-        learners = system.learners
-        write_placement(out / PLACEMENT_FILE, system.plan, system.placement_groups())
-        learners.check_shared_storage(out)  # the ranks write checkpoints there, maybe from other nodes
-        first_step = 1
-        if resume_at is not None:
-            learners.load_checkpoint(str(run_dir.checkpoints), resume_at.checkpoint.tag)
-            sampler.load_state_dict(resume_at.state["sampler"])
-            first_step = resume_at.step + 1
-            log.truncate_after(resume_at.step)
-        else:
-            (out / RECIPE_FILE).write_text(json.dumps(recipe_to_dict(recipe), indent=2))
-            save_model_files(out / MODEL_FILES_DIR, model_path, tokenizer,
-                             trust_remote_code=recipe.model.trust_remote_code)
+    sampler = PromptSampler(list(range(len(traces.train))), seed=recipe.run.seed, shuffle=sft_cfg.shuffle)
+    run.start(model_path, tokenizer, "sft", sampler, total_steps=steps)
+    held_out = HeldOut(recipe, run, tokenizer, traces.held_out, eval_rows)
+    if not run.resumed and (traces.held_out or eval_rows):
+        before = held_out.measure(0)
+        run.log.log_step(0, before)
+        print(f"[aha] before SFT: {_held_out_line(before)}", flush=True)
+    print(f"[aha] SFT on {len(traces.train)} traces: {sft_cfg.epochs} epoch(s), {steps} steps of "
+          f"{sft_cfg.batch_size}; output in {run.out}", flush=True)
+    for step in run.steps(steps, "aha sft"):
+        learned = sft_step(step, steps, recipe, run, traces, sampler)
+        if step == steps or (sft_cfg.eval_every and step % sft_cfg.eval_every == 0):
+            learned.update(held_out.measure(step))
+            run.say(f"[aha] after step {step}: {_held_out_line(learned)}")
+        run.record(step, learned, f"loss={learned['learner/loss']:.3f} tok/s={learned['learner_tokens_per_s']:.0f}")
+        if step % recipe.run.log_every == 0 or step == steps:
+            run.say(f"[aha] step {step}/{steps} loss {learned['learner/loss']:.4f} "
+                    f"token acc {learned['learner/token_accuracy']:.3f} lr {learned['learner/lr']:.2e} "
+                    f"{learned['time/step']:.1f}s")
+        run.end_step(step, steps, version=learned["learner/weight_version"], sampler_state=sampler.state_dict())
+    return run.finish()
 
-        def held_out(step: int) -> dict:
-            """Held-out loss on the traces; held-out accuracy through the engines, given the weights."""
-            metrics = {"eval/loss": learners.held_out_nll(traces.held_out)} if traces.held_out else {}
-            if eval_rows:
-                if step > 0 or resume_at is not None:
-                    push_weights(learners, system.pool, step, recipe.cluster.timeout_s)
-                metrics.update(evaluate_during_run(system.pool, system.scorers, tokenizer, recipe, eval_rows, out,
-                                                   step))
-            return metrics
 
-        if resume_at is None and (traces.held_out or eval_rows):
-            before = held_out(0)
-            log.log_step(0, before)
-            print(f"[aha] before SFT: {_held_out_line(before)}", flush=True)
-        print(f"[aha] SFT on {len(traces.train)} traces: {sft_cfg.epochs} epoch(s), {steps} steps of "
-              f"{sft_cfg.batch_size}; output in {out}", flush=True)
-        bar = tqdm(total=steps, initial=first_step - 1, desc="aha sft", unit="step", dynamic_ncols=True)
-        stop = StopRequest().install()  # the first SIGTERM / Ctrl-C: finish this step, checkpoint, exit 0
-        for step in range(first_step, steps + 1):
-            started = time.perf_counter()
-            order = sampler.next_batch(step_size(step, len(traces.train), sft_cfg.epochs, sft_cfg.batch_size))
-            drawn = [traces.train[i] for i in order]
-            shards = [drawn[r::recipe.learner.num_ranks] for r in range(recipe.learner.num_ranks)]
-            learners.accumulate_shards(shards, end_of_step=True)
-            learner_metrics = learners.step()
-            elapsed = time.perf_counter() - started
-            metrics = {**{f"learner/{k}": v for k, v in learner_metrics.items()},
-                       "epoch": (step * sft_cfg.batch_size) / len(traces.train), "sequences": len(drawn),
-                       "trace_rows": [traces.train_rows[i] for i in order],  # which traces, in the file's rows
-                       "time/step": elapsed, "learner_tokens_per_s": learner_metrics["tokens"] / max(elapsed, 1e-9)}
-            if step == steps or (sft_cfg.eval_every and step % sft_cfg.eval_every == 0):
-                metrics.update(held_out(step))
-                bar.write(f"[aha] after step {step}: {_held_out_line(metrics)}")
-            log.log_step(step, metrics)
-            bar.set_postfix_str(f"loss={learner_metrics['loss']:.3f} tok/s={metrics['learner_tokens_per_s']:.0f}")
-            bar.update(1)
-            if step % run.log_every == 0 or step == steps:
-                bar.write(f"[aha] step {step}/{steps} loss {learner_metrics['loss']:.4f} "
-                          f"token acc {learner_metrics['token_accuracy']:.3f} lr {learner_metrics['lr']:.2e} "
-                          f"{elapsed:.1f}s")
-            stopping = stop.requested and step < steps
-            if step == steps or stopping or (run.checkpoint_every and step % run.checkpoint_every == 0):
-                save_checkpoint(learners, run_dir.checkpoints, {"step": step, "sampler": sampler.state_dict(),
-                                "weight_version": learner_metrics["weight_version"],
-                                "train_data_sha256": data_sha256}, run.keep_checkpoints)
-            if stopping:
-                raise RunStopped(f"stopped after step {step} of {steps} ({stop.signal}), checkpoint written")
-        learners.export_hf(str(out / FINAL_DIR), str(out / MODEL_FILES_DIR))
-    finally:
-        if stop is not None:
-            stop.restore()
-            bar.close()
-        plot_run(out)
-        log.close()
-        system.shutdown()
-    print_run_end(out, stage="SFT")
-    return out
+def sft_step(step: int, steps: int, recipe: Recipe, run: TrainingRun, traces: TraceSets, sampler) -> dict:
+    """One SFT step: the next batch of traces, forward/backward spread over the ranks, the
+    optimizer step; returns its metrics."""
+    sft_cfg, learners, started = recipe.sft, run.system.learners, time.perf_counter()
+    order = sampler.next_batch(step_size(step, len(traces.train), sft_cfg.epochs, sft_cfg.batch_size))
+    drawn = [traces.train[i] for i in order]
+    shards = [drawn[r::recipe.learner.num_ranks] for r in range(recipe.learner.num_ranks)]
+    learners.accumulate_shards(shards, end_of_step=True)
+    learned = learners.step()
+    elapsed = time.perf_counter() - started
+    return {**{f"learner/{k}": v for k, v in learned.items()},
+            "epoch": (step * sft_cfg.batch_size) / len(traces.train), "sequences": len(drawn),
+            "trace_rows": [traces.train_rows[i] for i in order],  # which traces, in the file's rows
+            "time/step": elapsed, "learner_tokens_per_s": learned["tokens"] / max(elapsed, 1e-9)}
+
+
+class HeldOut:
+    """SFT's held-out measures: the loss on the held-out traces and, where data.eval_path is
+    set, task accuracy through the engines, which first get the learner's weights."""
+
+    def __init__(self, recipe: Recipe, run: TrainingRun, tokenizer, sequences: list, eval_rows: list):
+        self.recipe, self.run, self.tokenizer, self.sequences, self.eval_rows = recipe, run, tokenizer, sequences, eval_rows
+
+    def measure(self, step: int) -> dict:
+        from cluster.roles.evaluation import evaluate_during_run
+
+        system = self.run.system
+        metrics = {"eval/loss": system.learners.held_out_nll(self.sequences)} if self.sequences else {}
+        if self.eval_rows:
+            if step > 0:  # a resumed run's engines got the checkpoint's weights when it started
+                system.weights.push(step)
+            metrics.update(evaluate_during_run(system.pool, system.scorers, self.tokenizer, self.recipe,
+                                               self.eval_rows, self.run.out, step))
+        return metrics
 
 
 def total_steps(num_traces: int, epochs: int, batch_size: int) -> int:

@@ -11,7 +11,7 @@ resource; CPU-only scorers fill the gaps). GPUs are tracked per device, so fract
 (two roles sharing one GPU) are checked the way Ray assigns them: a fraction never spans devices.
 
 Pure Python, no Ray import. Every aha job places its actors by this plan, for the roles it
-starts (`job_roles`): cluster/placement_plan.py reads the running cluster into a ClusterSpec,
+starts (`job_roles`): cluster/startup/live_placement.py reads the running cluster into a ClusterSpec,
 plans on it and pins each role's placement-group bundles to the planned nodes; `aha plan`
 prints it.
 """

@@ -11,28 +11,12 @@ from __future__ import annotations
 import time
 
 from cluster.roles.calls import answered, get_all
-from cluster.startup.live_placement import label_selectors
+from cluster.roles.bundles import bundle_of, in_bundle, placed_group, remove_group
 from cluster.roles.recovery import is_death, one_line
 from cluster.wire.errors import RunFailed, RunInterrupted
-from cluster.wire.samples import Group
 from learner.batching import TrainSequence, plan_micro_batches
 from learner.learner import Learner
 from learner.spec import LearnerSpec
-
-
-def train_sequences(group: Group) -> list[TrainSequence]:
-    """The learner's view of a scored group: one sequence per sample, with its advantage."""
-    if len(group.advantages) != len(group.samples):
-        raise ValueError(f"group {group.prompt_index}: {len(group.advantages)} advantages for "
-                         f"{len(group.samples)} samples")
-    teacher = group.teacher or [None] * len(group.samples)
-    token_advantages = group.token_advantages or [None] * len(group.samples)
-    return [
-        TrainSequence(prompt_ids=s.prompt_ids, completion_ids=s.completion_ids,
-                      behaviour_logprobs=s.logprobs, advantage=a, weight_version=s.weight_version,
-                      token_advantages=per_token, teacher_logprobs=None if scored is None else scored.logprobs)
-        for s, a, scored, per_token in zip(group.samples, group.advantages, teacher, token_advantages, strict=True)
-    ]
 
 
 class LearnerGroup:
@@ -45,19 +29,10 @@ class LearnerGroup:
         self._ray, self.timeout_s, self.num_ranks, self.spec = ray, timeout_s, num_ranks, spec
         actor = ray.remote(Learner)
         options = {"num_cpus": cpus_per_rank, "num_gpus": gpus_per_rank}
-        self.placement = None
-        if nodes:  # the run's plan (cluster/startup/live_placement.py): rank r's bundle on node nodes[r]
-            from ray.util.placement_group import placement_group
-            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-            bundle = {"CPU": cpus_per_rank, **({"GPU": gpus_per_rank} if gpus_per_rank else {})}
-            self.placement = placement_group([dict(bundle) for _ in range(num_ranks)], strategy="PACK",
-                                             bundle_label_selector=label_selectors(nodes))
-            self._all([self.placement.ready()], f"placing {num_ranks} learner ranks ({bundle} each)")
-            self.ranks = [actor.options(**options, scheduling_strategy=PlacementGroupSchedulingStrategy(
-                self.placement, rank)).remote(spec, rank, num_ranks) for rank in range(num_ranks)]
-        else:
-            self.ranks = [actor.options(**options).remote(spec, rank, num_ranks) for rank in range(num_ranks)]
+        self.placement = placed_group(ray, bundle_of(cpus_per_rank, gpus_per_rank), num_ranks, nodes, timeout_s,
+                                      "learner ranks")
+        self.ranks = [actor.options(**options, **in_bundle(self.placement, rank)).remote(spec, rank, num_ranks)
+                      for rank in range(num_ranks)]
         started = time.perf_counter()
         host, port = self._all([self.ranks[0].rendezvous_address.remote()], "learner rendezvous")[0]
         actor_start = time.perf_counter() - started  # the rank's process and its imports of torch and aha
@@ -148,6 +123,22 @@ class LearnerGroup:
         """Every parameter by HF name, gathered to rank 0 and copied to the driver."""
         return self._all([r.collect_weights.remote() for r in self.ranks], "weight gather")[0]
 
+    def weight_rendezvous(self) -> tuple[str, int]:
+        """Where rank 0 hosts the weight group: its `(host, port)`."""
+        return self._all([self.ranks[0].rendezvous_address.remote()], "weight rendezvous")[0]
+
+    def open_weight_group(self, port: int, world_size: int):
+        """Rank 0 opens the weight group; the call's ref, awaited with the engines' joins."""
+        return self.ranks[0].open_weight_group.remote(port, world_size)
+
+    def weight_manifest(self):
+        """The (name, dtype, shape) stream rank 0 will broadcast, in order."""
+        return self._all([self.ranks[0].weight_manifest.remote()], "weight manifest")[0]
+
+    def broadcast_refs(self, bucket_bytes: int) -> list:
+        """Every rank takes part (ZeRO-3 gathers collectively); rank 0 broadcasts. The refs."""
+        return [rank.broadcast_weights.remote(bucket_bytes) for rank in self.ranks]
+
     def check_shared_storage(self, directory) -> None:
         """Every rank reads a file the driver wrote in `directory` and writes one back: on a
         multi-node cluster the run directory must be storage every node mounts at the same path
@@ -207,7 +198,4 @@ class LearnerGroup:
     def shutdown(self) -> None:
         for rank in self.ranks:
             self._ray.kill(rank)
-        if self.placement is not None:
-            from ray.util.placement_group import remove_placement_group
-
-            remove_placement_group(self.placement)
+        remove_group(self.placement)

@@ -1,9 +1,8 @@
 """The rollout workers from the driver's side: N vLLM actors in a placement group.
 
 Prompts are spread over the workers round-robin; the groups come back as one stream, each as
-soon as it is done, whichever worker made it. The pool also links the workers to the learner
-for weight sync: learner rank 0 is rank 0 of the weight group, worker i is rank i + 1. A
-worker that dies is replaced in its own placement bundle, brought onto the current weights,
+soon as it is done, whichever worker made it. The weights reach the workers through the run's
+WeightSync (cluster/roles/weight_sync.py). A worker that dies is replaced in its own placement bundle, brought onto the current weights,
 and its unfinished prompts are sampled again (cluster/roles/recovery.py counts what that cost).
 """
 
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 
 from actors.rollout_worker import EngineSpec, RolloutWorker
 from cluster.roles.calls import get_all
-from cluster.startup.live_placement import label_selectors
+from cluster.roles.bundles import bundle_of, in_bundle, placed_group, remove_group
 from cluster.roles.recovery import Recovery, is_death, one_line
 from cluster.wire.samples import Sample, SamplingSpec
 
@@ -24,36 +23,30 @@ class RolloutPool:
 
     Worker i lives in bundle i of the pool's placement group, and so does its replacement.
     `incarnations[i]` counts worker i's replacements: a failure reported by an older one is
-    already dealt with. Once linked to the learner (`link_weights`), a replacement joins a new
-    weight group with the survivors and every engine gets the current weights before it takes
-    work; `version` is the weight version the engines are on (None: the model's own files).
+    already dealt with. Once the run's WeightSync is linked, a replacement joins a new weight
+    group with the survivors and every engine gets the current weights before it takes work.
     """
 
     def __init__(self, spec: EngineSpec, num_workers: int, *, cpus_per_worker: float,
                  gpus_per_worker: float, timeout_s: float, recovery: Recovery | None = None,
                  health_timeout_s: float = 30.0, nodes: list[str] | None = None, wait: bool = True):
         import ray
-        from ray.util.placement_group import placement_group
 
         self._ray, self.timeout_s, self.spec = ray, timeout_s, spec
         self.health_timeout_s = min(health_timeout_s, timeout_s)
         self.tensor_parallel = spec.tensor_parallel_size
         self.recovery = recovery or Recovery(max_restarts=0)
-        bundle = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
-        # `nodes` (the run's plan, cluster/startup/live_placement.py) pins worker i's bundle to its node;
-        # without it, PACK keeps a small job on one node and Ray spreads what does not fit.
-        self.placement = placement_group([dict(bundle) for _ in range(num_workers)], strategy="PACK",
-                                         bundle_label_selector=label_selectors(nodes) if nodes else None)
-        get_all(ray, [self.placement.ready()], timeout_s,
-                f"placing {num_workers} rollout workers ({bundle} each; is the cluster big enough?)")
+        self.placement = placed_group(ray, bundle_of(cpus_per_worker, gpus_per_worker), num_workers, nodes, timeout_s,
+                                      "rollout workers")
         self._actor = ray.remote(RolloutWorker)
         self._resources = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker}
         self.workers = [self._launch(index) for index in range(num_workers)]
         self.incarnations = [0] * num_workers
         self._starting = [w.process_ids.remote() for w in self.workers]
         self._processes = None
-        self.learners, self.version = None, None  # set by link_weights and push_weights
-        self.during_push = None  # a fault-injection hook (cluster/run/chaos.py), called mid-broadcast
+        # Set by the run's WeightSync (cluster/roles/weight_sync.py): brings replaced workers onto
+        # the current weights before they take work.
+        self.after_replacement = None
         if wait:
             self.wait_started()
 
@@ -64,10 +57,7 @@ class RolloutPool:
             self._processes = get_all(self._ray, self._starting, self.timeout_s, "rollout engine start")
 
     def _launch(self, index: int):
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        strategy = PlacementGroupSchedulingStrategy(self.placement, index)
-        return self._actor.options(**self._resources, scheduling_strategy=strategy).remote(self.spec)
+        return self._actor.options(**self._resources, **in_bundle(self.placement, index)).remote(self.spec)
 
     def stream(self, prompts: list[list[int]], sampling: SamplingSpec) -> "GroupStream":
         """Start sampling a group per prompt now; iterate the result for `(prompt index, group)`
@@ -96,8 +86,8 @@ class RolloutPool:
 
     def replace_dead(self, dead: list[tuple[int, int, BaseException]]) -> None:
         """Replace each `(index, incarnation, why)` worker not yet replaced by a new one in its
-        placement bundle; then re-link the weight group and push the current weights, so that
-        every engine is on `version` before it takes work. Past cluster.max_restarts: RunInterrupted."""
+        placement bundle; then `after_replacement` (the run's WeightSync) re-links the weight
+        group and pushes the current weights, so that every engine is on them before it takes work. Past cluster.max_restarts: RunInterrupted."""
         dead = [(index, why) for index, incarnation, why in dead if self.incarnations[index] == incarnation]
         if not dead:
             return
@@ -112,12 +102,9 @@ class RolloutPool:
                              self.timeout_s, "replacement rollout engine start")
         for (index, _), processes in zip(dead, started_up):
             self._processes[index] = processes
-        if self.learners is not None:
-            link_weights(self.learners, self, self.timeout_s)
-            if self.version is not None:
-                push_weights(self.learners, self, self.version, self.timeout_s)
+        version = self.after_replacement() if self.after_replacement is not None else None
         names = ", ".join(str(index) for index, _ in dead)
-        self.recovery.recovered(started, f"rollout worker {names} replaced, on weight version {self.version or 0}")
+        self.recovery.recovered(started, f"rollout worker {names} replaced, on weight version {version or 0}")
 
     # -- weights ------------------------------------------------------------------------------
 
@@ -147,11 +134,9 @@ class RolloutPool:
                        "rollout weight versions")
 
     def shutdown(self) -> None:
-        from ray.util.placement_group import remove_placement_group
-
         for worker in self.workers:
             self._ray.kill(worker)
-        remove_placement_group(self.placement)
+        remove_group(self.placement)
 
 
 def kill_leftovers(processes: list[tuple[int, float]]) -> None:
@@ -167,6 +152,16 @@ def kill_leftovers(processes: list[tuple[int, float]]) -> None:
                 process.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """What ended one wait of the driver (`GroupStream.next_event`): a finished group as
+    `(prompt index, samples)`; or no group, because one of the other refs waited on is ready,
+    or because the stream has ended (`ended`)."""
+
+    group: tuple[int, list[Sample]] | None = None
+    ended: bool = False
 
 
 @dataclass
@@ -226,10 +221,15 @@ class GroupStream:
             yield finished
 
     def next_group(self, also: list = ()) -> tuple[int, list[Sample]] | None:
-        """The next finished group as `(index, samples)`; or None as soon as one of `also` (Ray
-        refs the caller waits on beside the stream: scores, a learner call) is ready, or once the
-        stream has ended (then after waiting, bounded, for one of `also`). Quiet spells are
-        bounded by the pool's timeout, counted across calls."""
+        """`next_event(also).group`: a finished group, or None when one of `also` is ready or
+        the stream has ended."""
+        return self.next_event(also).group
+
+    def next_event(self, also: list = ()) -> StreamEvent:
+        """The driver's one wait: the next finished group; or, as soon as one of `also` (Ray
+        refs the caller waits on beside the stream: scores, a learner call) is ready, an event
+        without a group; or the stream's end (then after waiting, bounded, for one of `also`).
+        Quiet spells are bounded by the pool's timeout, counted across calls."""
         ray, pool = self._pool._ray, self._pool
         if self._deadline is None:
             self._deadline = time.monotonic() + pool.timeout_s
@@ -244,7 +244,7 @@ class GroupStream:
                 continue
             gen = ready[0]
             if gen not in self._streams:
-                return None  # one of `also`
+                return StreamEvent()  # one of `also`
             self._deadline = time.monotonic() + pool.timeout_s
             try:
                 position, group = ray.get(next(gen), timeout=pool.timeout_s)
@@ -260,11 +260,11 @@ class GroupStream:
                 continue
             index = self._streams[gen].indices[position]
             self._delivered.add(index)
-            return index, group
+            return StreamEvent(group=(index, group))
         self._deadline = None
         if also:  # the stream has ended: wait for the caller's refs here, bounded, not in a spin
             ray.wait(list(also), num_returns=1, timeout=pool.timeout_s)
-        return None
+        return StreamEvent(ended=True)
 
     def _replace_unresponsive(self) -> bool:
         """Replace the workers that fail a health probe and re-queue their prompts; whether any did."""
@@ -281,38 +281,3 @@ class GroupStream:
         if lost:
             self._pool.recovery.requeued(len(lost))
             self._launch(lost)
-
-
-def link_weights(learners, pool: RolloutPool, timeout_s: float) -> None:
-    """Build the weight group between learner rank 0 and every rollout worker: once per run,
-    and again with the survivors whenever a worker is replaced."""
-    ray = pool._ray
-    host, port = get_all(ray, [learners.ranks[0].rendezvous_address.remote()], timeout_s, "weight rendezvous")[0]
-    opened = learners.ranks[0].open_weight_group.remote(port, pool.weight_world_size)
-    get_all(ray, [opened, *pool.link_refs(host, port)], timeout_s, "weight group set-up")
-    pool.learners = learners
-
-
-def push_weights(learners, pool: RolloutPool, version: int, timeout_s: float, bucket_bytes: int = 64 << 20) -> float:
-    """Broadcast the learner's current weights into every engine; returns the seconds it took.
-
-    A worker that dies during the broadcast is replaced and the broadcast made again to every
-    engine, so that all end on `version` (a survivor may have loaded part of it).
-    """
-    ray, start = pool._ray, time.perf_counter()
-    try:
-        manifest = get_all(ray, [learners.ranks[0].weight_manifest.remote()], timeout_s, "weight manifest")[0]
-        receiving = pool.update_refs(manifest, version, bucket_bytes)
-        sending = [rank.broadcast_weights.remote(bucket_bytes) for rank in learners.ranks]
-        if pool.during_push is not None:
-            pool.during_push()
-        get_all(ray, [*sending, *receiving], timeout_s, "weight broadcast")
-    except Exception as err:
-        learners.raise_if_rank_died(err, "weight broadcast")  # a dead rank cannot be replaced: the run stops
-        dead = pool.dead_workers()
-        if not dead:
-            raise
-        pool.version = version  # what the replacement and the survivors must end on
-        pool.replace_dead(dead)
-    pool.version = version
-    return time.perf_counter() - start

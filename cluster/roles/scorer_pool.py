@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from actors.reward_scorer import RewardScorer, Score, ScorerSpec
 from cluster.roles.calls import answered, get_all
-from cluster.startup.live_placement import label_selectors
+from cluster.roles.bundles import bundle_of, in_bundle, placed_group, remove_group
 from cluster.roles.recovery import Recovery, is_death, one_line
 
 
@@ -36,13 +36,9 @@ class ScorerPool:
 
         self._ray, self.timeout_s, self.spec = ray, timeout_s, spec
         self.recovery = recovery or Recovery(max_restarts=0)
-        self._actor, self._cpus, self.placement = ray.remote(RewardScorer), cpus_per_scorer, None
-        if nodes:  # the run's plan (cluster/startup/live_placement.py): scorer i's bundle on node nodes[i]
-            from ray.util.placement_group import placement_group
-
-            self.placement = placement_group([{"CPU": cpus_per_scorer} for _ in range(num_scorers)],
-                                             strategy="PACK", bundle_label_selector=label_selectors(nodes))
-            get_all(ray, [self.placement.ready()], timeout_s, f"placing {num_scorers} reward scorers")
+        self._actor, self._cpus = ray.remote(RewardScorer), cpus_per_scorer
+        self.placement = placed_group(ray, bundle_of(cpus_per_scorer, 0), num_scorers, nodes, timeout_s,
+                                      "reward scorers")
         self.scorers = [self._launch(index) for index in range(num_scorers)]
         self._starting = [s.worker_pids.remote() for s in self.scorers]
         self._turn = itertools.cycle(range(num_scorers))
@@ -56,12 +52,7 @@ class ScorerPool:
             self._starting = []
 
     def _launch(self, index: int):
-        if self.placement is None:
-            return self._actor.options(num_cpus=self._cpus).remote(self.spec)
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        strategy = PlacementGroupSchedulingStrategy(self.placement, index)
-        return self._actor.options(num_cpus=self._cpus, scheduling_strategy=strategy).remote(self.spec)
+        return self._actor.options(num_cpus=self._cpus, **in_bundle(self.placement, index)).remote(self.spec)
 
     def score(self, texts: list[str], fields: dict, num_tokens: list[int]) -> list[Score]:
         """Score one group now (a few ms per completion); returns its list of Score."""
@@ -108,7 +99,4 @@ class ScorerPool:
     def shutdown(self) -> None:
         for scorer in self.scorers:
             self._ray.kill(scorer)
-        if self.placement is not None:
-            from ray.util.placement_group import remove_placement_group
-
-            remove_placement_group(self.placement)
+        remove_group(self.placement)

@@ -1,41 +1,38 @@
-"""Starting and stopping the actors of a run.
+"""The one factory of a job's roles: every actor built from the recipe and the placement plan.
 
-`start_system` turns a recipe into running actors (rollout pool, reward scorers, learner
-group) linked for weight sync; the drivers (`cluster/commands/train.py`, evaluation) only drive them.
+`start_system` turns a recipe into running roles (rollout pool, reward scorers, learner group,
+and the teacher when distilling), each pinned where the run's plan puts it and recorded in
+placement.json, with the weight path between learner and engines linked. `aha eval` and
+`aha generate`, which start engines and scorers without a learner, build them with the same
+`start_rollout_pool` and `start_scorers`. The commands only drive what this starts.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from collections.abc import Callable
-from contextlib import contextmanager
-from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import TypeVar
 
-from cluster.startup.ray import connect_ray
-from cluster.roles.learner_group import LearnerGroup
-from cluster.startup.live_placement import RunPlan, plan_run
-from cluster.recipe.placement import job_roles
 from cluster.recipe import Recipe
+from cluster.recipe.placement import job_roles
+from cluster.roles.learner_group import LearnerGroup
 from cluster.roles.recovery import Recovery
-from cluster.roles.rollout_pool import RolloutPool, link_weights
+from cluster.roles.rollout_pool import RolloutPool
 from cluster.roles.scorer_pool import ScorerPool
+from cluster.roles.weight_sync import WeightSync
+from cluster.startup.live_placement import RunPlan, plan_run
+from cluster.startup.ray import connect_ray
 from cluster.startup.specs import engine_spec, learner_spec, scorer_spec
-from cluster.wire.errors import RunFailed
 from cluster.wire.phases import PhaseClock
 
 
 @dataclass
 class System:
-    """The running actors of a job; a job without rollouts (SFT without held-out accuracy) has
-    no pool and no scorers."""
+    """The running roles of a job; a job without rollouts (SFT without held-out accuracy) has
+    no pool, no scorers and no weight sync."""
 
     learners: LearnerGroup | None  # None only while start_system is still starting the actors
     pool: RolloutPool | None = None
     scorers: ScorerPool | None = None
+    weights: WeightSync | None = None  # the learner -> engines weight path, and the engines' version
     tokenizer: object = None
     teacher: object = None  # a TeacherPool (cluster/roles/teacher_pool.py) when the job distils
     recovery: Recovery | None = None  # restarts of the pool's and the scorers' actors, for the metrics
@@ -45,9 +42,9 @@ class System:
 
     def placement_groups(self) -> dict[str, object]:
         """Each role's placement group (None for a role this job has not), for placement.json."""
-        return {"rollout": self.pool.placement if self.pool else None,
-                "learner": self.learners.placement if self.learners else None,
-                "scorer": self.scorers.placement if self.scorers else None}
+        return {role: part.placement if part is not None else None
+                for role, part in (("rollout", self.pool), ("learner", self.learners), ("scorer", self.scorers),
+                                   ("teacher", self.teacher))}
 
     def shutdown(self) -> None:
         for part in (self.learners, self.scorers, self.pool, self.teacher):
@@ -59,12 +56,48 @@ class System:
                 print(f"[aha] shutdown of {type(part).__name__} failed: {err}")
 
 
+def start_rollout_pool(recipe: Recipe, model_path: str, nodes: list[str], recovery: Recovery) -> RolloutPool:
+    """The rollout workers serving `model_path`, on `nodes`; not waited for (`wait_started`)."""
+    cluster = recipe.cluster
+    return RolloutPool(engine_spec(recipe, model_path), recipe.rollout.num_workers,
+                       cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus,
+                       timeout_s=cluster.timeout_s, recovery=recovery, wait=False,
+                       health_timeout_s=cluster.health_timeout_s, nodes=nodes)
+
+
+def start_scorers(recipe: Recipe, plan: RunPlan, recovery: Recovery) -> ScorerPool:
+    """The reward scorers, where the plan puts them; not waited for (`wait_started`)."""
+    cluster = recipe.cluster
+    return ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers, cpus_per_scorer=cluster.scorer_cpus,
+                      timeout_s=cluster.timeout_s, wait=False, recovery=recovery, nodes=plan.nodes_of("scorer"))
+
+
+def start_teacher(recipe: Recipe, plan: RunPlan):
+    """The frozen teachers of `aha distill`, where the plan puts them; waited for (they are few)."""
+    from cluster.roles.teacher_pool import TeacherPool
+    from cluster.startup.specs import teacher_spec
+
+    cluster = recipe.cluster
+    return TeacherPool(teacher_spec(recipe), recipe.distill.num_teachers, cpus_per_teacher=cluster.teacher_cpus,
+                       gpus_per_teacher=cluster.teacher_gpus, timeout_s=cluster.timeout_s,
+                       nodes=plan.nodes_of("teacher"))
+
+
+def start_learners(recipe: Recipe, model_path: str, plan: RunPlan, job: str, total_steps: int | None) -> LearnerGroup:
+    """The learner ranks (one DeepSpeed job) with the objective of `job`, set up."""
+    cluster = recipe.cluster
+    spec = learner_spec(recipe, model_path, objective=learner_objective(recipe, job), total_steps=total_steps)
+    return LearnerGroup(spec, recipe.learner.num_ranks, cpus_per_rank=cluster.learner_cpus,
+                        gpus_per_rank=cluster.learner_gpus, timeout_s=cluster.timeout_s,
+                        nodes=plan.nodes_of("learner"))
+
+
 def start_system(recipe: Recipe, model_path: str, tokenizer, job: str = "train", *,
                  total_steps: int | None = None) -> System:
-    """Start Ray (or join the cluster) and the actors aha command `job` needs (`job_roles`),
+    """Start Ray (or join the cluster) and the roles aha command `job` needs (`job_roles`),
     each pinned where the run's plan puts it; link weights. `aha distill` gets its teacher
-    actors too; `aha sft` gets rollout workers and scorers only to measure held-out accuracy,
-    and a learner schedule of `total_steps`.
+    too; `aha sft` gets rollout workers and scorers only to measure held-out accuracy, and a
+    learner schedule of `total_steps`.
 
     The roles start side by side: the engines and scorers boot in their own processes while
     the learner ranks set up, and the driver waits for them last. `System.startup` holds the
@@ -73,40 +106,25 @@ def start_system(recipe: Recipe, model_path: str, tokenizer, job: str = "train",
     clock = PhaseClock()
     ray = connect_ray(recipe.cluster)
     clock.lap("ray")
-    # Where every actor goes, on the cluster as it is; a plan that cannot fit is one line here.
-    plan = plan_run(recipe, ray, job)
+    plan = plan_run(recipe, ray, job)  # on the cluster as it is; a plan that cannot fit is one line here
     roles = job_roles(recipe, job)
-    cluster, timeout = recipe.cluster, recipe.cluster.timeout_s
-    system = System(learners=None, tokenizer=tokenizer, recovery=Recovery(cluster.max_restarts), plan=plan)
-    try:  # an actor that cannot start leaves the ones already started shut down, not orphaned
+    system = System(learners=None, tokenizer=tokenizer, recovery=Recovery(recipe.cluster.max_restarts), plan=plan)
+    try:  # a role that cannot start leaves the ones already started shut down, not orphaned
         if "rollout" in roles:
-            system.pool = RolloutPool(engine_spec(recipe, model_path), recipe.rollout.num_workers,
-                                      cpus_per_worker=cluster.rollout_cpus, gpus_per_worker=cluster.rollout_gpus,
-                                      timeout_s=timeout, recovery=system.recovery, wait=False,
-                                      health_timeout_s=cluster.health_timeout_s, nodes=plan.nodes_of("rollout"))
-            system.scorers = ScorerPool(scorer_spec(recipe), recipe.reward.num_scorers,
-                                        cpus_per_scorer=cluster.scorer_cpus, timeout_s=timeout, wait=False,
-                                        recovery=system.recovery, nodes=plan.nodes_of("scorer"))
+            system.pool = start_rollout_pool(recipe, model_path, plan.nodes_of("rollout"), system.recovery)
+            system.scorers = start_scorers(recipe, plan, system.recovery)
         if "teacher" in roles and recipe.distill.teacher:
-            from cluster.startup.specs import teacher_spec
-            from cluster.roles.teacher_pool import TeacherPool
-
-            system.teacher = TeacherPool(teacher_spec(recipe), recipe.distill.num_teachers,
-                                         cpus_per_teacher=cluster.teacher_cpus, gpus_per_teacher=cluster.teacher_gpus,
-                                         timeout_s=timeout, nodes=plan.nodes_of("teacher"))
+            system.teacher = start_teacher(recipe, plan)
             clock.lap("teacher")
-        system.learners = LearnerGroup(learner_spec(recipe, model_path, objective=_objective(recipe, job),
-                                                    total_steps=total_steps),
-                                       recipe.learner.num_ranks, cpus_per_rank=cluster.learner_cpus,
-                                       gpus_per_rank=cluster.learner_gpus, timeout_s=timeout,
-                                       nodes=plan.nodes_of("learner"))
+        system.learners = start_learners(recipe, model_path, plan, job, total_steps)
         clock.lap("learner")
         system.learner_setup = system.learners.setup_s
         if system.pool is not None:
             system.pool.wait_started()
             clock.lap("engines")  # what was left of their start once the learner was up
             system.scorers.wait_started()
-            link_weights(system.learners, system.pool, timeout)
+            system.weights = WeightSync(system.learners, system.pool, recipe.cluster.timeout_s)
+            system.weights.link()
             clock.lap("weight_link")
     except BaseException:
         system.shutdown()
@@ -117,9 +135,9 @@ def start_system(recipe: Recipe, model_path: str, tokenizer, job: str = "train",
     return system
 
 
-def _objective(recipe: Recipe, job: str) -> str:
-    """The learner's objective: SFT's; the pure distillation loss (an objective of its own); or
-    GRPO's loss, which the advantage form of distillation uses too."""
+def learner_objective(recipe: Recipe, job: str) -> str:
+    """The learner's registered objective (learner/objectives.py): SFT's; the pure distillation
+    loss; or GRPO's policy loss, which the advantage form of distillation uses too."""
     if job == "sft":
         return "sft"
     return "distill" if recipe.distill.teacher and recipe.distill.loss == "kl" else "grpo"

@@ -11,12 +11,15 @@ from __future__ import annotations
 import itertools
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from actors.teacher import Teacher
+from cluster.roles.bundles import bundle_of, in_bundle, placed_group, remove_group
 from cluster.roles.calls import answered, get_all
 from cluster.roles.recovery import one_line
+from cluster.recipe import Recipe
 from cluster.wire.errors import RunFailed
+from cluster.wire.samples import Group
 from cluster.wire.teacher import TeacherInfo, TeacherScore, TeacherSpec
 
 
@@ -35,13 +38,12 @@ class TeacherPool:
     def __init__(self, spec: TeacherSpec, num_teachers: int, *, cpus_per_teacher: float, gpus_per_teacher: float,
                  timeout_s: float, nodes: list[str] | None = None):
         import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self._ray, self.timeout_s = ray, timeout_s
         actor, resources = ray.remote(Teacher), {"num_cpus": cpus_per_teacher, "num_gpus": gpus_per_teacher}
-        # `nodes`: the run's plan (cluster/startup/live_placement.py) puts teacher i on node nodes[i].
-        pinned = [{"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)} for node in nodes or []]
-        self.teachers = [actor.options(**resources, **(pinned[i] if pinned else {})).remote(spec)
+        self.placement = placed_group(ray, bundle_of(cpus_per_teacher, gpus_per_teacher), num_teachers, nodes,
+                                      timeout_s, "teachers")
+        self.teachers = [actor.options(**resources, **in_bundle(self.placement, i)).remote(spec)
                          for i in range(num_teachers)]
         try:
             with _one_line_failures("teacher start"):
@@ -80,6 +82,7 @@ class TeacherPool:
     def shutdown(self) -> None:
         for teacher in self.teachers:
             self._ray.kill(teacher)
+        remove_group(self.placement)
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from cluster.output.checkpoints import (DRIVER_STATE, Checkpoint, complete_check
                                        drop_newer_than, read_driver_state, tag_of)
 from cluster.output.run_dir import RECIPE_FILE, RunDirectory, RunDirError
 from cluster.recipe import Recipe, recipe_to_dict
-from cluster.recipe.resume import RESUMABLE, resume_conflicts
+from cluster.recipe.resume import conflicts_text, resume_conflicts
 from cluster.wire.errors import RunInterrupted
 
 
@@ -52,12 +52,11 @@ def _check_same_recipe(saved_path: Path, recipe: Recipe) -> None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RunDirError(f"--resume: the run's recipe '{saved_path}' cannot be read ({type(err).__name__}); "
                           "the run cannot be checked against this recipe") from None
-    changed = resume_conflicts(saved, recipe_to_dict(recipe))
+    current = recipe_to_dict(recipe)
+    changed = resume_conflicts(saved, current)
     if changed:
-        shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
-        raise RunDirError(f"--resume: the recipe differs from the run's ({saved_path}) in {shown}; a resumed run "
-                          f"may change only {', '.join(k.rstrip('.') for k in RESUMABLE[:4])}, its directory, eval, "
-                          "cluster and worker-count settings (start a new run to change the rest)")
+        raise RunDirError(f"--resume: the recipe differs from the run's ({saved_path}): "
+                          f"{conflicts_text(saved, current, changed)}")
 
 
 def train_data_sha256(recipe: Recipe) -> str:

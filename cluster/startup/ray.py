@@ -12,6 +12,7 @@ from concurrent.futures import Future, TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from typing import TypeVar
 
+from cluster.recipe import Recipe
 from cluster.wire.errors import RunFailed
 
 

@@ -1,5 +1,5 @@
 """Seconds per phase of a start-up, in order: what a learner rank sends the driver with its set-up
-(`setup_s`), and what the driver keeps of its own start (cluster/system.py)."""
+(`setup_s`), and what the driver keeps of its own start (cluster/roles/system.py)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ FinishReason = Literal["stop", "length", "abort"]
 class SamplingSpec:
     """How to sample one group: the recipe's rollout settings, in engine-neutral form.
 
-    Built from the recipe by `cluster.specs.sampling_spec` (no defaults here); evaluation and
+    Built from the recipe by `cluster.startup.specs.sampling_spec` (no defaults here); evaluation and
     benchmarks vary it with `dataclasses.replace`.
     """
 

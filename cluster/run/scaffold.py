@@ -1,0 +1,138 @@
+"""The run scaffold that `aha train`, `aha distill` and `aha sft` share around their steps.
+
+A command claims its output directory, prepares its inputs, then hands the rest of a run's
+life to `TrainingRun`: resume point and data check, the roles started (cluster/roles/system.py),
+placement.json, the shared-storage check, the checkpoint resumed or the recipe and base model
+files recorded, progress and the stop request around the steps, checkpoints on cadence,
+`final/`, plots and clean-up. What differs between the commands is only their step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, PLACEMENT_FILE, RECIPE_FILE, claim_output_dir
+from cluster.output.run_log import RunLog
+from cluster.recipe import Recipe, recipe_to_dict
+from cluster.run.resume_point import check_same_data, find_resume_point, naming_last_checkpoint, save_checkpoint
+from cluster.run.stop import RunStopped, StopRequest
+
+
+@contextmanager
+def claimed_run(recipe: Recipe, *, resume: bool, overwrite: bool):
+    """The run's output directory, claimed and locked for the block; a run stopped by a dead
+    rank or a failed save names the checkpoint it resumes from."""
+    with claim_output_dir(recipe.output_dir, resume=resume, overwrite=overwrite) as run_dir:
+        with naming_last_checkpoint(run_dir.checkpoints):
+            yield run_dir
+
+
+class TrainingRun:
+    """One training run in its claimed directory `run_dir`, from its roles' start to its end.
+
+    Use as a context manager: `start` the roles, iterate `steps`, `record` each step's
+    metrics and `end_step` it (checkpoint on cadence, stop on request), then `finish`
+    (`final/`); leaving the block closes the progress bar, plots, and shuts the roles down.
+    """
+
+    def __init__(self, recipe: Recipe, run_dir, *, stage: str, resume: bool):
+        self.recipe, self.run_dir, self.out, self.stage = recipe, run_dir, run_dir.path, stage
+        self.resume_at = find_resume_point(run_dir, recipe) if resume else None
+        self.data_sha256 = ""
+        self.log = RunLog(self.out)
+        self.system, self.first_step, self.version = None, 1, 0
+        self._bar = self._stop = None
+        self._finished = False
+
+    def __enter__(self) -> "TrainingRun":
+        return self
+
+    def check_data(self, data_path: str, data_sha256: str) -> None:
+        """The training file (prompts or traces) and its hash, recorded with each checkpoint: a
+        resumed run continues its data order only over the very same file."""
+        self.data_sha256 = data_sha256
+        if self.resume_at is not None:
+            check_same_data(self.resume_at, data_path, data_sha256)
+
+    def start(self, model_path: str, tokenizer, job: str, sampler, *, total_steps: int | None = None) -> None:
+        """Start the roles; resume the learner, `sampler` and the engines' weights from the
+        checkpoint, or record the recipe and the base model's files for a new run."""
+        from cluster.output.base_model_files import save_model_files
+        from cluster.roles.system import start_system
+        from cluster.startup.live_placement import write_placement
+
+        self.system = system = start_system(self.recipe, model_path, tokenizer, job, total_steps=total_steps)
+        write_placement(self.out / PLACEMENT_FILE, system.plan, system.placement_groups())
+        system.learners.check_shared_storage(self.out)  # the ranks write checkpoints there, maybe from other nodes
+        if self.resume_at is not None:
+            self.version = system.learners.load_checkpoint(str(self.run_dir.checkpoints), self.resume_at.checkpoint.tag)
+            sampler.load_state_dict(self.resume_at.state["sampler"])
+            self.first_step = self.resume_at.step + 1
+            self.log.truncate_after(self.resume_at.step)
+            if system.weights is not None:
+                system.weights.push(self.version)
+        else:
+            (self.out / RECIPE_FILE).write_text(json.dumps(recipe_to_dict(self.recipe), indent=2))
+            save_model_files(self.out / MODEL_FILES_DIR, model_path, tokenizer,
+                             trust_remote_code=self.recipe.model.trust_remote_code)
+
+    @property
+    def resumed(self) -> bool:
+        return self.resume_at is not None
+
+    def steps(self, last: int, desc: str) -> Iterator[int]:
+        """The steps from the first (1, or the one after the checkpoint) to `last`, with a
+        progress bar; the first SIGTERM / Ctrl-C lets the step finish, then `end_step` stops."""
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=last, initial=self.first_step - 1, desc=desc, unit="step", dynamic_ncols=True)
+        self._stop = StopRequest().install()
+        for step in range(self.first_step, last + 1):
+            yield step
+
+    def say(self, line: str) -> None:
+        """A line for the user, above the progress bar once there is one."""
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def record(self, step: int, metrics: dict, summary: str) -> None:
+        """Log step `step`'s metrics and show `summary` beside the progress bar."""
+        self.log.log_step(step, metrics)
+        self._bar.set_postfix_str(summary)
+        self._bar.update(1)
+
+    def end_step(self, step: int, last: int, *, version: int, sampler_state: dict) -> None:
+        """Checkpoint after the last step, every run.checkpoint_every steps, and when a stop was
+        asked for (then RunStopped: the CLI prints how to resume)."""
+        run = self.recipe.run
+        stopping = self._stop.requested and step < last
+        if step == last or stopping or (run.checkpoint_every and step % run.checkpoint_every == 0):
+            save_checkpoint(self.system.learners, self.run_dir.checkpoints,
+                            {"step": step, "sampler": sampler_state, "weight_version": version,
+                             "train_data_sha256": self.data_sha256}, run.keep_checkpoints)
+        if stopping:
+            raise RunStopped(f"stopped after step {step} of {last} ({self._stop.signal}), checkpoint written")
+
+    def finish(self) -> Path:
+        """The run's model as a Hugging Face directory, `final/`: the next stage's model.path."""
+        self.system.learners.export_hf(str(self.out / FINAL_DIR), str(self.out / MODEL_FILES_DIR))
+        self._finished = True
+        return self.out
+
+    def __exit__(self, *exc) -> None:
+        from cluster.output.plots import plot_run, print_run_end
+
+        if self._stop is not None:
+            self._stop.restore()
+            self._bar.close()
+        plot_run(self.out)
+        self.log.close()
+        if self.system is not None:
+            self.system.shutdown()
+        if self._finished:
+            print_run_end(self.out, stage=self.stage)
