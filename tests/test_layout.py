@@ -213,3 +213,14 @@ def test_the_cli_only_parses_and_dispatches():
     long = {f.name: f.end_lineno - f.lineno + 1 for f in tree.body
             if isinstance(f, ast.FunctionDef) and f.name.startswith("cmd_") and f.end_lineno - f.lineno + 1 > 15}
     assert long == {}
+
+
+def test_no_function_in_the_driver_layer_is_over_60_lines():
+    # A function that does not fit on a screen hides its steps; the argument parser is a list.
+    long = {}
+    for path in (REPO / "cluster").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name != "build_parser":
+                if node.end_lineno - node.lineno + 1 > 60:
+                    long[f"{path.relative_to(REPO)}:{node.name}"] = node.end_lineno - node.lineno + 1
+    assert long == {}

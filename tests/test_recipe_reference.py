@@ -98,3 +98,13 @@ def test_a_refused_resume_names_each_changed_key_with_both_values():
 def test_a_recipe_that_still_sets_distill_top_k_is_refused():
     with pytest.raises(RecipeError, match=r"^distill.top_k: unknown key"):
         load_recipe(RECIPE, ["--distill.top_k", "3"])
+
+
+def test_the_reward_weights_help_names_every_built_in_reward():
+    import re
+
+    import rewards
+    from cluster.recipe.keys import find
+
+    named = set(re.findall(r"\w+", find("reward.weights").help))
+    assert set(rewards.REGISTRY) - named == set()

@@ -14,6 +14,7 @@ import pytest
 from actors.reward_scorer import RewardScorer, Score
 from cluster.inputs.data import PromptRow
 from cluster.roles.intake import StepIntake, scored_group
+from cluster.roles.scoring import ScoredGroup
 from cluster.run.step_record import rollout_rows, step_metrics
 from cluster.output.eval_metrics import reward_failure_shares, reward_failure_warnings
 from cluster.output.run_log import RunLog
@@ -61,7 +62,7 @@ def _group(index, failures, components):
     samples = [Sample(prompt_ids=[1], completion_ids=[2, 3], text=f"c{index}-{i}", logprobs=[-1.0, -1.0],
                       finish_reason="stop", weight_version=0) for i in range(len(failures))]
     scores = [Score(total=sum(c.values()), components=c, failures=f) for c, f in zip(components, failures)]
-    return scored_group(PromptRow(index=index, prompt=f"p{index}", fields={}), samples, scores, "grpo")
+    return scored_group(ScoredGroup(PromptRow(index=index, prompt=f"p{index}", fields={}), samples, scores), "grpo")
 
 
 def test_a_steps_failures_reach_its_metrics_rollouts_and_warning(tmp_path):

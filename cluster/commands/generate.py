@@ -24,6 +24,7 @@ from pathlib import Path
 from cluster.inputs.data import PromptRow
 from cluster.output.run_dir import RunDirError
 from cluster.recipe import Recipe, recipe_to_dict
+from cluster.roles.scoring import ScoredGroup
 
 LOOKAHEAD_CHUNKS = 1  # chunks generating beyond the one being finished: the engines never wait on a write
 
@@ -167,35 +168,20 @@ def _sample(recipe: Recipe, inputs: Inputs, todo: list[PromptRow], parts, first:
     from tqdm import tqdm
 
     from cluster.inputs.prompts import encode_prompts
-    from cluster.startup.ray import connect_ray
     from cluster.output.run_dir import PLACEMENT_FILE
-    from cluster.startup.live_placement import plan_run, write_placement
     from cluster.roles.rollout_pool import GroupStream
-    from cluster.roles.recovery import Recovery
-    from cluster.roles.system import start_rollout_pool, start_scorers
+    from cluster.roles.scoring import ScoresInFlight, consume_scored
+    from cluster.startup.live_placement import write_placement
     from cluster.startup.specs import sampling_spec
 
-    gen, cluster = recipe.generate, recipe.cluster
+    gen = recipe.generate
     sampling = replace(sampling_spec(recipe, seed=None), group_size=gen.samples_per_prompt)
     chunks = [todo[i:i + gen.chunk_prompts] for i in range(0, len(todo), gen.chunk_prompts)]
-    plan = plan_run(recipe, connect_ray(cluster), "generate")  # a plan that cannot fit is one line here
-    recovery = Recovery(cluster.max_restarts)  # dead workers and scorers are replaced, as in a training run
-    # The scorers and the engines boot side by side; the scorers are waited for once the engines are up.
-    scorers = start_scorers(recipe, plan, recovery)
-    pool = None
-    try:
-        pool = start_rollout_pool(recipe, inputs.model_path, plan.nodes_of("rollout"), recovery)
-        pool.wait_started()
-        scorers.wait_started()
-    except BaseException:  # nothing started is left behind
-        scorers.shutdown()
-        if pool is not None:
-            pool.shutdown()
-        raise
+    plan, pool, scorers = _start_roles(recipe, inputs.model_path)
     print(f"[aha] generating {gen.samples_per_prompt} completions for each of {len(todo)} prompts "
           f"({len(chunks)} chunks); output in {parts.out}", flush=True)
     stream, owner, scored, written = GroupStream(pool), {}, [dict() for _ in chunks], []
-    launched = 0
+    scoring, launched = ScoresInFlight(scorers), 0
 
     def launch() -> None:
         nonlocal launched
@@ -204,29 +190,29 @@ def _sample(recipe: Recipe, inputs: Inputs, todo: list[PromptRow], parts, first:
             owner[index] = (launched, row)
         launched += 1
 
+    def submit(index: int, samples: list) -> None:
+        number, row = owner.pop(index)
+        scoring.submit((number, row), row.fields, samples)
+
+    def keep(done: ScoredGroup) -> None:  # a scored group: once its chunk is whole, write it and start the next
+        number, row = done.key
+        scored[number][row.index] = _graded(recipe, done)
+        bar.update(1)
+        if len(scored[number]) < len(chunks[number]):
+            return
+        if launched < len(chunks):
+            launch()
+        written.append(_write_chunk(recipe, parts, first + number, chunks[number], scored[number]))
+        scored[number] = {}
+        bar.set_postfix_str(_count(timing, written[-1]["prompts"]) + f" in chunk {first + number}")
+
     bar = tqdm(total=total, initial=total - len(todo), desc="aha generate", unit="prompt", dynamic_ncols=True)
     started = time.perf_counter()
     try:
         write_placement(parts.out / PLACEMENT_FILE, plan, {"rollout": pool.placement, "scorer": scorers.placement})
         while launched < min(len(chunks), 1 + LOOKAHEAD_CHUNKS):
             launch()
-        for index, samples in stream:
-            number, row = owner.pop(index)
-            scored[number][row.index] = _score(recipe, scorers, row, samples)
-            bar.update(1)
-            if len(scored[number]) < len(chunks[number]):
-                continue
-            if launched < len(chunks):
-                launch()
-            entry = _write_chunk(recipe, parts, first + number, chunks[number], scored[number])
-            scored[number] = {}
-            written.append(entry)
-            kept = sum(r["kept"] for r in entry["prompts"])
-            sampled = sum(r["sampled"] for r in entry["prompts"])
-            timing["prompts"] += len(entry["prompts"])
-            timing["completions"] += sampled
-            timing["tokens"] += sum(r["sampled_tokens"] for r in entry["prompts"])
-            bar.set_postfix_str(f"kept {kept}/{sampled} in chunk {first + number}")
+        consume_scored(stream, scoring, submit, keep)
         timing["seconds"] = time.perf_counter() - started
     finally:
         bar.close()
@@ -237,15 +223,46 @@ def _sample(recipe: Recipe, inputs: Inputs, todo: list[PromptRow], parts, first:
     return written
 
 
-def _score(recipe: Recipe, scorers, row: PromptRow, samples) -> list:
+def _count(timing: dict, records: list[dict]) -> str:
+    """Add a written chunk's prompts, completions and tokens to `timing`; "kept K/N" of it."""
+    timing["prompts"] += len(records)
+    timing["completions"] += sum(r["sampled"] for r in records)
+    timing["tokens"] += sum(r["sampled_tokens"] for r in records)
+    return f"kept {sum(r['kept'] for r in records)}/{sum(r['sampled'] for r in records)}"
+
+
+def _start_roles(recipe: Recipe, model_path: str):
+    """The plan, the rollout pool and the scorers of `aha generate` (no learner), up. They boot
+    side by side; one that cannot start leaves nothing started behind."""
+    from cluster.roles.recovery import Recovery
+    from cluster.roles.system import start_rollout_pool, start_scorers
+    from cluster.startup.live_placement import plan_run
+    from cluster.startup.ray import connect_ray
+
+    plan = plan_run(recipe, connect_ray(recipe.cluster), "generate")  # a plan that cannot fit is one line here
+    recovery = Recovery(recipe.cluster.max_restarts)  # dead workers and scorers are replaced, as in training
+    scorers, pool = start_scorers(recipe, plan, recovery), None
+    try:
+        pool = start_rollout_pool(recipe, model_path, plan.nodes_of("rollout"), recovery)
+        pool.wait_started()
+        scorers.wait_started()
+    except BaseException:
+        scorers.shutdown()
+        if pool is not None:
+            pool.shutdown()
+        raise
+    return plan, pool, scorers
+
+
+def _graded(recipe: Recipe, done: ScoredGroup) -> list:
+    """A scored group's completions as rejection sampling weighs them: correct or not."""
     from cluster.roles.evaluation import correctness_reward
     from cluster.output.rejection import Scored
 
     name = correctness_reward(recipe)
-    scores = scorers.score([s.text for s in samples], row.fields, [len(s.completion_ids) for s in samples])
     return [Scored(text=s.text, num_tokens=len(s.completion_ids), finish_reason=s.finish_reason, reward=score.total,
-                   components=dict(score.components), correct=score.components[name] == 1.0)
-            for s, score in zip(samples, scores, strict=True)]
+                  components=dict(score.components), correct=score.components[name] == 1.0)
+            for s, score in zip(done.samples, done.scores, strict=True)]
 
 
 def _write_chunk(recipe: Recipe, parts, number: int, rows: list[PromptRow], scored: dict) -> dict:

@@ -5,7 +5,7 @@ The recipe and every stage's recipe are checked first (cluster/recipe/pipeline.p
 is on disk: a stage is finished when its directory holds the done marker the pipeline writes
 after the stage's driver returned (and what the stage makes, `final/` or `traces.parquet`, is
 there). A rerun skips finished stages, resumes the interrupted one where its driver can
-(`can_resume(output_dir)` in the driver's module if it has one, else a complete checkpoint),
+(its kind's `can_resume` probe in STAGE_COMMANDS: a complete checkpoint, or generate's parts),
 and runs the rest; a finished stage whose definition changed is refused in one line before
 anything is written. At the end the base model and every stage's model are evaluated side by
 side on the held-out set (`aha eval`'s code) and the table and plot are written.
@@ -13,10 +13,10 @@ side on the held-out set (`aha eval`'s code) and the table and plot are written.
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,10 @@ from cluster.output.pipeline_report import (PIPELINE_OUTPUTS, clear_stage_done, 
 from cluster.recipe import Recipe, RecipeError, recipe_to_dict
 from cluster.recipe.pipeline import (BASE, EVAL_DIR, STAGE_KINDS, TEACHER, Pipeline, Stage, StageKind,
                                      definition_changes)
+from cluster.commands.distill import distill
+from cluster.commands.generate import earlier_work, generate
+from cluster.commands.sft import sft
+from cluster.commands.train import train
 from cluster.recipe.resume import resume_conflicts
 
 
@@ -89,20 +93,8 @@ def _run_claimed(pipeline: Pipeline, steps: list[Step], drivers: dict) -> list[d
 
 
 def _driver(stage: Stage):
-    """The stage kind's driver function, imported now (with its resume probe): a kind whose
-    driver this version lacks is a one-line error before anything runs."""
-    for dotted in filter(None, (stage.spec.driver, stage.spec.resumable)):
-        module_name, name = dotted.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise
-            module = None
-        if module is None or not callable(getattr(module, name, None)):
-            raise RecipeError(f"stages.{stage.name}.kind", f"'{stage.kind}' stages need {dotted}, which this "
-                              "version of aha does not have")
-    return _function(stage.spec.driver)
+    """The command a stage of this kind runs: `run(recipe, *, resume, overwrite) -> Path`."""
+    return STAGE_COMMANDS[stage.kind].run
 
 
 def plan(pipeline: Pipeline, *, overwrite: bool = False, start_from: str | None = None) -> list[Step]:
@@ -167,9 +159,8 @@ def _unfinished(stage: Stage, *, missing: bool) -> Step:
 def _can_resume(stage: Stage) -> bool:
     """Whether the interrupted stage's directory holds work its driver continues with resume=True
     (the kind's `resumable` probe, cluster/recipe/pipeline.py)."""
-    if not stage.spec.resumable:
-        return False
-    return bool(_function(stage.spec.resumable)(stage.output_dir))
+    can_resume = STAGE_COMMANDS[stage.kind].can_resume
+    return bool(can_resume(stage.output_dir)) if can_resume is not None else False
 
 
 def has_complete_checkpoint(output_dir: Path) -> bool:
@@ -177,11 +168,6 @@ def has_complete_checkpoint(output_dir: Path) -> bool:
     from cluster.output.checkpoints import complete_checkpoints
 
     return bool(complete_checkpoints(Path(output_dir) / "checkpoints"))
-
-
-def _function(dotted: str):
-    module_name, name = dotted.split(":")
-    return getattr(importlib.import_module(module_name), name)
 
 
 def _run_step(pipeline: Pipeline, step: Step, label: str, driver) -> bool:
@@ -356,4 +342,23 @@ def _plain(value):
     return json.loads(json.dumps(value))
 
 
-__all__ = ["STAGE_KINDS", "StageKind", "Step", "evaluate_stage", "plan", "run_pipeline"]
+@dataclass(frozen=True)
+class StageCommand:
+    """What a stage kind runs: the command's own function, and the probe of an interrupted
+    stage's directory that says whether `run(..., resume=True)` continues it (None: it starts
+    again)."""
+
+    run: Callable[..., Path]
+    can_resume: Callable[[Path], object] | None = None
+
+
+# One entry per kind of cluster/recipe/pipeline.py's STAGE_KINDS: a new kind is a command and a line here.
+STAGE_COMMANDS = {
+    "train": StageCommand(train, has_complete_checkpoint),
+    "generate": StageCommand(generate, earlier_work),
+    "sft": StageCommand(sft, has_complete_checkpoint),
+    "distill": StageCommand(distill, has_complete_checkpoint),
+    "eval": StageCommand(evaluate_stage),
+}
+
+__all__ = ["STAGE_COMMANDS", "STAGE_KINDS", "StageKind", "Step", "evaluate_stage", "plan", "run_pipeline"]

@@ -17,7 +17,6 @@ time, in one place: `GroupStream.next_event`, bounded by cluster.timeout_s.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +27,10 @@ from cluster.output.eval_metrics import reward_failure_warnings
 from cluster.output.run_log import summary_line
 from cluster.recipe import Recipe, RecipeError
 from cluster.roles.evaluation import evaluate_during_run
-from cluster.roles.intake import LearnerFeed, ScoresInFlight, StepIntake
+from cluster.roles.intake import LearnerFeed, StepIntake, scored_group
 from cluster.roles.prompt_feed import PromptFeed
 from cluster.roles.system import System
-from cluster.roles.teacher_pool import GroupTeacher
+from cluster.roles.scoring import ScoresInFlight
 from cluster.run.chaos import Chaos
 from cluster.run.resume_point import train_data_sha256
 from cluster.run.scaffold import TrainingRun, claimed_run
@@ -40,6 +39,7 @@ from cluster.startup.preflight import (check_before_start, check_prepared, load_
                                        require_prompt_file)
 from cluster.startup.ray import prepare_while_ray_starts
 from cluster.startup.specs import sampling_spec
+from cluster.wire.phases import timed
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Trainer:
     run: TrainingRun
     system: System
     prompts: PromptFeed
-    teacher: GroupTeacher | None
+    teacher: object  # a TeacherPool (cluster/roles/teacher_pool.py) when distilling, else None
     chaos: Chaos
     tokenizer: object
     eval_rows: list
@@ -66,7 +66,7 @@ def grpo_step(step: int, t: Trainer) -> dict:
     intake = StepIntake(wanted=recipe.rollout.prompts_per_step, max_dropped=4 * recipe.rollout.prompts_per_step,
                         max_staleness=recipe.algorithm.max_staleness,
                         dynamic_sampling=recipe.algorithm.dynamic_sampling)
-    scoring = ScoresInFlight(system.scorers, recipe.algorithm.estimator, t.teacher)
+    scoring = ScoresInFlight(system.scorers, t.teacher, timings)
     learning = LearnerFeed(system.learners, recipe.learner.num_ranks)
     t.chaos.at("generate", system)  # fault injection, while this step's groups are being sampled
     while not intake.full:
@@ -74,8 +74,9 @@ def grpo_step(step: int, t: Trainer) -> dict:
             event = batch.stream.next_event(also=[*scoring.refs(), *learning.refs()])
         if event.group is not None:  # score: a finished group goes to the scorers at once
             index, samples = event.group
-            scoring.submit(batch.rows[index], samples)
-        for group in scoring.take_ready(timings):  # take into the step, or drop and draw a replacement
+            scoring.submit(batch.rows[index], batch.rows[index].fields, samples)
+        for scored in scoring.take_ready():  # take into the step, or drop and draw a replacement
+            group = scored_group(scored, recipe.algorithm.estimator, recipe.distill)
             if not intake.offer(group, system.weights.version or 0, step):
                 t.prompts.replace_dropped(batch)
         idle = batch.stream.ended and not scoring.pending  # nothing left to wait for but the learner
@@ -159,9 +160,8 @@ def _train(recipe: Recipe, run: TrainingRun, warnings: list[str], chaos: Chaos) 
     startup.update({phase: seconds for phase, seconds in system.startup.items() if phase != "ray"}, ray=ray_s)
     system.weights.during_push = lambda: chaos.at("push", system)
     prompts = PromptFeed(recipe, tokenizer, sampler, system.pool, sampling_spec(recipe, seed=None))
-    teacher = GroupTeacher(system.teacher, recipe) if system.teacher else None
     eval_rows = load_rows(recipe, recipe.data.eval_path) if recipe.data.eval_path else []
-    trainer = Trainer(recipe, run, system, prompts, teacher, chaos, tokenizer, eval_rows, startup={})
+    trainer = Trainer(recipe, run, system, prompts, system.teacher, chaos, tokenizer, eval_rows, startup={})
     if eval_rows and not run.resumed:
         evaluating = time.perf_counter()
         before = evaluate_during_run(system.pool, system.scorers, tokenizer, recipe, eval_rows, run.out, 0)
@@ -178,13 +178,3 @@ def _train(recipe: Recipe, run: TrainingRun, warnings: list[str], chaos: Chaos) 
         grpo_step(step, trainer)
         run.end_step(step, recipe.run.steps, version=system.weights.version, sampler_state=prompts.sampler_state())
     return run.finish()
-
-
-@contextmanager
-def timed(timings: dict[str, float], key: str):
-    """Add the seconds the block takes to `timings[key]`."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start

@@ -43,29 +43,22 @@ EVAL_DIR = "eval"  # <output root>/eval: the held-out evaluation of every stage'
 
 @dataclass(frozen=True)
 class StageKind:
-    """What a kind of stage is: its driver, called `driver(recipe, *, resume, overwrite) -> Path`
-    ("module:function", imported only when a pipeline uses the kind), and what it leaves in its
-    output directory for the stages after it."""
+    """What a kind of stage leaves in its output directory for the stages after it. The command
+    each kind runs is registered beside the commands, in cluster/commands/pipeline.py
+    (`STAGE_COMMANDS`, one entry per kind here: a test holds the two to the same names)."""
 
-    driver: str
     product: str  # the file or directory whose presence (with the done marker) means finished
-    # "module:function" of the output directory, true when an interrupted run there can be
-    # continued with resume=True; "": an interrupted stage starts again.
-    resumable: str = ""
     makes_model: bool = False  # ends with final/: a later stage's model, evaluated at the end
     makes_traces: bool = False  # writes traces.parquet: a later stage's traces_from
     reads_traces: bool = False  # trains on traces: sft.train_path, or traces_from
 
 
-CHECKPOINTED = "cluster.commands.pipeline:has_complete_checkpoint"
-# A new kind ("distill", say) is one line here and a driver with the same signature.
 STAGE_KINDS = {
-    "train": StageKind("cluster.commands.train:train", FINAL_DIR, CHECKPOINTED, makes_model=True),
-    "generate": StageKind("cluster.commands.generate:generate", TRACES_FILE, "cluster.commands.generate:earlier_work",
-                          makes_traces=True),
-    "sft": StageKind("cluster.commands.sft:sft", FINAL_DIR, CHECKPOINTED, makes_model=True, reads_traces=True),
-    "distill": StageKind("cluster.commands.distill:distill", FINAL_DIR, CHECKPOINTED, makes_model=True),
-    "eval": StageKind("cluster.commands.pipeline:evaluate_stage", "eval.json"),
+    "train": StageKind(FINAL_DIR, makes_model=True),
+    "generate": StageKind(TRACES_FILE, makes_traces=True),
+    "sft": StageKind(FINAL_DIR, makes_model=True, reads_traces=True),
+    "distill": StageKind(FINAL_DIR, makes_model=True),
+    "eval": StageKind("eval.json"),
 }
 PIPELINE_KEYS = ("name", "output_dir", "stages", "evaluate")
 STAGE_KEYS = ("kind", "model_from", "traces_from")  # besides recipe sections

@@ -11,7 +11,6 @@ writes out so every number can be recounted from the completions themselves.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, replace
 
 from cluster.inputs.data import PromptRow
@@ -19,6 +18,7 @@ from cluster.inputs.prompts import encode_prompts
 from cluster.output.eval_metrics import aggregate_eval, budget_curve, reflection_rate, response_stats
 from cluster.recipe import Recipe
 from cluster.roles.rollout_pool import GroupStream
+from cluster.roles.scoring import ScoresInFlight, ScoredGroup, consume_scored
 from cluster.startup.specs import sampling_spec
 from cluster.wire.samples import Sample, SamplingSpec
 from rewards.extract import extract_final_answer
@@ -127,8 +127,8 @@ def _graded(pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow], pro
     """Per kind, per prompt (in row order), one graded record per completion in sampling order.
 
     Every sampled kind's prompts go into one stream at once; each group, and the groups cut
-    from it, go to the scorers as it arrives while the rest are still sampling. The waits are
-    the stream's and the scorers' own (bounded by cluster.timeout_s)."""
+    from it (which share its prompt's fields), go to the scorers in one call as it arrives,
+    while the rest are still sampling (cluster/roles/scoring.py)."""
     name = correctness_reward(recipe)
     stream = GroupStream(pool)
     origin: dict[int, tuple[int, int]] = {}  # stream index -> (kind, row position)
@@ -137,40 +137,28 @@ def _graded(pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow], pro
             origin.update((index, (number, position))
                           for position, index in enumerate(stream.add(prompts, kind.sampling)))
     graded: list[list[list[dict] | None]] = [[None] * len(rows) for _ in kinds]
-    # (row position, [(kind, samples)], ticket), oldest first: a group and the groups cut from it
-    # share a prompt's fields, so they are scored in one call.
-    scoring: deque[tuple[int, list[tuple[int, list[Sample]]], object]] = deque()
 
-    def submit(position: int, parts: list[tuple[int, list[Sample]]]) -> None:
-        samples = [s for _, group in parts for s in group]
-        ticket = scorers.submit([s.text for s in samples], rows[position].fields,
-                                [len(s.completion_ids) for s in samples])
-        scoring.append((position, parts, ticket))
+    def submit(index: int, samples: list[Sample]) -> None:
+        number, position = origin[index]
+        parts = [(number, samples)] + [
+            (other, [cut_to_budget(s, kind.sampling.max_new_tokens, tokenizer) for s in samples])
+            for other, kind in enumerate(kinds) if kind.cut_from == number]
+        scoring.submit((position, parts), rows[position].fields, [s for _, group in parts for s in group])
 
-    def grade(position: int, parts: list[tuple[int, list[Sample]]], scores: list) -> None:
-        row, start = rows[position], 0
+    def grade(scored: ScoredGroup) -> None:
+        (position, parts), row, start = scored.key, rows[scored.key[0]], 0
         for number, samples in parts:
-            kind, group_scores, start = kinds[number], scores[start:start + len(samples)], start + len(samples)
+            kind, scores, start = kinds[number], scored.scores[start:start + len(samples)], start + len(samples)
             graded[number][position] = [
                 {"prompt_index": row.index, "prompt": row.prompt, "kind": kind.kind, "sample_index": place,
                  "max_new_tokens": kind.sampling.max_new_tokens, "completion": sample.text,
                  "correct": score.components[name] == 1.0, "answer": extract_final_answer(sample.text),
                  "reward": score.total, "num_tokens": len(sample.completion_ids), "finish_reason": sample.finish_reason}
-                for place, (sample, score) in enumerate(zip(samples, group_scores, strict=True))
+                for place, (sample, score) in enumerate(zip(samples, scores, strict=True))
             ]
 
-    while not stream.ended or scoring:
-        if not stream.ended:
-            arrived = stream.next_group(also=[scoring[0][2].ref] if scoring else [])
-            if arrived is not None:
-                number, position = origin[arrived[0]]
-                submit(position, [(number, arrived[1])] + [
-                    (other, [cut_to_budget(s, kind.sampling.max_new_tokens, tokenizer) for s in arrived[1]])
-                    for other, kind in enumerate(kinds) if kind.cut_from == number])
-        # Collect what is scored; once sampling is over, wait (bounded) for the rest in turn.
-        while scoring and (stream.ended or scorers.ready(scoring[0][2])):
-            position, parts, ticket = scoring.popleft()
-            grade(position, parts, scorers.collect(ticket))
+    scoring = ScoresInFlight(scorers)
+    consume_scored(stream, scoring, submit, grade)
     missing = sorted({rows[position].index for per_kind in graded
                       for position, group in enumerate(per_kind) if group is None})
     if missing:

@@ -2,20 +2,20 @@
 
 The GRPO step (`cluster/commands/train.py`) waits on one thing at a time only when there is
 nothing else to do: a group arriving from the engines, a score coming back, the learner
-finishing a call. `ScoresInFlight` holds the groups sent to the reward scorers (and,
-distilling, the teacher) so that scoring overlaps generation instead of blocking the driver
-per group; `StepIntake` decides which scored groups the step takes and keeps them until the
-learner is free; `LearnerFeed` then hands the learner all of them in one call.
+finishing a call. Groups come scored from cluster/roles/scoring.py; `scored_group` gives them
+their advantages; `StepIntake` decides which the step takes and keeps them until the learner
+is free; `LearnerFeed` then hands the learner all of them in one call.
 """
 
 from __future__ import annotations
 
-import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 
+from cluster.roles.scoring import ScoredGroup
+from cluster.roles.teacher_pool import with_teacher_scores
 from cluster.wire.errors import RunFailed
 from cluster.wire.samples import Group
 from learner.batching import TrainSequence
@@ -122,62 +122,6 @@ class LearnerFeed:
             self.learners.accumulate([train_sequences(g) for g in intake.take_untrained()], end_of_step=True)
 
 
-@dataclass
-class _Scoring:
-    row: object  # the prompt's dataset row (cluster/inputs/prompts.PromptRow)
-    samples: list
-    scores: object  # a ScoreTicket (cluster/roles/scorer_pool.py)
-    teacher: object = None  # the teacher's pending call, when distilling
-
-
-class ScoresInFlight:
-    """Groups sent to the scorers (and the teacher) as they arrive, handed back scored, with
-    their group-relative advantages, in the order they arrived."""
-
-    def __init__(self, scorers, estimator: str, teacher=None):
-        self.scorers, self.estimator, self.teacher = scorers, estimator, teacher
-        self._queue: deque[_Scoring] = deque()
-
-    @property
-    def pending(self) -> int:
-        return len(self._queue)
-
-    def submit(self, row, samples: list) -> None:
-        scores = self.scorers.submit([s.text for s in samples], row.fields, [len(s.completion_ids) for s in samples])
-        teacher = self.teacher.submit(samples) if self.teacher is not None else None
-        self._queue.append(_Scoring(row, samples, scores, teacher))
-
-    def refs(self) -> list:
-        """What to wait on: the oldest group's score (and teacher) call, the next to hand back."""
-        if not self._queue:
-            return []
-        head = self._queue[0]
-        return [head.scores.ref] + ([head.teacher.ref] if head.teacher is not None else [])
-
-    def take_ready(self, timings: dict) -> list[Group]:
-        """The groups whose scores are in, oldest first, without waiting on any still out (a
-        scorer past its deadline is replaced and the group scored again: that does wait)."""
-        ready = []
-        while self._queue and self._head_ready():
-            item = self._queue.popleft()
-            started = time.perf_counter()
-            scores = self.scorers.collect(item.scores)
-            group = scored_group(item.row, item.samples, scores, self.estimator)
-            timings["score"] = timings.get("score", 0.0) + time.perf_counter() - started
-            if item.teacher is not None:
-                started = time.perf_counter()
-                group = self.teacher.finish(group, item.teacher)
-                timings["teacher"] = timings.get("teacher", 0.0) + time.perf_counter() - started
-            ready.append(group)
-        return ready
-
-    def _head_ready(self) -> bool:
-        head = self._queue[0]
-        if not self.scorers.ready(head.scores):
-            return False
-        return head.teacher is None or self.teacher.ready(head.teacher)
-
-
 def train_sequences(group: Group) -> list[TrainSequence]:
     """The learner's view of a scored group: one sequence per sample, with its advantage."""
     if len(group.advantages) != len(group.samples):
@@ -193,10 +137,14 @@ def train_sequences(group: Group) -> list[TrainSequence]:
     ]
 
 
-def scored_group(row, samples, scores, estimator: str) -> Group:
-    """A group of samples with its rewards and group-relative advantages (`estimator`)."""
+def scored_group(scored: ScoredGroup, estimator: str, distill=None) -> Group:
+    """A scored group (its `key` the prompt's dataset row) with its rewards and group-relative
+    advantages (`estimator`); distilling (`distill`: the recipe's [distill]), with the teacher's
+    score of every token and, for distill.loss = "advantage", the per-token advantages."""
+    row, samples, scores = scored.key, scored.samples, scored.scores
     rewards = [s.total for s in scores]
     advantages = group_advantages(torch.tensor([rewards], dtype=torch.float64), estimator=estimator)[0]
-    return Group(prompt_index=row.index, prompt_text=row.prompt, fields=row.fields, samples=samples,
-                 rewards=rewards, advantages=advantages.tolist(), components=[s.components for s in scores],
-                 failures=[s.failures for s in scores])
+    group = Group(prompt_index=row.index, prompt_text=row.prompt, fields=row.fields, samples=samples,
+                  rewards=rewards, advantages=advantages.tolist(), components=[s.components for s in scores],
+                  failures=[s.failures for s in scores])
+    return with_teacher_scores(group, scored.teacher, distill) if scored.teacher is not None else group

@@ -17,7 +17,6 @@ from actors.teacher import Teacher
 from cluster.roles.bundles import bundle_of, in_bundle, placed_group, remove_group
 from cluster.roles.calls import answered, get_all
 from cluster.roles.recovery import one_line
-from cluster.recipe import Recipe
 from cluster.wire.errors import RunFailed
 from cluster.wire.samples import Group
 from cluster.wire.teacher import TeacherInfo, TeacherScore, TeacherSpec
@@ -103,25 +102,6 @@ def _one_line_failures(what: str):
         raise RunFailed(f"{what}: {one_line(err)}") from None
     except TimeoutError as err:  # after RayTaskError: a remote TimeoutError is one too
         raise RunFailed(str(err)) from None
-
-
-class GroupTeacher:
-    """The teacher's part of a distillation step, in two halves so that the teacher scores a
-    group while the engines generate the next: `submit` sends a group's sequences to a teacher
-    actor as the group arrives, `finish` waits for the scores (bounded by cluster.timeout_s)
-    and returns the scored group with them."""
-
-    def __init__(self, pool, recipe: Recipe):
-        self.pool, self.distill = pool, recipe.distill
-
-    def submit(self, samples: list):
-        return self.pool.submit([s.prompt_ids for s in samples], [s.completion_ids for s in samples])
-
-    def ready(self, pending) -> bool:
-        return self.pool.ready(pending)
-
-    def finish(self, group: Group, pending) -> Group:
-        return with_teacher_scores(group, self.pool.collect(pending), self.distill)
 
 
 def with_teacher_scores(group: Group, scores: list, distill) -> Group:

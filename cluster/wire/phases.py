@@ -1,9 +1,21 @@
-"""Seconds per phase of a start-up, in order: what a learner rank sends the driver with its set-up
-(`setup_s`), and what the driver keeps of its own start (cluster/roles/system.py)."""
+"""Seconds per phase: of a start-up, in order (what a learner rank sends the driver with its
+set-up, `setup_s`, and what the driver keeps of its own start, cluster/roles/system.py), and of
+a step (`timed`)."""
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+
+
+@contextmanager
+def timed(timings: dict[str, float], key: str):
+    """Add the seconds the block takes to `timings[key]`."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
 
 
 class PhaseClock:

@@ -49,8 +49,8 @@ class RewardConfig:
 
     weights: dict[str, float] = setting(
         factory=lambda: {"math": 1.0},
-        help="Reward function -> weight; the reward is their weighted sum. A name is built in (math, format, "
-             "format_strict, countdown, countdown_all, arithmetic, code) or \"package.module:function\" taking "
+        help="Reward function -> weight; the reward is their weighted sum. A name is built in (math, math_strict, "
+             "format, format_strict, countdown, countdown_all, arithmetic, code) or \"package.module:function\" taking "
              "(completion, **row_fields).")
     num_scorers: int = setting(1, "Reward scorer actors.", resumable=True)
     workers_per_scorer: int = setting(2, "Worker processes of each scorer, which run the reward functions.",
