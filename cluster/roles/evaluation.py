@@ -16,9 +16,10 @@ from dataclasses import dataclass, replace
 from cluster.inputs.data import PromptRow
 from cluster.inputs.prompts import encode_prompts
 from cluster.output.eval_metrics import aggregate_eval, budget_curve, reflection_rate, response_stats
+from cluster.output.eval_report import write_step_records
 from cluster.recipe import Recipe
 from cluster.roles.rollout_pool import GroupStream
-from cluster.roles.scoring import ScoresInFlight, ScoredGroup, consume_scored
+from cluster.roles.scoring import ScoredGroup, ScoresInFlight, consume_scored
 from cluster.startup.specs import sampling_spec
 from cluster.wire.samples import Sample, SamplingSpec
 from rewards.extract import extract_final_answer
@@ -79,7 +80,6 @@ def evaluate(pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow]) ->
 def evaluate_during_run(pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow], run_dir, step: int) -> dict:
     """`evaluate` inside a training run: the metrics for metrics.jsonl, and the completions
     kept in the run's heldout/ (what `aha pipeline` reuses instead of evaluating again)."""
-    from cluster.output.eval_report import write_step_records
 
     done = evaluate(pool, scorers, tokenizer, recipe, rows)
     write_step_records(run_dir, step, done.records)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 
-from cluster.roles.calls import answered, get_all
+from cluster.output.checkpoints import CheckpointError
 from cluster.roles.bundles import bundle_of, in_bundle, placed_group, remove_group
+from cluster.roles.calls import answered, get_all
 from cluster.roles.recovery import is_death, one_line
 from cluster.wire.errors import RunFailed, RunInterrupted
 from learner.batching import TrainSequence, plan_micro_batches
@@ -180,7 +181,6 @@ class LearnerGroup:
         cannot be loaded (a damaged shard, optimizer or RNG file) is a one-line CheckpointError."""
         from ray.exceptions import RayTaskError
 
-        from cluster.output.checkpoints import CheckpointError
 
         try:
             return self._all([r.load_checkpoint.remote(directory, tag) for r in self.ranks], "checkpoint load")[0]

@@ -17,10 +17,11 @@ from cluster.roles.learner_group import LearnerGroup
 from cluster.roles.recovery import Recovery
 from cluster.roles.rollout_pool import RolloutPool
 from cluster.roles.scorer_pool import ScorerPool
+from cluster.roles.teacher_pool import TeacherPool
 from cluster.roles.weight_sync import WeightSync
 from cluster.startup.live_placement import RunPlan, plan_run
 from cluster.startup.ray import connect_ray
-from cluster.startup.specs import engine_spec, learner_spec, scorer_spec
+from cluster.startup.specs import engine_spec, learner_spec, scorer_spec, teacher_spec
 from cluster.wire.phases import PhaseClock
 
 
@@ -74,8 +75,6 @@ def start_scorers(recipe: Recipe, plan: RunPlan, recovery: Recovery) -> ScorerPo
 
 def start_teacher(recipe: Recipe, plan: RunPlan):
     """The frozen teachers of `aha distill`, where the plan puts them; waited for (they are few)."""
-    from cluster.roles.teacher_pool import TeacherPool
-    from cluster.startup.specs import teacher_spec
 
     cluster = recipe.cluster
     return TeacherPool(teacher_spec(recipe), recipe.distill.num_teachers, cpus_per_teacher=cluster.teacher_cpus,

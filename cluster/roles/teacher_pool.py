@@ -20,6 +20,7 @@ from cluster.roles.recovery import one_line
 from cluster.wire.errors import RunFailed
 from cluster.wire.samples import Group
 from cluster.wire.teacher import TeacherInfo, TeacherScore, TeacherSpec
+from learner.distill_loss import distill_token_advantages
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,6 @@ def with_teacher_scores(group: Group, scores: list, distill) -> Group:
     "advantage", the per-token advantages reward_weight·A − kl_coef·(log π_student − log π_teacher)."""
     import torch
 
-    from learner.distill_loss import distill_token_advantages
 
     token_advantages = []
     if distill.loss == "advantage":
