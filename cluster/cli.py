@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from cluster.recipe import Recipe, RecipeError, load_recipe, recipe_to_dict
-from cluster.recipe.schema import TASK_NAMES, TinyModelConfig
+from cluster.recipe.schema import TASK_NAMES, SyntheticDataConfig, TinyModelConfig
 from cluster.wire.errors import RunFailed, RunInterrupted, original_failure
 
 EXIT_BAD_INPUT = 2
@@ -287,8 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("task", choices=TASK_NAMES)
     data.add_argument("out", help="file to write: .parquet/.pq or .jsonl/.json")
     data.add_argument("--overwrite", action="store_true", help="replace an existing file")
-    data.add_argument("--rows", type=int, default=1000)
-    data.add_argument("--seed", type=int, default=0)
+    synthetic = SyntheticDataConfig()  # [data.synthetic]'s defaults: `aha data` writes what a recipe would
+    data.add_argument("--rows", type=int, default=synthetic.train_rows)
+    data.add_argument("--seed", type=int, default=synthetic.seed)
     data.set_defaults(run=cmd_data)
     return parser
 

@@ -216,3 +216,11 @@ def test_aha_data_and_a_recipes_synthetic_table_write_the_same_file(tmp_path, ta
                                 "--cluster.num_cpus", "8"])
     assert prepare_data(recipe) == [tmp_path / "recipe.parquet"]
     assert (tmp_path / "cli.parquet").read_bytes() == (tmp_path / "recipe.parquet").read_bytes()
+
+
+def test_aha_data_defaults_to_the_recipes_rows_and_seed():
+    from cluster.cli import build_parser
+    from cluster.recipe.schema import SyntheticDataConfig
+
+    args = build_parser().parse_args(["data", "arithmetic", "out.parquet"])
+    assert (args.rows, args.seed) == (SyntheticDataConfig().train_rows, SyntheticDataConfig().seed)
