@@ -15,15 +15,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from cluster.commands.train import train
-from cluster.inputs.model_files import read_config
-from cluster.inputs.tiny_model import build_tokenizer
 from cluster.recipe import Recipe, RecipeError
-from cluster.startup.preflight import check_model, load_tokenizer, print_warnings
 
 
 def distill(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Distil distill.teacher into model.path by `recipe`; returns the output directory."""
+    from cluster.commands.train import train
+    from cluster.startup.preflight import print_warnings
 
     if not recipe.distill.teacher:
         raise RecipeError("distill.teacher", "is required: aha distill needs the teacher model to learn from "
@@ -36,6 +34,7 @@ def distill(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) ->
 
 def check_teacher(recipe: Recipe) -> list[str]:
     """The teacher exists and is a causal LM; warning lines (a student larger than its teacher)."""
+    from cluster.startup.preflight import check_model
 
     directory = check_model(recipe, recipe.distill.teacher, "distill.teacher")
     if directory is not None:
@@ -53,6 +52,7 @@ def check_teacher(recipe: Recipe) -> list[str]:
 def check_same_vocabulary(recipe: Recipe, student_tokenizer) -> None:
     """Refuse a teacher whose vocabulary is not the student's, saying where they differ: the
     teacher scores the student's token ids as they are."""
+    from cluster.startup.preflight import load_tokenizer
 
     teacher = recipe.distill.teacher
     teacher_model = replace(recipe.model, path=teacher, tokenizer=recipe.distill.teacher_tokenizer, tiny=None,
@@ -67,14 +67,17 @@ def check_same_vocabulary(recipe: Recipe, student_tokenizer) -> None:
 def _student_tokenizer(recipe: Recipe):
     """The student's tokenizer before the run: model.tokenizer or the model's own, and for a tiny
     model still to build the one every tiny model is built with."""
+    from cluster.startup.preflight import load_tokenizer
 
     if not recipe.model.tokenizer and not Path(recipe.model.path).is_dir() and recipe.model.tiny is not None:
+        from cluster.inputs.tiny_model import build_tokenizer
 
         return build_tokenizer()
     return load_tokenizer(recipe, recipe.model.path)
 
 
 def _check_causal_lm(directory: Path) -> None:
+    from cluster.inputs.model_files import read_config
 
     config = read_config(directory, "distill.teacher")
     architectures = config.get("architectures") or []

@@ -20,20 +20,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cluster.inputs.prepare import prepare_data, prepare_model
-from cluster.inputs.prompts import encode_prompts, load_rows
-from cluster.output.eval_report import eval_table, write_eval_outputs
-from cluster.output.run_dir import EVAL_OUTPUTS, check_claimable, claim_output_dir
 from cluster.recipe import Recipe, RecipeError, recipe_to_dict
-from cluster.recipe.placement import PlacementError
-from cluster.roles.calls import get_all
-from cluster.roles.evaluation import correctness_reward, evaluate
-from cluster.roles.recovery import Recovery
-from cluster.roles.system import start_rollout_pool, start_scorers
-from cluster.startup.live_placement import placement_record, plan_run
-from cluster.startup.preflight import (check_kv_memory, check_model, check_reward_fields, load_tokenizer,
-                                       print_warnings, resolve_rewards, tag_warning)
-from cluster.startup.ray import connect_ray, prepare_while_ray_starts
 
 
 ENGINE_STOP_S = 60.0  # the most a model's engines are given to stop before their actors are killed
@@ -57,6 +44,9 @@ def default_output_dir(recipe: Recipe) -> Path:
 
 def run_eval(recipe: Recipe, models: list[str], *, out: str | None = None, overwrite: bool = False) -> Path:
     """Evaluate `models` (empty: the recipe's model) and write the outputs; returns the directory."""
+    from cluster.output.run_dir import EVAL_OUTPUTS, check_claimable, claim_output_dir
+    from cluster.startup.preflight import print_warnings
+    from cluster.startup.ray import prepare_while_ray_starts
 
     targets = _targets(recipe, models)
     out_dir = Path(out) if out else default_output_dir(recipe)
@@ -90,6 +80,9 @@ def _prepare_and_check(recipe: Recipe, targets: list[Target]):
     """Check what the recipe and each model point at and make the recipe's own inputs exist
     (synthetic data, a tiny model). Returns the targets (the recipe's own model at its prepared
     path) and the held-out rows."""
+    from cluster.inputs.prepare import prepare_data, prepare_model
+    from cluster.inputs.prompts import load_rows
+    from cluster.startup.preflight import check_kv_memory, check_model, check_reward_fields, resolve_rewards
 
     rewards = resolve_rewards(recipe)
     for target in targets:
@@ -109,6 +102,8 @@ def _encode_for_each(recipe: Recipe, targets: list[Target], rows) -> tuple[dict,
     """Encode the prompts with every model's tokenizer (a prompt too long for one of them fails
     here, not after its engine started), beside Ray's start. Returns the tokenizers by label
     and warning lines."""
+    from cluster.inputs.prompts import encode_prompts
+    from cluster.startup.preflight import load_tokenizer, tag_warning
 
     tokenizers, warnings = {}, []
     for target in targets:
@@ -124,6 +119,12 @@ def _encode_for_each(recipe: Recipe, targets: list[Target], rows) -> tuple[dict,
 def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows, out: Path) -> None:
     """Start the scorers once and, per model, a rollout pool (the next one beside this one's
     evaluation, where two fit); write the outputs after each."""
+    from cluster.roles.evaluation import evaluate
+    from cluster.startup.ray import connect_ray
+    from cluster.output.eval_report import eval_table, write_eval_outputs
+    from cluster.startup.live_placement import placement_record
+    from cluster.roles.recovery import Recovery
+    from cluster.roles.system import start_scorers
 
     cluster = recipe.cluster
     plan, at_once = _plan(recipe, connect_ray(cluster), len(targets))  # a plan that cannot fit is one line here
@@ -169,6 +170,7 @@ def _evaluate_all(recipe: Recipe, targets: list[Target], tokenizers: dict, rows,
 def _start_engines(target: Target, plan, share: int, recovery):
     """Start `target`'s rollout pool, not waited for, on share `share` of the plan's rollout
     nodes (0, or 1 for the second of two pools at once); returns it and those nodes."""
+    from cluster.roles.system import start_rollout_pool
 
     workers = target.recipe.rollout.num_workers
     nodes = plan.nodes_of("rollout")[share * workers:(share + 1) * workers]
@@ -181,6 +183,9 @@ def _plan(recipe: Recipe, ray, num_models: int):
     cluster has room for twice the rollout workers, on GPUs of their own (two engines on one
     GPU would each claim its memory) and, on this machine's CPUs, with memory for both KV
     caches. Otherwise one: the models' engines start one after the other."""
+    from cluster.startup.live_placement import plan_run
+    from cluster.startup.preflight import check_kv_memory
+    from cluster.recipe.placement import PlacementError
 
     gpus = recipe.cluster.rollout_gpus
     if num_models > 1 and not (gpus and gpus != int(gpus)):
@@ -198,6 +203,7 @@ def _close(pool, timeout_s: float) -> None:
     model's engines need that memory. A stop that fails or hangs is reported, not waited out."""
     import ray
 
+    from cluster.roles.calls import get_all
 
     try:
         get_all(ray, [worker.shutdown.remote() for worker in pool.workers], min(timeout_s, ENGINE_STOP_S),
@@ -209,6 +215,7 @@ def _close(pool, timeout_s: float) -> None:
 
 def eval_settings(recipe: Recipe, num_prompts: int) -> dict:
     """What the numbers mean: the data, how many problems, and the [eval] settings used."""
+    from cluster.roles.evaluation import correctness_reward
 
     settings = recipe.eval
     return {"eval_path": recipe.data.eval_path, "num_prompts": num_prompts, "template": recipe.data.template,

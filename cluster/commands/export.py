@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cluster.output.checkpoints import Checkpoint, CheckpointError, complete_checkpoints, read_driver_state
+from cluster.output.checkpoints import CheckpointError, Checkpoint, complete_checkpoints, read_driver_state
 from cluster.output.run_dir import MODEL_FILES_DIR, RECIPE_FILE, RUN_MARKER, RunDirError
-from learner.hf_export import EXPORT_RECORD, write_hf_model
 
 
 def export_checkpoint(run_dir: str | Path, out: str | Path, *, step: int | None = None,
@@ -32,6 +31,7 @@ def export_checkpoint(run_dir: str | Path, out: str | Path, *, step: int | None 
     weights = _checkpoint_weights(checkpoint, recipe["learner"]["zero_stage"])
     from transformers import AutoConfig
 
+    from learner.hf_export import write_hf_model
 
     record = {"run": str(run), "checkpoint": checkpoint.tag, "step": state["step"],
               "weight_version": checkpoint.version, "base_model": recipe["model"]["path"]}
@@ -51,6 +51,7 @@ def _run_recipe(run: Path) -> dict:
 
 def _check_target(target: Path, overwrite: bool) -> None:
     """OUT must be new or empty, or an earlier export of aha's that --overwrite replaces."""
+    from learner.hf_export import EXPORT_RECORD
 
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
         return

@@ -21,26 +21,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cluster.inputs.data import DataError, PromptRow
-from cluster.inputs.prepare import file_sha256, prepare_data, prepare_model
-from cluster.inputs.prompts import encode_prompts, load_rows
-from cluster.output.rejection import Scored, prompt_record, summarize, summary_markdown, trace_rows, verdicts
-from cluster.output.run_dir import (FINAL_DIR, GENERATE_OUTPUTS, PLACEMENT_FILE, RECIPE_FILE, RUN_MARKER, RunDirError,
-                                    check_claimable, claim_output_dir)
-from cluster.output.run_log import METRICS_FILE
-from cluster.output.trace_parts import (ProgressError, REPORT_FILE, SUMMARY_FILE, TRACES_FILE, TraceParts,
-                                        finished_prompts, trace_schema, write_summary)
+from cluster.inputs.data import PromptRow
+from cluster.output.run_dir import RunDirError
 from cluster.recipe import Recipe, recipe_to_dict
-from cluster.roles.evaluation import correctness_reward
-from cluster.roles.recovery import Recovery
-from cluster.roles.rollout_pool import GroupStream
-from cluster.roles.scoring import ScoredGroup, ScoresInFlight, consume_scored
-from cluster.roles.system import start_rollout_pool, start_scorers
-from cluster.startup.live_placement import plan_run, write_placement
-from cluster.startup.preflight import (check_before_start, check_prepared, load_tokenizer, print_warnings,
-                                       require_prompt_file)
-from cluster.startup.ray import connect_ray, prepare_while_ray_starts
-from cluster.startup.specs import sampling_spec
+from cluster.roles.scoring import ScoredGroup
 
 LOOKAHEAD_CHUNKS = 1  # chunks generating beyond the one being finished: the engines never wait on a write
 
@@ -58,6 +42,10 @@ class Inputs:
 def generate(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Sample, verify and keep traces of `recipe`'s prompts into recipe.output_dir; returns it.
     `resume` continues an interrupted run there; `overwrite` replaces an earlier one."""
+    from cluster.inputs.prepare import prepare_data, prepare_model
+    from cluster.output.run_dir import GENERATE_OUTPUTS, check_claimable, claim_output_dir
+    from cluster.startup.preflight import check_before_start, print_warnings, require_prompt_file
+    from cluster.startup.ray import prepare_while_ray_starts
 
     require_prompt_file(recipe)
     warnings = check_before_start(recipe)
@@ -77,6 +65,9 @@ def generate(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -
 def _check_prepared(recipe: Recipe, model_path: str, warnings: list[str]) -> Inputs:
     """Check the made inputs as the engines will see them (prompts within
     data.max_prompt_tokens, reward fields); beside Ray's start."""
+    from cluster.inputs.data import DataError
+    from cluster.inputs.prompts import load_rows
+    from cluster.startup.preflight import check_prepared, load_tokenizer
 
     tokenizer = load_tokenizer(recipe, model_path)
     warnings = warnings + check_prepared(recipe, model_path, tokenizer)
@@ -88,6 +79,8 @@ def _check_prepared(recipe: Recipe, model_path: str, warnings: list[str]) -> Inp
 
 def _refuse_other_jobs(out: Path) -> None:
     """A training run's directory is not generate's to write into (its recipe.json is the run's)."""
+    from cluster.output.run_dir import FINAL_DIR, RUN_MARKER
+    from cluster.output.run_log import METRICS_FILE
 
     found = [name for name in (METRICS_FILE, "checkpoints", FINAL_DIR) if (out / name).exists()]
     if (out / RUN_MARKER).is_file() and found:
@@ -97,6 +90,7 @@ def _refuse_other_jobs(out: Path) -> None:
 
 def earlier_work(out: Path) -> str:
     """What an earlier generate run left in `out` ("" for nothing): claim_output_dir's `progress`."""
+    from cluster.output.trace_parts import TRACES_FILE, finished_prompts
 
     done = finished_prompts(out)
     if (out / TRACES_FILE).is_file():
@@ -107,6 +101,7 @@ def earlier_work(out: Path) -> str:
 def settings(recipe: Recipe) -> dict:
     """What decides the traces: model, prompts, sampling, rewards, policy. A resumed run must
     have the same; summary.json records them."""
+    from cluster.roles.evaluation import correctness_reward
 
     model, data, rollout, reward, gen = recipe.model, recipe.data, recipe.rollout, recipe.reward, recipe.generate
     return {
@@ -125,6 +120,9 @@ def _generate(recipe: Recipe, inputs: Inputs, out: Path, resume: bool) -> None:
     """Sample the prompts not yet done, chunk by chunk, then merge the parts and summarise."""
     import pyarrow as pa
 
+    from cluster.inputs.prepare import file_sha256
+    from cluster.output.run_dir import RECIPE_FILE
+    from cluster.output.trace_parts import ProgressError, TraceParts, trace_schema
 
     fields = pa.Table.from_pylist([row.fields for row in inputs.rows]).schema
     names = list(recipe.reward.weights)
@@ -169,6 +167,12 @@ def _sample(recipe: Recipe, inputs: Inputs, todo: list[PromptRow], parts, first:
     each chunk as soon as all its prompts are scored; returns the chunks' progress records."""
     from tqdm import tqdm
 
+    from cluster.inputs.prompts import encode_prompts
+    from cluster.output.run_dir import PLACEMENT_FILE
+    from cluster.roles.rollout_pool import GroupStream
+    from cluster.roles.scoring import ScoresInFlight, consume_scored
+    from cluster.startup.live_placement import write_placement
+    from cluster.startup.specs import sampling_spec
 
     gen = recipe.generate
     sampling = replace(sampling_spec(recipe, seed=None), group_size=gen.samples_per_prompt)
@@ -230,6 +234,10 @@ def _count(timing: dict, records: list[dict]) -> str:
 def _start_roles(recipe: Recipe, model_path: str):
     """The plan, the rollout pool and the scorers of `aha generate` (no learner), up. They boot
     side by side; one that cannot start leaves nothing started behind."""
+    from cluster.roles.recovery import Recovery
+    from cluster.roles.system import start_rollout_pool, start_scorers
+    from cluster.startup.live_placement import plan_run
+    from cluster.startup.ray import connect_ray
 
     plan = plan_run(recipe, connect_ray(recipe.cluster), "generate")  # a plan that cannot fit is one line here
     recovery = Recovery(recipe.cluster.max_restarts)  # dead workers and scorers are replaced, as in training
@@ -248,6 +256,8 @@ def _start_roles(recipe: Recipe, model_path: str):
 
 def _graded(recipe: Recipe, done: ScoredGroup) -> list:
     """A scored group's completions as rejection sampling weighs them: correct or not."""
+    from cluster.roles.evaluation import correctness_reward
+    from cluster.output.rejection import Scored
 
     name = correctness_reward(recipe)
     return [Scored(text=s.text, num_tokens=len(s.completion_ids), finish_reason=s.finish_reason, reward=score.total,
@@ -257,6 +267,7 @@ def _graded(recipe: Recipe, done: ScoredGroup) -> list:
 
 def _write_chunk(recipe: Recipe, parts, number: int, rows: list[PromptRow], scored: dict) -> dict:
     """A finished chunk: pick its traces and write them with its per-prompt records."""
+    from cluster.output.rejection import prompt_record, trace_rows, verdicts
 
     gen = recipe.generate
     traces, rejected, records = [], [] if gen.keep_rejected else None, []
@@ -273,6 +284,8 @@ def _write_chunk(recipe: Recipe, parts, number: int, rows: list[PromptRow], scor
 
 def _finish(recipe: Recipe, parts, chunks: list[dict], setting: dict, timing: dict) -> None:
     """Merge the parts, write summary.json and generate.md, and print the summary."""
+    from cluster.output.trace_parts import REPORT_FILE, SUMMARY_FILE, write_summary
+    from cluster.output.rejection import summarize, summary_markdown
 
     written = parts.merge(chunks)
     records = sorted((r for chunk in chunks for r in chunk["prompts"]), key=lambda r: r["prompt_index"])

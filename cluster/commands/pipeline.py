@@ -20,21 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.output.pipeline_report import (PIPELINE_OUTPUTS, clear_stage_done, read_stage_done, write_pipeline_file,
+                                            write_stage_done, write_summary)
+from cluster.recipe import Recipe, RecipeError, recipe_to_dict
+from cluster.recipe.pipeline import (BASE, EVAL_DIR, STAGE_KINDS, TEACHER, Pipeline, Stage, StageKind,
+                                     definition_changes)
 from cluster.commands.distill import distill
-from cluster.commands.eval import eval_settings, evaluation_inputs, run_eval
 from cluster.commands.generate import earlier_work, generate
 from cluster.commands.sft import sft
 from cluster.commands.train import train
-from cluster.inputs.prepare import prepare_data, prepare_model
-from cluster.output.checkpoints import complete_checkpoints
-from cluster.output.eval_report import read_step_records, write_eval_outputs
-from cluster.output.pipeline_report import (PIPELINE_OUTPUTS, clear_stage_done, read_stage_done, write_pipeline_file,
-                                            write_stage_done, write_summary)
-from cluster.output.run_dir import EVAL_OUTPUTS, LOCK_FILE, RUN_MARKER, claim_output_dir
-from cluster.output.run_log import read_metrics
-from cluster.recipe import Recipe, RecipeError, recipe_to_dict
-from cluster.recipe.pipeline import (BASE, EVAL_DIR, Pipeline, STAGE_KINDS, Stage, StageKind, TEACHER,
-                                     definition_changes)
 from cluster.recipe.resume import resume_conflicts
 
 
@@ -54,6 +48,7 @@ def run_pipeline(pipeline: Pipeline, *, overwrite: bool = False, start_from: str
 
     `overwrite` runs every stage afresh; `start_from` runs that stage and every later one afresh.
     """
+    from cluster.output.run_dir import claim_output_dir
 
     drivers = {stage.kind: _driver(stage) for stage in pipeline.stages}
     steps = plan(pipeline, overwrite=overwrite, start_from=start_from)  # refusals come before any write
@@ -74,6 +69,7 @@ def _remove_if_only_ours(root: Path, created: bool) -> None:
     """A root this run created and that holds only the pipeline's own files (the first stage
     stopped before it wrote anything: a bad data file, say) is removed: nothing half-written is
     left behind. Anything else in it (a stage's directory, a base model built there) stays."""
+    from cluster.output.run_dir import LOCK_FILE, RUN_MARKER
 
     if created and root.is_dir() and {p.name for p in root.iterdir()} <= {RUN_MARKER, LOCK_FILE, *PIPELINE_OUTPUTS}:
         shutil.rmtree(root, ignore_errors=True)
@@ -169,6 +165,7 @@ def _can_resume(stage: Stage) -> bool:
 
 def has_complete_checkpoint(output_dir: Path) -> bool:
     """The probe of the kinds that resume from checkpoints (train, sft)."""
+    from cluster.output.checkpoints import complete_checkpoints
 
     return bool(complete_checkpoints(Path(output_dir) / "checkpoints"))
 
@@ -203,6 +200,7 @@ def _run_step(pipeline: Pipeline, step: Step, label: str, driver) -> bool:
 def evaluate_stage(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Path:
     """An `eval` stage: `aha eval` of the stage's model into the stage's directory (an
     interrupted one is evaluated again: its results are the pipeline's own)."""
+    from cluster.commands.eval import run_eval
 
     return run_eval(recipe, [], out=str(recipe.output_dir), overwrite=True)
 
@@ -242,6 +240,10 @@ def _evaluate_models(pipeline: Pipeline, stages: list[Stage], out: Path) -> list
     `evaluate` on the same rows, after the stage's last step, or before its first for the base
     model) is taken from that stage's metrics and heldout/ records; the others are evaluated
     now by `aha eval`'s code. Returns the models' paths."""
+    from cluster.commands.eval import eval_settings, run_eval
+    from cluster.inputs.prepare import prepare_data, prepare_model
+    from cluster.output.eval_report import write_eval_outputs
+    from cluster.output.run_dir import EVAL_OUTPUTS, claim_output_dir
 
     prepare_data(pipeline.base)
     base_path = str(prepare_model(pipeline.base))  # built by the first stage; reused, not rebuilt
@@ -284,6 +286,9 @@ def _measured_at(pipeline: Pipeline, stage: Stage, path: str, *, first: bool):
     """The stage's evaluation before its first step (`first`) or after its last, as (metrics,
     records relabelled as `path`'s, a label), when it was made with the pipeline's evaluation
     settings and its records were kept; else None."""
+    from cluster.commands.eval import evaluation_inputs
+    from cluster.output.eval_report import read_step_records
+    from cluster.output.run_log import read_metrics
 
     if evaluation_inputs(stage.recipe) != evaluation_inputs(pipeline.base):
         return None

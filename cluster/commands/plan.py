@@ -6,12 +6,12 @@ from __future__ import annotations
 from cluster.recipe import Recipe
 from cluster.recipe.placement import ClusterSpec, NodeSpec, describe, job_roles, plan_placement
 from cluster.startup.live_placement import describe_nodes, live_cluster, parse_cluster
-from cluster.startup.ray import connect_ray, offered_cpus
 
 
 def plan(recipe: Recipe, command: str, *, described: str | None = None) -> str:
     """The placement report of `aha COMMAND` under `recipe`: on `described` (a description file
     or NxG[xC]) when given, else on the running cluster or this machine."""
+    from cluster.startup.ray import connect_ray, offered_cpus
 
     if described:
         cluster, where = parse_cluster(described), f"--cluster {described}"

@@ -18,17 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.inputs.data import DataError, PromptSampler
-from cluster.inputs.prepare import file_sha256, prepare_data, prepare_model
-from cluster.inputs.prompts import load_rows
-from cluster.inputs.traces import encode_traces, fit_to_length, load_traces
-from cluster.output.run_dir import check_claimable
 from cluster.recipe import Recipe, RecipeError
-from cluster.roles.evaluation import evaluate_during_run
 from cluster.run.scaffold import TrainingRun, claimed_run
-from cluster.startup.preflight import check_before_start, check_prepared, load_tokenizer, print_warnings
-from cluster.startup.ray import prepare_while_ray_starts
-from learner.batching import TrainSequence
 
 
 @dataclass
@@ -43,6 +34,12 @@ class TraceSets:
 
 def sft(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Fine-tune the recipe's model on `sft.train_path`; returns the output directory."""
+    from cluster.inputs.data import DataError
+    from cluster.inputs.prepare import prepare_data, prepare_model
+    from cluster.inputs.traces import load_traces
+    from cluster.output.run_dir import check_claimable
+    from cluster.startup.preflight import check_before_start, load_tokenizer
+    from cluster.startup.ray import prepare_while_ray_starts
 
     if not recipe.sft.train_path:
         raise RecipeError("sft.train_path", "is required (a trace data set: Parquet or JSONL with prompt + "
@@ -74,6 +71,10 @@ def sft(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Pat
 def _sft(recipe: Recipe, run: TrainingRun, warnings: list[str], model_path: str, tokenizer,
          traces: TraceSets) -> Path:
     """The SFT steps, in the run's claimed (locked) output directory."""
+    from cluster.inputs.data import PromptSampler
+    from cluster.inputs.prepare import file_sha256
+    from cluster.inputs.prompts import load_rows
+    from cluster.startup.preflight import check_prepared, print_warnings
 
     sft_cfg = recipe.sft
     run.check_data(sft_cfg.train_path, file_sha256(sft_cfg.train_path))
@@ -132,6 +133,7 @@ class HeldOut:
         self.recipe, self.run, self.tokenizer, self.sequences, self.eval_rows = recipe, run, tokenizer, sequences, eval_rows
 
     def measure(self, step: int) -> dict:
+        from cluster.roles.evaluation import evaluate_during_run
 
         system = self.run.system
         metrics = {"eval/loss": system.learners.held_out_nll(self.sequences)} if self.sequences else {}
@@ -157,6 +159,8 @@ def step_size(step: int, num_traces: int, epochs: int, batch_size: int) -> int:
 def encode_trace_sets(recipe: Recipe, tokenizer) -> TraceSets:
     """The training and held-out traces as the learner's sequences (EOS appended, prompts
     templated); training rows over sft.max_length are skipped or an error (sft.too_long)."""
+    from cluster.inputs.traces import encode_traces, fit_to_length, load_traces
+    from learner.batching import TrainSequence
 
     sets, rows_of, skipped = {}, {}, 0
     for name, path in (("train", recipe.sft.train_path), ("held_out", recipe.sft.eval_path)):

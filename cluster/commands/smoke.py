@@ -10,15 +10,7 @@ from __future__ import annotations
 
 import time
 
-from actors.rollout_worker import RolloutWorker
-from cluster.inputs.data import PromptSampler
-from cluster.inputs.prepare import prepare_data, prepare_model
-from cluster.inputs.prompts import encode_prompts, load_rows
 from cluster.recipe import Recipe
-from cluster.roles.calls import get_with_timeout
-from cluster.startup.preflight import check_before_start, check_prepared, load_tokenizer, print_warnings
-from cluster.startup.ray import connect_ray
-from cluster.startup.specs import engine_spec, sampling_spec
 from cluster.wire.samples import Sample
 
 
@@ -46,6 +38,14 @@ def transformers_logprob_gap(model_path: str, samples: list[Sample]) -> float:
 
 def run_smoke(recipe: Recipe, num_prompts: int = 4) -> dict:
     """Sample `num_prompts` groups through a RolloutWorker actor; return the figures it measured."""
+    from actors.rollout_worker import RolloutWorker
+    from cluster.inputs.data import PromptSampler
+    from cluster.inputs.prepare import prepare_data, prepare_model
+    from cluster.inputs.prompts import encode_prompts, load_rows
+    from cluster.roles.calls import get_with_timeout
+    from cluster.startup.ray import connect_ray
+    from cluster.startup.preflight import check_before_start, check_prepared, load_tokenizer, print_warnings
+    from cluster.startup.specs import engine_spec, sampling_spec
 
     started = time.perf_counter()
     print_warnings(check_before_start(recipe))

@@ -18,8 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from cluster.recipe import RecipeError, load_recipe
-from cluster.recipe.pipeline import load_pipeline
+from cluster.recipe import RecipeError
 from cluster.wire.errors import RunFailed
 
 COMMANDS = ("train", "distill", "sft", "generate", "pipeline")
@@ -71,9 +70,11 @@ def output_of(command: str, recipe_path: str, overrides: list[str]) -> Path:
     refused when not on shared storage: a mistake is one line, nothing sent."""
     joined = [*overrides, "--cluster.address", "auto"]
     if command == "pipeline":
+        from cluster.recipe.pipeline import load_pipeline
 
         output_dir, key = load_pipeline(recipe_path, joined).output_dir, "pipeline.output_dir"
     else:
+        from cluster.recipe import load_recipe
 
         output_dir, key = load_recipe(recipe_path, joined).output_dir, "run.output_dir"
     check_output_on_shared_storage(output_dir, key)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cluster.inputs.tiny_model import build_tiny_model, tiny_model_spec
 from cluster.recipe import RecipeError
 from cluster.recipe.checks import check_tiny_model
 from cluster.recipe.schema import RolloutConfig, TinyModelConfig
@@ -13,6 +12,7 @@ from cluster.recipe.schema import RolloutConfig, TinyModelConfig
 def tiny_model(out: str, tiny: TinyModelConfig, *, overwrite: bool) -> Path:
     """Write the model `tiny` describes to `out` (an empty or new directory, or one aha wrote
     a model into with `overwrite`); a bad option is a RecipeError naming it (--num-layers)."""
+    from cluster.inputs.tiny_model import build_tiny_model, tiny_model_spec
 
     _check_tiny_options(tiny)
     target = Path(out)
