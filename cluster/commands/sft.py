@@ -17,9 +17,12 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cluster.recipe import Recipe, RecipeError
-from cluster.run.scaffold import TrainingRun, claimed_run
+
+if TYPE_CHECKING:  # imported in sft(), before Ray starts
+    from cluster.run.scaffold import TrainingRun
 
 
 @dataclass
@@ -39,8 +42,10 @@ def sft(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Pat
     from cluster.inputs.traces import load_traces
     from cluster.output.run_dir import check_claimable
     from cluster.startup.preflight import check_before_start, load_tokenizer
+    from cluster.run.scaffold import TrainingRun, claimed_run
     from cluster.startup.ray import prepare_while_ray_starts
 
+    _import_the_run()
     if not recipe.sft.train_path:
         raise RecipeError("sft.train_path", "is required (a trace data set: Parquet or JSONL with prompt + "
                           "completion or messages columns)")
@@ -66,6 +71,15 @@ def sft(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Pat
     with claimed_run(recipe, resume=resume, overwrite=overwrite) as run_dir:
         with TrainingRun(recipe, run_dir, stage="SFT", resume=resume) as run:
             return _sft(recipe, run, warnings, model_path, tokenizer, traces)
+
+
+def _import_the_run() -> None:
+    """Import what the run needs before Ray starts: under `aha submit`, a module the driver first
+    imported after joining the cluster was missing from the job's working directory (the
+    two-node test saw it), so nothing is left to import lazily once Ray is up."""
+    import cluster.inputs.data  # noqa: F401
+    import cluster.inputs.prompts  # noqa: F401
+    import cluster.roles.evaluation  # noqa: F401
 
 
 def _sft(recipe: Recipe, run: TrainingRun, warnings: list[str], model_path: str, tokenizer,

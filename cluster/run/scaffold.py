@@ -14,11 +14,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cluster.output.base_model_files import save_model_files
+from cluster.output.plots import plot_run, print_run_end
 from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, PLACEMENT_FILE, RECIPE_FILE, claim_output_dir
 from cluster.output.run_log import RunLog
 from cluster.recipe import Recipe, recipe_to_dict
+from cluster.roles.system import start_system
 from cluster.run.resume_point import check_same_data, find_resume_point, naming_last_checkpoint, save_checkpoint
 from cluster.run.stop import RunStopped, StopRequest
+from cluster.startup.live_placement import write_placement
 
 
 @contextmanager
@@ -60,9 +64,6 @@ class TrainingRun:
     def start(self, model_path: str, tokenizer, job: str, sampler, *, total_steps: int | None = None) -> None:
         """Start the roles; resume the learner, `sampler` and the engines' weights from the
         checkpoint, or record the recipe and the base model's files for a new run."""
-        from cluster.output.base_model_files import save_model_files
-        from cluster.roles.system import start_system
-        from cluster.startup.live_placement import write_placement
 
         self.system = system = start_system(self.recipe, model_path, tokenizer, job, total_steps=total_steps)
         write_placement(self.out / PLACEMENT_FILE, system.plan, system.placement_groups())
@@ -125,7 +126,6 @@ class TrainingRun:
         return self.out
 
     def __exit__(self, *exc) -> None:
-        from cluster.output.plots import plot_run, print_run_end
 
         if self._stop is not None:
             self._stop.restore()
