@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from cluster.wire.disk_errors import DiskError, write_failure
+
 
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
@@ -21,11 +23,19 @@ def _rng_state() -> dict:
 
 
 def save_checkpoint(learner, directory: str) -> str:
-    """Save the learner's full training state under `directory`; collective (all ranks)."""
+    """Save the learner's full training state under `directory`; collective (all ranks). A
+    write the file system refuses is a DiskError naming why (a full disk, a lost permission):
+    torch's own error for a full disk does not say so."""
     tag = f"version-{learner.weight_version}"
     client_state = {"weight_version": learner.weight_version}
-    learner.engine.save_checkpoint(directory, tag=tag, client_state=client_state)
-    torch.save(_rng_state(), Path(directory) / tag / f"rng_rank{learner.rank}.pt")
+    try:
+        learner.engine.save_checkpoint(directory, tag=tag, client_state=client_state)
+        torch.save(_rng_state(), Path(directory) / tag / f"rng_rank{learner.rank}.pt")
+    except (OSError, RuntimeError) as err:
+        cause = write_failure(err, directory)
+        if cause is None:
+            raise
+        raise DiskError(cause) from None
     return str(Path(directory) / tag)
 
 

@@ -25,7 +25,7 @@ IMPORT_RULES = {
     "actors": {"cluster.wire", "rewards"},  # never the learner, never the driver
     "learner": {"cluster.wire", "rewards"},  # never the actors, never the driver
     "cluster.inputs": {"cluster.recipe"},  # datasets, tasks, tiny model: from the recipe
-    "cluster.output": set(),  # metrics, rollouts, plots: plain data in, files out
+    "cluster.output": {"cluster.wire"},  # metrics, rollouts, plots: plain data in, files out (disk errors named)
     # Ray, the placement applied, the actors' specs (their types live with the actors and the
     # learner), the checks before anything starts.
     "cluster.startup": {"cluster.recipe", "cluster.wire", "cluster.inputs", "rewards", "actors", "learner"},

@@ -122,6 +122,7 @@ def _generate(recipe: Recipe, inputs: Inputs, out: Path, resume: bool) -> None:
 
     from cluster.inputs.prepare import file_sha256
     from cluster.output.run_dir import RECIPE_FILE
+    from cluster.output.run_log import atomic_write
     from cluster.output.trace_parts import ProgressError, TraceParts, trace_schema
 
     fields = pa.Table.from_pylist([row.fields for row in inputs.rows]).schema
@@ -137,7 +138,8 @@ def _generate(recipe: Recipe, inputs: Inputs, out: Path, resume: bool) -> None:
         _check_same(header, wanted, out)
     else:
         parts.start(wanted)
-        (out / RECIPE_FILE).write_text(json.dumps(recipe_to_dict(recipe), indent=2))
+        text = json.dumps(recipe_to_dict(recipe), indent=2)
+        atomic_write(out / RECIPE_FILE, lambda tmp: Path(tmp).write_text(text))  # a full disk named in one line
         chunks = []
     done = {record["prompt_index"] for chunk in chunks for record in chunk["prompts"]}
     todo = [row for row in inputs.rows if row.index not in done]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cluster.wire.disk_errors import naming_disk_errors
+
 
 def save_model_files(directory: str | Path, model_path: str, tokenizer, *, trust_remote_code: bool) -> None:
     """Keep the base model's config, tokenizer and generation config beside the run's
@@ -13,9 +15,13 @@ def save_model_files(directory: str | Path, model_path: str, tokenizer, *, trust
     from transformers import AutoConfig, GenerationConfig
 
     target = Path(directory)
-    AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code).save_pretrained(target)
-    tokenizer.save_pretrained(target)
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     try:
-        GenerationConfig.from_pretrained(model_path).save_pretrained(target)
+        generation = GenerationConfig.from_pretrained(model_path)
     except OSError:  # the base model has none; transformers derives one from the config
-        pass
+        generation = None
+    with naming_disk_errors(target, f"the base model's files '{target}'"):
+        config.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        if generation is not None:
+            generation.save_pretrained(target)

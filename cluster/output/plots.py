@@ -7,10 +7,12 @@ matplotlib is imported where a figure is drawn, so importing this module stays l
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cluster.output.run_log import REWARD_COMPONENT_PREFIX, atomic_write, read_metrics
+from cluster.wire.disk_errors import DiskWriteFailed, naming_disk_errors
 
 # figure file -> (title, y label, predicate choosing the metric keys drawn as lines)
 _FIGURES = {
@@ -60,11 +62,23 @@ def plot_run(output_dir: str | os.PathLike) -> list[Path]:
     skipped. Uses matplotlib's Agg canvas directly (no pyplot, no display, no global
     backend switch) and renames each finished file into place, so it is safe to call again,
     or from a Ctrl-C handler. Returns the paths written.
+
+    A run draws them as it ends, an error maybe on its way out: a disk that refuses them
+    (full, no permission) is a warning line, and the figures are drawn again from
+    metrics.jsonl on the next call.
     """
-    output_dir = Path(output_dir)
+    try:
+        return _plot_all(Path(output_dir))
+    except DiskWriteFailed as err:
+        print(f"aha: warning: plots not drawn: {err}", file=sys.stderr, flush=True)
+        return []
+
+
+def _plot_all(output_dir: Path) -> list[Path]:
     records = read_metrics(output_dir)
     plots = output_dir / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
+    with naming_disk_errors(plots):
+        plots.mkdir(parents=True, exist_ok=True)
     written = []
     for filename, (title, ylabel, wanted) in _FIGURES.items():
         series = _series(records, wanted)

@@ -13,7 +13,9 @@ Layout (docs/commands.md, aha train):
 
 Every file is either appended one fsync'ed line at a time (metrics.jsonl) or written to a
 hidden temporary file and renamed into place (everything else), so a run killed with SIGKILL
-leaves at most a torn last metrics line, which readers skip and the next RunLog removes.
+leaves at most a torn last metrics line, which readers skip and the next RunLog removes. A
+write the file system refuses (a full disk, a lost permission) is a one-line DiskWriteFailed
+naming the cause (cluster/wire/disk_errors.py).
 
 Imports only stdlib and pyarrow at module level: the driver imports this early, before any
 heavy library; matplotlib and torch's TensorBoard writer are imported where they are used.
@@ -24,11 +26,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from cluster.wire.disk_errors import DiskWriteFailed, naming_disk_errors
 
 METRICS_FILE = "metrics.jsonl"
 HELDOUT_DIR = "heldout"  # the held-out completions of each evaluation during the run
@@ -52,8 +58,9 @@ class RunLog:
 
     def __init__(self, output_dir: str | os.PathLike, *, tensorboard: bool = True):
         self.output_dir = Path(output_dir)
-        for sub in SUBDIRS:
-            (self.output_dir / sub).mkdir(parents=True, exist_ok=True)
+        with naming_disk_errors(self.output_dir):
+            for sub in SUBDIRS:
+                (self.output_dir / sub).mkdir(parents=True, exist_ok=True)
         for sub in ("rollouts", "plots"):
             _remove_temporaries(self.output_dir / sub)
         self.metrics_path = self.output_dir / METRICS_FILE
@@ -77,12 +84,14 @@ class RunLog:
         record = {"step": int(step)}
         record.update((str(k), _jsonable(v)) for k, v in metrics.items() if k != "step")
         line = json.dumps(record, allow_nan=False, default=str)
-        self._file.write(line + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        with naming_disk_errors(self.metrics_path):
+            self._file.write(line + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
         self.last_step = int(step)
         if self._tensorboard:
-            self._write_scalars(int(step), record)
+            with naming_disk_errors(self.output_dir / "tb", "TensorBoard's events"):
+                self._write_scalars(int(step), record)
 
     def _write_scalars(self, step: int, record: Mapping[str, object]) -> None:
         writer = self._summary_writer()
@@ -94,6 +103,7 @@ class RunLog:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter  # heavy: only once logging starts
 
+            _quiet_tensorboard_thread()
             # purge_step makes TensorBoard discard the events of steps a resumed run redoes.
             self._writer = SummaryWriter(
                 log_dir=str(self.output_dir / "tb"), purge_step=self._purge_step, flush_secs=10
@@ -141,12 +151,20 @@ class RunLog:
         self._purge_step = step + 1
 
     def close(self) -> None:
-        """Close metrics.jsonl and flush TensorBoard. Safe to call twice."""
+        """Close metrics.jsonl and flush TensorBoard. Safe to call twice. It runs as a run ends,
+        an error maybe on its way out: a file the disk refuses now is a warning, not a new error."""
         if not self._file.closed:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:  # only a line whose failed write already raised DiskWriteFailed is left
+                pass
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            try:
+                with naming_disk_errors(self.output_dir / "tb", "TensorBoard's events"):
+                    writer.close()
+            except DiskWriteFailed as err:
+                print(f"aha: warning: {err}", file=sys.stderr, flush=True)
 
     def __enter__(self) -> RunLog:
         return self
@@ -261,12 +279,32 @@ def atomic_write(path: Path, write) -> None:
     """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        write(str(tmp))
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with naming_disk_errors(path):  # DiskWriteFailed for a full disk or a lost permission
+            write(str(tmp))
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only file system refuses even that: the named error above stays the one raised
+            pass
+
+
+def _quiet_tensorboard_thread() -> None:
+    """TensorBoard writes events in a thread that keeps its error (a full disk) for the next
+    `add_scalar` to raise, named, and also lets Python print it with a traceback: that
+    thread's print is dropped, every other thread's goes to the hook before."""
+    previous = threading.excepthook
+    if getattr(previous, "aha_quiet", False):
+        return
+
+    def hook(args) -> None:
+        if type(args.thread).__name__ != "_AsyncWriterThread":
+            previous(args)
+
+    hook.aha_quiet = True
+    threading.excepthook = hook
 
 
 def _remove_temporaries(directory: Path) -> None:

@@ -13,7 +13,8 @@
 A chunk is finished once its line is in progress.jsonl, which is written after its parts
 (each to a temporary name, fsync'ed and renamed into place), so a SIGKILL leaves only whole
 parts; a part without its line, a temporary, or a torn last line is removed on resume and the
-chunk's prompts are sampled again.
+chunk's prompts are sampled again. A write the file system refuses (a full disk, a lost
+permission) is a one-line DiskWriteFailed naming the cause.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 
 from cluster.output.run_log import atomic_write
 from cluster.output.rejection import REWARD_PREFIX, field_column
+from cluster.wire.disk_errors import naming_disk_errors
 
 PARTS_DIR = "parts"
 PROGRESS_FILE = "progress.jsonl"
@@ -63,7 +65,8 @@ class TraceParts:
 
     def start(self, header: Mapping) -> None:
         """A fresh run: no parts, a progress file holding only `header`."""
-        self.parts.mkdir(parents=True, exist_ok=True)
+        with naming_disk_errors(self.parts):
+            self.parts.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"header": dict(header)}) + "\n"
         atomic_write(self.progress, lambda tmp: Path(tmp).write_text(line))
 
@@ -84,7 +87,7 @@ class TraceParts:
         if rejected is not None:
             entry["rejected"] = f"rejected-{number:06d}.parquet"
             _write_table(self.parts / entry["rejected"], rejected, self.rejected_schema)
-        with open(self.progress, "a", encoding="utf-8") as handle:
+        with naming_disk_errors(self.progress), open(self.progress, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
