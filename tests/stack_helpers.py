@@ -59,3 +59,36 @@ def consumed(run) -> dict[int, list[int]]:
     for row in rows:
         steps.setdefault(row["step"], set()).add(row["prompt_index"])
     return {step: sorted(indices) for step, indices in sorted(steps.items())}
+
+
+def process_tree(pid: int) -> dict[tuple[int, float], str]:
+    """Every descendant of process `pid`, as (pid, create time) -> name."""
+    import psutil
+
+    tree = {}
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            tree[(child.pid, child.create_time())] = child.name()
+        except psutil.NoSuchProcess:
+            continue
+    return tree
+
+
+def still_running(processes: dict[tuple[int, float], str], within: float) -> list[str]:
+    """Which of `processes` (from `process_tree`) still run after waiting up to `within` seconds
+    for them all to end: 'name (pid)' each."""
+    import psutil
+
+    deadline = time.monotonic() + within
+    while True:
+        left = []
+        for (pid, created), name in processes.items():
+            try:
+                process = psutil.Process(pid)
+                if process.create_time() == created and process.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{name} ({pid})")
+            except psutil.NoSuchProcess:
+                continue
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(1)

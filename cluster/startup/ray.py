@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from cluster.recipe import Recipe
+from cluster.startup.watchdog import start_watchdog
 from cluster.wire.errors import RunFailed
 
 
@@ -36,7 +37,9 @@ def connect_ray(cluster):
         ray.init(address=cluster.address, log_to_driver=True)
     else:
         # "local": a Ray of this run's own, even where RAY_ADDRESS is set or `ray start` left a
-        # cluster on this machine (Ray would join those, and then refuse num_cpus).
+        # cluster on this machine (Ray would join those, and then refuse num_cpus). Its processes
+        # are this driver's children: the watchdog ends any the driver leaves behind.
+        start_watchdog()
         ray.init(address="local", num_cpus=offered_cpus(cluster), include_dashboard=False, log_to_driver=True)
     return ray
 
