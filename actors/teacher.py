@@ -77,6 +77,12 @@ class Teacher:
     def vocab_size(self) -> int:
         return self._vocab_size
 
+    def pid(self) -> int:
+        """This actor's process id (fault injection kills it: cluster/run/chaos.py)."""
+        import os
+
+        return os.getpid()
+
     def model_info(self) -> TeacherInfo:
         return TeacherInfo(model_path=self.spec.model_path, dtype=str(self.dtype).removeprefix("torch."),
                            device=str(self.device), num_parameters=sum(p.numel() for p in self.model.parameters()),

@@ -57,8 +57,8 @@ def test_step_metrics_report_restarts_so_far_and_the_steps_own_costs():
     assert first["restarts/rollout"] == 1 and first["restarts/scorer"] == 0
     assert first["recovery/prompts_requeued"] == 3 and first["time/recovery"] > 0
     second = recovery.step_metrics()
-    assert second == {"restarts/rollout": 1.0, "restarts/scorer": 0.0, "recovery/prompts_requeued": 0.0,
-                      "time/recovery": 0.0}
+    assert second == {"restarts/rollout": 1.0, "restarts/scorer": 0.0, "restarts/teacher": 0.0,
+                      "restarts/learner": 0.0, "recovery/prompts_requeued": 0.0, "time/recovery": 0.0}
 
 
 def test_chaos_entries_are_read_strictly():

@@ -14,7 +14,7 @@ from collections import Counter
 
 from cluster.wire.errors import RunInterrupted
 
-ROLES = ("rollout", "scorer")
+ROLES = ("rollout", "scorer", "teacher", "learner")
 # Ray's errors for an actor whose process is gone, and the rollout worker's for an engine whose
 # process is (EngineDied; vLLM's own EngineDeadError too, should one reach the driver as it is).
 _DEATHS = {"RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError", "EngineDied",

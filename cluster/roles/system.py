@@ -36,16 +36,27 @@ class System:
     weights: WeightSync | None = None  # the learner -> engines weight path, and the engines' version
     tokenizer: object = None
     teacher: object = None  # a TeacherPool (cluster/roles/teacher_pool.py) when the job distils
-    recovery: Recovery | None = None  # restarts of the pool's and the scorers' actors, for the metrics
+    recovery: Recovery | None = None  # restarts of the roles' actors, for the metrics
     plan: RunPlan | None = None  # where each role's actors were placed
     startup: dict = field(default_factory=dict)  # seconds per start-up phase (start_system)
     learner_setup: dict = field(default_factory=dict)  # the learner phase's parts (LearnerGroup.setup_s)
+    start_learners: object = None  # () -> a new LearnerGroup like the first: what restart_learners calls
 
     def placement_groups(self) -> dict[str, object]:
         """Each role's placement group (None for a role this job has not), for placement.json."""
         return {role: part.placement if part is not None else None
                 for role, part in (("rollout", self.pool), ("learner", self.learners), ("scorer", self.scorers),
                                    ("teacher", self.teacher))}
+
+    def restart_learners(self) -> None:
+        """A new learner group in place of one that lost a rank (a DeepSpeed job cannot take a
+        new rank): the old ranks ended, the new ones set up from the base model, and the weight
+        path to the engines linked to them. The caller loads the checkpoint and pushes it."""
+        self.learners.shutdown()
+        self.learners = self.start_learners()
+        if self.weights is not None:
+            self.weights.learners = self.learners
+            self.weights.link()
 
     def shutdown(self) -> None:
         for part in (self.learners, self.scorers, self.pool, self.teacher):
@@ -73,13 +84,12 @@ def start_scorers(recipe: Recipe, plan: RunPlan, recovery: Recovery) -> ScorerPo
                       timeout_s=cluster.timeout_s, wait=False, recovery=recovery, nodes=plan.nodes_of("scorer"))
 
 
-def start_teacher(recipe: Recipe, plan: RunPlan):
+def start_teacher(recipe: Recipe, plan: RunPlan, recovery: Recovery):
     """The frozen teachers of `aha distill`, where the plan puts them; waited for (they are few)."""
-
     cluster = recipe.cluster
     return TeacherPool(teacher_spec(recipe), recipe.distill.num_teachers, cpus_per_teacher=cluster.teacher_cpus,
                        gpus_per_teacher=cluster.teacher_gpus, timeout_s=cluster.timeout_s,
-                       nodes=plan.nodes_of("teacher"))
+                       nodes=plan.nodes_of("teacher"), recovery=recovery)
 
 
 def start_learners(recipe: Recipe, model_path: str, plan: RunPlan, job: str, total_steps: int | None) -> LearnerGroup:
@@ -113,9 +123,10 @@ def start_system(recipe: Recipe, model_path: str, tokenizer, job: str = "train",
             system.pool = start_rollout_pool(recipe, model_path, plan.nodes_of("rollout"), system.recovery)
             system.scorers = start_scorers(recipe, plan, system.recovery)
         if "teacher" in roles and recipe.distill.teacher:
-            system.teacher = start_teacher(recipe, plan)
+            system.teacher = start_teacher(recipe, plan, system.recovery)
             clock.lap("teacher")
-        system.learners = start_learners(recipe, model_path, plan, job, total_steps)
+        system.start_learners = lambda: start_learners(recipe, model_path, plan, job, total_steps)
+        system.learners = system.start_learners()
         clock.lap("learner")
         system.learner_setup = system.learners.setup_s
         if system.pool is not None:

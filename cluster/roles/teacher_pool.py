@@ -1,9 +1,12 @@
 """The frozen teachers from the driver's side: N teacher actors, used round-robin.
 
 The distillation driver hands each group of G samples to the next teacher. `submit` returns
-at once, so scoring overlaps generation; `collect` waits, bounded by `cluster.timeout_s`. A
-teacher that died, hung, or was handed ids outside its vocabulary stops the run with a
-one-line `RunFailed`, never a hang or a remote traceback.
+at once, so scoring overlaps generation; `collect` waits, bounded by `cluster.timeout_s`. Like
+a reward scorer, a teacher is pure: one that dies or stops answering is replaced (at most
+`cluster.max_restarts` times a run) and every group it was grading is graded again on the
+replacement, nothing lost or graded twice into the step. A teacher that cannot start, or that
+is handed ids outside its vocabulary, stops the run with a one-line `RunFailed`, never a hang
+or a remote traceback.
 """
 
 from __future__ import annotations
@@ -16,64 +19,97 @@ from dataclasses import dataclass, replace
 from actors.teacher import Teacher
 from cluster.roles.bundles import bundle_of, in_bundle, placed_group, remove_group
 from cluster.roles.calls import answered, get_all
-from cluster.roles.recovery import one_line
+from cluster.roles.recovery import Recovery, is_death, one_line
 from cluster.wire.errors import RunFailed
 from cluster.wire.samples import Group
 from cluster.wire.teacher import TeacherInfo, TeacherScore, TeacherSpec
 from learner.distill_loss import distill_token_advantages
 
 
-@dataclass(frozen=True)
+@dataclass
 class PendingScores:
-    """A scoring call in flight: `ref` (a Ray ObjectRef, for `ray.wait`) and which teacher has it."""
+    """A scoring call in flight: `ref` (a Ray ObjectRef, for `ray.wait`), which teacher has it
+    (its index and the actor itself: a replaced teacher's calls are sent again, not counted
+    as a second death), the pairs (to grade them again) and when the driver stops waiting."""
 
     ref: object
     teacher: int
-    deadline: float  # when the driver stops waiting for it (cluster.timeout_s after submit)
+    actor: object
+    pairs: tuple[list[list[int]], list[list[int]]]
+    deadline: float  # cluster.timeout_s after the call was sent
 
 
 class TeacherPool:
-    """N teacher actors, used round-robin; every wait bounded."""
+    """N teacher actors, used round-robin; every wait bounded, the dead replaced."""
 
     def __init__(self, spec: TeacherSpec, num_teachers: int, *, cpus_per_teacher: float, gpus_per_teacher: float,
-                 timeout_s: float, nodes: list[str] | None = None):
+                 timeout_s: float, nodes: list[str] | None = None, recovery: Recovery | None = None):
         import ray
 
-        self._ray, self.timeout_s = ray, timeout_s
-        actor, resources = ray.remote(Teacher), {"num_cpus": cpus_per_teacher, "num_gpus": gpus_per_teacher}
+        self._ray, self.timeout_s, self.spec = ray, timeout_s, spec
+        self.recovery = recovery or Recovery(max_restarts=0)
+        self._actor = ray.remote(Teacher)
+        self._resources = {"num_cpus": cpus_per_teacher, "num_gpus": gpus_per_teacher}
         self.placement = placed_group(ray, bundle_of(cpus_per_teacher, gpus_per_teacher), num_teachers, nodes,
                                       timeout_s, "teachers")
-        self.teachers = [actor.options(**resources, **in_bundle(self.placement, i)).remote(spec)
-                         for i in range(num_teachers)]
+        self.teachers = [self._launch(i) for i in range(num_teachers)]
         try:
-            with _one_line_failures("teacher start"):
-                self.infos: list[TeacherInfo] = get_all(ray, [t.model_info.remote() for t in self.teachers],
-                                                        timeout_s, "teacher start")
+            self.infos: list[TeacherInfo] = self._started(self.teachers, "teacher start")
         except RunFailed:
             self.shutdown()  # the teachers that did start would hold their resources until Ray ends
             raise
         self._turn = itertools.cycle(range(num_teachers))
 
+    def _launch(self, index: int):
+        return self._actor.options(**self._resources, **in_bundle(self.placement, index)).remote(self.spec)
+
+    def _started(self, teachers: list, what: str) -> list[TeacherInfo]:
+        """Wait (bounded) for `teachers` to load their models; one that cannot is a RunFailed."""
+        try:
+            with _one_line_failures(what):
+                return get_all(self._ray, [t.model_info.remote() for t in teachers], self.timeout_s, what)
+        except _TeacherLost as lost:  # at start there is nothing to go back to
+            raise RunFailed(f"{what}: the teacher {lost.why}") from None
+
     def submit(self, prompts: list[list[int]], completions: list[list[int]]) -> PendingScores:
         """Start scoring (prompt ids, completion ids) pairs on the next teacher; returns at once."""
         teacher = next(self._turn)
-        return PendingScores(self.teachers[teacher].score.remote(prompts, completions), teacher,
+        actor = self.teachers[teacher]
+        return PendingScores(actor.score.remote(prompts, completions), teacher, actor, (prompts, completions),
                              time.monotonic() + self.timeout_s)
 
     def ready(self, pending: PendingScores) -> bool:
-        """Whether `collect` would return (or fail: a dead teacher, the deadline) without waiting."""
+        """Whether `collect` would return (or replace a teacher: dead, past the deadline) without waiting."""
         return answered(self._ray, [pending.ref]) or time.monotonic() >= pending.deadline
 
     def collect(self, pending: PendingScores) -> list[TeacherScore]:
-        """The scores of a submitted call, one per pair; waits at most `timeout_s`."""
-        what = f"teacher {pending.teacher}"
+        """The scores of a submitted call, one per pair; waits at most until its deadline. A
+        teacher that died or missed it is replaced and the pairs graded again there."""
         from ray.exceptions import GetTimeoutError
 
-        with _one_line_failures(what):
-            try:  # the deadline counts from submit: the call may have been running a while
-                return self._ray.get(pending.ref, timeout=max(pending.deadline - time.monotonic(), 0.0))
-            except GetTimeoutError:
-                raise TimeoutError(f"{what} did not answer within {self.timeout_s:g} s (cluster.timeout_s)") from None
+        while True:
+            what = f"teacher {pending.teacher}"
+            try:
+                with _one_line_failures(what):
+                    try:  # the deadline counts from submit: the call may have been running a while
+                        return self._ray.get(pending.ref, timeout=max(pending.deadline - time.monotonic(), 0.0))
+                    except GetTimeoutError:
+                        raise TimeoutError(f"{what} did not answer within {self.timeout_s:g} s (cluster.timeout_s)"
+                                           ) from None
+            except _TeacherLost as lost:
+                if self.teachers[pending.teacher] is pending.actor:  # not replaced yet for another call
+                    self._replace(pending.teacher, lost.why)
+                pending.actor = self.teachers[pending.teacher]
+                pending.ref = pending.actor.score.remote(*pending.pairs)
+                pending.deadline = time.monotonic() + self.timeout_s
+
+    def _replace(self, index: int, why: str) -> None:
+        started = time.perf_counter()
+        self.recovery.allow_restart("teacher", f"teacher {index} {why}")
+        self._ray.kill(self.teachers[index], no_restart=True)
+        self.teachers[index] = self._launch(index)
+        self._started([self.teachers[index]], f"replacement teacher {index} start")
+        self.recovery.recovered(started, f"teacher {index} replaced")
 
     def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[TeacherScore]:
         """Score pairs now: `submit` then `collect`."""
@@ -85,9 +121,18 @@ class TeacherPool:
         remove_group(self.placement)
 
 
+class _TeacherLost(Exception):
+    """A teacher's process is gone or it missed its deadline: replace it. `why` says which."""
+
+    def __init__(self, why: str):
+        super().__init__(why)
+        self.why = why
+
+
 @contextmanager
 def _one_line_failures(what: str):
-    """A dead, silent or refusing teacher, as a one-line RunFailed saying which and why."""
+    """A teacher that cannot start or refuses its input, as a one-line RunFailed saying which
+    and why; one that died or did not answer, as _TeacherLost (collect replaces it)."""
     from ray.exceptions import RayActorError, RayTaskError
 
     try:
@@ -96,13 +141,15 @@ def _one_line_failures(what: str):
         origin = err.args[0] if err.args else None
         if isinstance(origin, RayTaskError):  # Ray's form of "its __init__ raised"
             raise RunFailed(f"{what}: the teacher could not start: {one_line(origin)}") from None
-        raise RunFailed(f"{what}: the teacher actor died ({one_line(err)}); see the Ray logs") from None
+        raise _TeacherLost(f"died ({one_line(err)})") from None
     except RayTaskError as err:
+        if is_death(err):
+            raise _TeacherLost(f"died ({one_line(err)})") from None
         # Ray re-raises the remote error with the whole traceback as its text; the cause
         # (e.g. a token id outside the teacher's vocabulary) has the one line.
         raise RunFailed(f"{what}: {one_line(err)}") from None
     except TimeoutError as err:  # after RayTaskError: a remote TimeoutError is one too
-        raise RunFailed(str(err)) from None
+        raise _TeacherLost(f"did not answer ({err})") from None
 
 
 def with_teacher_scores(group: Group, scores: list, distill) -> Group:

@@ -3,12 +3,12 @@
 For tests and for drills on a cluster before a long run. Off unless the environment variable
 `AHA_CHAOS` is set, to a comma-separated list of `role@moment:step`:
 
-    AHA_CHAOS="rollout@generate:2,scorer@generate:3,engine@push:4,hang@generate:5,learner@train:6"
+    AHA_CHAOS="rollout@generate:2,scorer@generate:3,engine@push:4,hang@generate:5,learner@train:6,teacher@generate:7"
 
 - `rollout`: rollout worker 0's actor process; `engine`: the vLLM engine processes inside it
   (the actor lives on and finds its engine dead); `hang`: rollout worker 0's actor process is
   stopped (SIGSTOP), not killed, so it hangs; `scorer`: reward scorer 0's actor process;
-  `learner`: the last learner rank's process.
+  `learner`: the last learner rank's process; `teacher`: teacher 0's actor process (`aha distill`).
 - `generate`: as the step starts, its groups being sampled; `push`: while the step's weights
   are being broadcast; `train`: just before the optimizer step.
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 ENV = "AHA_CHAOS"
 MOMENTS = {"rollout": ("generate", "push"), "engine": ("generate", "push"), "hang": ("generate",),
            "scorer": ("generate",),
-           "learner": ("generate", "train")}
+           "learner": ("generate", "train"), "teacher": ("generate",)}
 
 
 class ChaosError(ValueError):
@@ -89,4 +89,8 @@ def _pids(role: str, system) -> list[int]:
         return [pid for pid, _ in (processes[1:] if role == "engine" else processes[:1])]
     if role == "scorer":
         return [ray.get(system.scorers.scorers[0].process_ids.remote(), timeout=60)[0][0]]
+    if role == "teacher":
+        if system.teacher is None:
+            return []  # not a distillation run: nothing to kill
+        return [ray.get(system.teacher.teachers[0].pid.remote(), timeout=60)]
     return [ray.get(system.learners.ranks[-1].pid.remote(), timeout=60)]
