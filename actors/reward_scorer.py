@@ -1,25 +1,23 @@
 """The reward scorer: a pool of worker processes that grade completions under hard time limits.
 
 A plain class; the driver launches it as a Ray actor. Reward functions run in child
-processes, not threads, because math-verify times out with `signal.alarm`, which works only
-in a process's main thread — and because a process can be killed when a call hangs. A call
-that hangs past its limit, raises, returns NaN/inf or a non-number, or takes its worker down
-gives the configured failure reward with the reason recorded (`Score.failures`); a worker that
-died or hung is replaced and the scorer keeps serving.
+processes (actors/reward_workers.py), not threads, because math-verify times out with
+`signal.alarm`, which works only in a process's main thread — and because a process can be
+killed when a call hangs. A call that hangs past its limit, raises, returns NaN/inf or a
+non-number, passes the memory limit or takes its worker down gives the configured failure
+reward with the reason recorded (`Score.failures`); a worker that died, hung or passed its
+memory limit is replaced, with all it started, and the scorer keeps serving. Each call's
+seconds come back with its score (`Score.seconds`): what a reward costs is measured here.
 """
 
 from __future__ import annotations
 
-import math
-import multiprocessing as mp
 import time
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 
 from actors.processes import process_tree
-
-# Spawned, not forked: the scorer lives in a Ray worker with threads of its own.
-_CONTEXT = mp.get_context("spawn")
+from actors.reward_workers import RewardWorker
 
 
 @dataclass(frozen=True)
@@ -35,6 +33,7 @@ class ScorerSpec:
     overlong_buffer_tokens: int  # 0: no over-long penalty
     overlong_penalty: float
     start_timeout_s: float  # a worker process's start-up
+    memory_mb: int  # each worker with all it starts; 0: no limit
 
 
 @dataclass
@@ -44,54 +43,12 @@ class Score:
     total: float
     components: dict[str, float]
     failures: dict[str, str] = field(default_factory=dict)  # component -> why it failed
+    seconds: dict[str, float] = field(default_factory=dict)  # reward -> seconds its call kept a worker busy
 
 
 # Calls handed to a worker in one message: fewer round trips through the pipe, while each
 # call's result still comes back on its own, so every call keeps its own time limit.
 MAX_CHUNK = 16
-
-
-def _worker_main(conn: Connection, names: list[str]) -> None:
-    """Child process: resolve the reward functions once, then answer chunks of calls
-    ([(name, text), ...], fields) with one ("ok" | "error", value) message per call, in order."""
-    from rewards.registry import resolve_reward
-
-    functions = {name: resolve_reward(name) for name in names}
-    conn.send(("ready", None))
-    while True:
-        try:
-            calls, fields = conn.recv()
-        except EOFError:
-            return
-        for name, completion in calls:
-            try:
-                value = float(functions[name](completion, **fields))
-            except Exception as err:  # a reward bug is a failed score, not a dead worker
-                conn.send(("error", f"{type(err).__name__}: {err}"[:500]))
-                continue
-            # A NaN would pass through the group's advantages into the loss and stop the run.
-            conn.send(("ok", value) if math.isfinite(value) else ("error", f"returned {value}, not a finite number"))
-
-
-class _Worker:
-    def __init__(self, names: list[str], start_timeout_s: float):
-        self.conn, child = _CONTEXT.Pipe()
-        self.process = _CONTEXT.Process(target=_worker_main, args=(child, names), daemon=True)
-        self.process.start()
-        child.close()
-        if not self.conn.poll(start_timeout_s):
-            self.kill()
-            raise TimeoutError(f"reward worker did not start within {start_timeout_s:g} s")
-        try:
-            self.conn.recv()  # "ready"
-        except EOFError:
-            self.process.join(timeout=5)
-            raise RuntimeError(f"reward worker exited at start-up (exit code {self.process.exitcode})") from None
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.join(timeout=5)
-        self.conn.close()
 
 
 class RewardScorer:
@@ -107,7 +64,7 @@ class RewardScorer:
             warn_if_weak()  # says loudly what model-written code can reach on this machine
         self.spec = spec
         self._names = list(spec.weights)
-        self._workers = [_Worker(self._names, spec.start_timeout_s) for _ in range(spec.num_workers)]
+        self._workers = [self._start_worker() for _ in range(spec.num_workers)]
         self.replaced_workers = 0
 
     def score_group(self, completions: list[str], fields: dict, num_tokens: list[int] | None = None) -> list[Score]:
@@ -131,8 +88,8 @@ class RewardScorer:
         restarts the clock. A call past its limit or a dying worker fails that call only: the
         rest of its chunk goes back to the queue and the worker is replaced.
         """
-        results: dict[tuple[int, int, str], tuple[float, str]] = {}
-        idle, busy = list(self._workers), {}  # busy: conn -> [worker, chunk, next, deadline]
+        results: dict[tuple[int, int, str], tuple[float, str, float]] = {}  # -> (value, why, seconds)
+        idle, busy = list(self._workers), {}  # busy: conn -> [worker, chunk, next, started, deadline]
         while tasks or busy:
             while tasks and idle:
                 worker, chunk = idle.pop(), self._next_chunk(tasks)
@@ -140,21 +97,25 @@ class RewardScorer:
                     worker = self._replace(worker)
                 texts, fields, _ = groups[chunk[0][0]]
                 worker.conn.send(([(name, texts[index]) for _, index, name in chunk], fields))
-                busy[worker.conn] = [worker, chunk, 0, time.monotonic() + self.spec.timeout_s]
-            soonest = min(entry[3] for entry in busy.values())
+                now = time.monotonic()
+                busy[worker.conn] = [worker, chunk, 0, now, now + self.spec.timeout_s]
+            soonest = min(entry[4] for entry in busy.values())
             for conn in wait(list(busy), timeout=max(soonest - time.monotonic(), 0)):
                 entry = busy[conn]
-                worker, chunk, position, _ = entry
-                results[chunk[position]], alive = self._receive(worker)
-                entry[2], entry[3] = position + 1, time.monotonic() + self.spec.timeout_s
+                worker, chunk, position, started, _ = entry
+                (value, why), alive = self._receive(worker)
+                now = time.monotonic()  # each answer starts the next call's clock
+                results[chunk[position]] = (value, why, now - started)
+                entry[2:] = [position + 1, now, now + self.spec.timeout_s]
                 if not alive or entry[2] == len(chunk):
                     del busy[conn]
                     tasks.extend(reversed(chunk[entry[2]:]))  # what a dead worker never started
                     idle.append(worker if alive else self._replace(worker))
             now = time.monotonic()
-            for conn in [c for c, entry in busy.items() if entry[3] <= now]:
-                worker, chunk, position, _ = busy.pop(conn)
-                results[chunk[position]] = (self.spec.failure_reward, f"timeout after {self.spec.timeout_s:g} s")
+            for conn in [c for c, entry in busy.items() if entry[4] <= now]:
+                worker, chunk, position, started, _ = busy.pop(conn)
+                results[chunk[position]] = (self.spec.failure_reward, f"timeout after {self.spec.timeout_s:g} s",
+                                            now - started)
                 tasks.extend(reversed(chunk[position + 1:]))
                 idle.append(self._replace(worker))
         return results
@@ -168,20 +129,22 @@ class RewardScorer:
             chunk.append(tasks.pop())
         return chunk
 
-    def _receive(self, worker: _Worker) -> tuple[tuple[float, str], bool]:
+    def _receive(self, worker: RewardWorker) -> tuple[tuple[float, str], bool]:
         """One call's (value, failure reason), and whether the worker is still usable."""
         try:
             status, value = worker.conn.recv()
         except (EOFError, OSError):
-            worker.process.join(timeout=5)
-            return (self.spec.failure_reward, f"worker died (exit code {worker.process.exitcode})"), False
+            return (self.spec.failure_reward, worker.death_reason()), False
         if status == "ok":
             return (value, ""), True
-        return (self.spec.failure_reward, value), True
+        return (self.spec.failure_reward, value), status == "error"  # "memory": it passed its limit
 
-    def _replace(self, worker: _Worker) -> _Worker:
+    def _start_worker(self) -> RewardWorker:
+        return RewardWorker(self._names, self.spec.start_timeout_s, self.spec.memory_mb)
+
+    def _replace(self, worker: RewardWorker) -> RewardWorker:
         worker.kill()
-        fresh = _Worker(self._names, self.spec.start_timeout_s)
+        fresh = self._start_worker()
         self._workers[self._workers.index(worker)] = fresh
         self.replaced_workers += 1
         return fresh
@@ -190,23 +153,27 @@ class RewardScorer:
         from rewards.shaping import overlong_penalty, weighted_sum
 
         outcome = {name: results[(group, index, name)] for name in self._names}
-        components = {name: value for name, (value, _) in outcome.items()}
-        failures = {name: why for name, (_, why) in outcome.items() if why}
+        components = {name: value for name, (value, _, _) in outcome.items()}
+        failures = {name: why for name, (_, why, _) in outcome.items() if why}
+        seconds = {name: spent for name, (_, _, spent) in outcome.items()}
         weights = dict(self.spec.weights)
         if self.spec.overlong_buffer_tokens > 0 and num_tokens is not None:
             components["overlong"] = overlong_penalty(
                 num_tokens[index], max_tokens=self.spec.max_new_tokens,
                 buffer_tokens=self.spec.overlong_buffer_tokens, penalty=self.spec.overlong_penalty)
             weights["overlong"] = 1.0
-        return Score(total=weighted_sum(components, weights), components=components, failures=failures)
+        return Score(total=weighted_sum(components, weights), components=components, failures=failures,
+                     seconds=seconds)
 
     def process_ids(self) -> list[tuple[int, float]]:
         """`(pid, create time)` of this actor's process and its worker processes."""
         return process_tree()
 
     def worker_pids(self) -> list[int]:
-        return [w.process.pid for w in self._workers]
+        return [w.pid for w in self._workers]
 
     def close(self) -> None:
+        """End every worker and all it started (should the scorer die instead, each worker
+        notices and does the same)."""
         for worker in self._workers:
             worker.kill()

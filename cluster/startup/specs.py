@@ -91,6 +91,7 @@ def scorer_spec(recipe: Recipe) -> ScorerSpec:
         overlong_buffer_tokens=reward.overlong_buffer_tokens,
         overlong_penalty=reward.overlong_penalty,
         start_timeout_s=recipe.cluster.timeout_s,
+        memory_mb=reward.memory_mb,
     )
 
 

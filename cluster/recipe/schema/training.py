@@ -58,7 +58,11 @@ class RewardConfig:
     timeout_s: float = setting(10.0, "Seconds one reward call may take; past it the call gets failure_reward "
                                      "and its worker is replaced.", resumable=True)
     failure_reward: float = setting(0.0, "The reward of a call that hangs, raises, returns NaN/inf or a "
-                                         "non-number, or kills its worker (counted and explained).")
+                                         "non-number, passes memory_mb, or kills its worker (counted and "
+                                         "explained).")
+    memory_mb: int = setting(1024, "Memory of each reward worker process with all it starts (a code reward's "
+                                   "sandbox included); a call past it gets failure_reward and its worker is "
+                                   "replaced. 0: no limit.", resumable=True)
     overlong_buffer_tokens: int = setting(
         0, "DAPO's soft over-long penalty: over the last N tokens before rollout.max_new_tokens it ramps from 0 "
            "to -overlong_penalty; 0 disables.")
