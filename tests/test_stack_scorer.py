@@ -1,14 +1,21 @@
-"""The reward scorer as a real Ray actor with a real process pool: grading, and surviving
-reward functions that hang, raise, or kill their worker."""
+"""The reward scorer as a real Ray actor with a real process pool: grading, surviving reward
+functions that hang, raise, or kill their worker, leaving no process behind when Ray kills
+it, and the driver's wait for a slow reward booked as such."""
 
 import os
 import textwrap
 import time
+import uuid
 
 import pytest
 import ray
 
 from actors.reward_scorer import RewardScorer
+from cluster.roles.scorer_pool import ScorerPool
+from cluster.roles.scoring import ScoresInFlight
+from cluster.wire.phases import timed
+from cluster.wire.samples import Sample
+from reward_process_helpers import left_after, snapshot, wait_for_children, write_rewards
 from spec_helpers import scorer_spec
 from rewards import RewardSpecError
 
@@ -38,7 +45,7 @@ HOSTILE = textwrap.dedent('''
 def hostile_path(tmp_path_factory):
     folder = tmp_path_factory.mktemp("user_rewards")
     (folder / "hostile_rewards.py").write_text(HOSTILE)
-    return str(folder)
+    return write_rewards(folder)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -138,3 +145,43 @@ def test_a_failure_inside_a_chunk_fails_only_that_call(reward, bad, failure):
     assert [s.total for s in scores] == [good] * 2 + [-1.0] + [good] * 21
     assert failure in scores[2].failures[f"hostile_rewards:{reward}"]
     assert all(not s.failures for i, s in enumerate(scores) if i != 2)
+
+
+def test_a_scorer_actor_killed_by_ray_leaves_no_reward_process():
+    marker = uuid.uuid4().hex
+    scorer = _scorer(weights={"process_rewards:forks": 1.0})
+    ray.get(scorer.score_group.remote(["a", "b"], {"marker": marker}), timeout=120)
+    workers = snapshot(ray.get(scorer.worker_pids.remote(), timeout=60))
+    assert wait_for_children(marker, 2) == 2  # each call left a detached child
+    ray.kill(scorer)  # what the scorer pool's shutdown, and its replacement of a scorer, do
+    assert left_after(marker, workers, within_s=10.0) == ([], [])
+
+
+def _samples(*texts):
+    return [Sample(prompt_ids=[1], completion_ids=[2], text=t, logprobs=[0.0], finish_reason="stop", weight_version=0)
+            for t in texts]
+
+
+def test_the_drivers_wait_for_a_slow_reward_is_score_wait_and_its_cost_is_the_rewards():
+    spec = scorer_spec(weights={"process_rewards:slow": 1.0}, num_workers=1, timeout_s=30.0, start_timeout_s=120.0)
+    pool = ScorerPool(spec, 1, cpus_per_scorer=0.5, timeout_s=120.0)
+    timings = {"generate": 0.0}
+    scoring = ScoresInFlight(pool, timings=timings)
+
+    def wait_as_the_step_does():  # the stream's wait, timed as "generate", then what is ready
+        with timed(timings, "generate"):
+            ray.wait(scoring.refs(), num_returns=1, timeout=60)
+        return scoring.take_ready()
+
+    try:
+        scoring.submit("a", {}, _samples("0.4", "0.4"))
+        assert len(wait_as_the_step_does()) == 1
+        waited = timings["score_wait"]
+        assert 0.8 <= waited < 10 and timings["generate"] < 0.05  # the wait moved out of "generate"
+        assert 0.8 <= timings["reward/process_rewards:slow"] < 2.0  # two calls of 0.4 s, busy time
+        scoring.submit("b", {}, _samples("0"))  # a group came after: the engines were waited for too
+        assert timings["score_wait"] == 0.0 and timings["generate"] >= waited - 1e-9
+        wait_as_the_step_does()
+        assert timings["score_wait"] < waited
+    finally:
+        pool.shutdown()

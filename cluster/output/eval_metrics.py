@@ -131,6 +131,20 @@ def reward_failure_warnings(step: int, failures: Sequence[Mapping[str, str]]) ->
     return lines
 
 
+def reward_time_warnings(step: int, metrics: Mapping[str, float]) -> list[str]:
+    """One line when the driver spent most of a step waiting for scores (`time/score_wait`),
+    naming the reward that kept the scorers busiest (`time/reward/<name>`, busy seconds summed
+    over the reward workers): a slow reward, not generation, is then what sets the step's pace."""
+    busy = {key.removeprefix("time/reward/"): seconds for key, seconds in metrics.items()
+            if key.startswith("time/reward/")}
+    step_s, wait_s = metrics.get("time/step", 0.0), metrics.get("time/score_wait", 0.0)
+    if not busy or 2 * wait_s <= step_s:
+        return []
+    name = max(busy, key=busy.get)
+    return [f"[aha] warning: step {step}: reward '{name}' took {busy[name]:.1f} s of scorer busy time in the "
+            f"{step_s:.1f} s step, which waited {wait_s:.1f} s for scores: it is what the step waits for"]
+
+
 # ---------------------------------------------------------------------------------------
 # Inference-time scaling: pass@k, majority vote, token budget.
 
