@@ -47,7 +47,7 @@ def generate(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -
     from cluster.startup.preflight import check_before_start, print_warnings, require_prompt_file
     from cluster.startup.ray import prepare_while_ray_starts
 
-    require_prompt_file(recipe)
+    require_prompt_file(recipe, trains=False)  # it only samples: greedy decoding is for it to choose
     warnings = check_before_start(recipe)
     out = recipe.output_dir
     claim = {"resume": resume, "overwrite": overwrite, "outputs": GENERATE_OUTPUTS, "progress": earlier_work}

@@ -10,6 +10,7 @@ and returning warning lines:
   (synthetic data and tiny models are built by `cluster/inputs/prepare.py` in between).
 
 `aha check` runs the first, and the second when the inputs already exist (`check_existing`).
+`require_prompt_file` comes before both in a command that samples prompts.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import os
 import sys
 from pathlib import Path
 
-from cluster.inputs.data import DataError, PromptRow, one_line, row_label
+from cluster.inputs.data import DataError, PromptRow, one_line, read_table, row_label
 from cluster.inputs.model_files import check_weights, kv_bytes_per_token, model_max_len, read_config
 from cluster.inputs.prompts import encode_prompts, load_rows
 from cluster.recipe import Recipe, RecipeError
 from cluster.recipe.checks import key_text
+from cluster.recipe.learning_signal import check_learning_signal, synthetic_train_rows
 
 R1_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 TAG_REWARDS = ("format", "format_strict")  # built-in rewards that score the R1 tags themselves
@@ -31,11 +33,29 @@ ENCODE_CHUNK = 1024  # prompts tokenized at once by check_prepared: bounded memo
 HUB_TIMEOUT_S = 10.0
 
 
-def require_prompt_file(recipe: Recipe) -> None:
+def require_prompt_file(recipe: Recipe, *, trains: bool = True) -> None:
     """`aha train` and `aha generate` sample prompts: data.train_path is theirs to need (an SFT-only
-    recipe has none)."""
+    recipe has none). A run that trains on the groups (`trains`: aha train and aha distill; aha
+    generate only samples, greedily if it likes) must be able to learn from them, with the
+    prompts the training set holds: RecipeError naming the key (nothing is written yet)."""
     if not recipe.data.train_path:
         raise RecipeError("data.train_path", "is required (a Parquet or JSONL prompt file)")
+    if trains:
+        check_learning_signal(recipe, *train_rows(recipe))
+
+
+def train_rows(recipe: Recipe) -> tuple[int | None, str]:
+    """How many prompts the training set holds and where that comes from: the synthetic data's
+    setting, or the rows of data.train_path; (None, "") while the file is missing or unreadable
+    (`check_before_start` says why)."""
+    synthetic = synthetic_train_rows(recipe)
+    if synthetic is not None:
+        return synthetic
+    try:
+        rows = read_table(Path(recipe.data.train_path), recipe.data.file_format).num_rows
+    except DataError:
+        return None, ""
+    return (rows, f"'{recipe.data.train_path}'") if rows else (None, "")  # no rows: a DataError of its own
 
 
 def check_before_start(recipe: Recipe) -> list[str]:
