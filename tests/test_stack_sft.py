@@ -135,11 +135,16 @@ def test_sigkill_and_resume_continue_the_data_order(tmp_path):
     # A plain rerun over a run with checkpoints is refused in one line; --resume continues it.
     again = subprocess.run([AHA, "sft", str(recipe)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--resume" in again.stderr
+    # The resumed run loses its learner rank before step 5's optimizer step: the group restarts
+    # from version-4 (the resumed run's own checkpoint) and steps on from there, in the same run.
     done = subprocess.run([AHA, "sft", str(recipe), "--resume"], capture_output=True, text=True, timeout=900,
-                          cwd=tmp_path)
+                          cwd=tmp_path, env={**os.environ, "AHA_CHAOS": "learner@train:5"})
     assert done.returncode == 0, done.stderr[-4000:]
+    assert "[aha] chaos: killing learner" in done.stdout
+    assert "[aha] learner group restarted from version-4 (step 4) in" in done.stdout, done.stdout[-3000:]
     metrics = [m for m in read_metrics(run) if m["step"] > 0]
     assert [m["step"] for m in metrics] == list(range(1, 21))  # 2 epochs x 40 / 4, each step once
+    assert [m["restarts/learner"] for m in metrics[4:]] == [1] * 16
     assert [m["trace_rows"] for m in metrics] == _sampler_rows(40, 20, 4)  # the uninterrupted order
     assert (run / "final" / "config.json").is_file()
 

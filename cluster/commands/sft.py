@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cluster.recipe import Recipe, RecipeError
+from cluster.run.chaos import Chaos
 
 if TYPE_CHECKING:  # imported in sft(), before Ray starts
     from cluster.run.scaffold import TrainingRun
@@ -46,6 +47,7 @@ def sft(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Pat
     from cluster.startup.ray import prepare_while_ray_starts
 
     _import_the_run()
+    chaos = Chaos.from_env()  # fault injection for tests and drills; off unless AHA_CHAOS is set
     if not recipe.sft.train_path:
         raise RecipeError("sft.train_path", "is required (a trace data set: Parquet or JSONL with prompt + "
                           "completion or messages columns)")
@@ -70,7 +72,7 @@ def sft(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Pat
     (tokenizer, traces), _ = prepare_while_ray_starts(recipe, encode)
     with claimed_run(recipe, resume=resume, overwrite=overwrite) as run_dir:
         with TrainingRun(recipe, run_dir, stage="SFT", resume=resume) as run:
-            return _sft(recipe, run, warnings, model_path, tokenizer, traces)
+            return _sft(recipe, run, warnings, model_path, tokenizer, traces, chaos)
 
 
 def _import_the_run() -> None:
@@ -83,7 +85,7 @@ def _import_the_run() -> None:
 
 
 def _sft(recipe: Recipe, run: TrainingRun, warnings: list[str], model_path: str, tokenizer,
-         traces: TraceSets) -> Path:
+         traces: TraceSets, chaos: Chaos) -> Path:
     """The SFT steps, in the run's claimed (locked) output directory."""
     from cluster.inputs.data import PromptSampler
     from cluster.inputs.prepare import file_sha256
@@ -110,20 +112,23 @@ def _sft(recipe: Recipe, run: TrainingRun, warnings: list[str], model_path: str,
     print(f"[aha] SFT on {len(traces.train)} traces: {sft_cfg.epochs} epoch(s), {steps} steps of "
           f"{sft_cfg.batch_size}; output in {run.out}", flush=True)
     for step in run.steps(steps, "aha sft"):
-        learned = sft_step(step, steps, recipe, run, traces, sampler)
-        if step == steps or (sft_cfg.eval_every and step % sft_cfg.eval_every == 0):
-            learned.update(held_out.measure(step))
-            run.say(f"[aha] after step {step}: {_held_out_line(learned)}")
-        run.record(step, learned, f"loss={learned['learner/loss']:.3f} tok/s={learned['learner_tokens_per_s']:.0f}")
-        if step % recipe.run.log_every == 0 or step == steps:
-            run.say(f"[aha] step {step}/{steps} loss {learned['learner/loss']:.4f} "
-                    f"token acc {learned['learner/token_accuracy']:.3f} lr {learned['learner/lr']:.2e} "
-                    f"{learned['time/step']:.1f}s")
-        run.end_step(step, steps, version=learned["learner/weight_version"], sampler_state=sampler.state_dict())
+        with run.surviving_learner_loss(rewind=sampler.load_state_dict):  # a dead rank: back to the last checkpoint
+            chaos.step = step
+            learned = sft_step(step, steps, recipe, run, traces, sampler, chaos)
+            if step == steps or (sft_cfg.eval_every and step % sft_cfg.eval_every == 0):
+                learned.update(held_out.measure(step))
+                run.say(f"[aha] after step {step}: {_held_out_line(learned)}")
+            run.record(step, learned, f"loss={learned['learner/loss']:.3f} tok/s={learned['learner_tokens_per_s']:.0f}")
+            if step % recipe.run.log_every == 0 or step == steps:
+                run.say(f"[aha] step {step}/{steps} loss {learned['learner/loss']:.4f} "
+                        f"token acc {learned['learner/token_accuracy']:.3f} lr {learned['learner/lr']:.2e} "
+                        f"{learned['time/step']:.1f}s")
+            run.end_step(step, steps, version=learned["learner/weight_version"], sampler_state=sampler.state_dict())
     return run.finish()
 
 
-def sft_step(step: int, steps: int, recipe: Recipe, run: TrainingRun, traces: TraceSets, sampler) -> dict:
+def sft_step(step: int, steps: int, recipe: Recipe, run: TrainingRun, traces: TraceSets, sampler,
+             chaos: Chaos) -> dict:
     """One SFT step: the next batch of traces, forward/backward spread over the ranks, the
     optimizer step; returns its metrics."""
     sft_cfg, learners, started = recipe.sft, run.system.learners, time.perf_counter()
@@ -131,12 +136,14 @@ def sft_step(step: int, steps: int, recipe: Recipe, run: TrainingRun, traces: Tr
     drawn = [traces.train[i] for i in order]
     shards = [drawn[r::recipe.learner.num_ranks] for r in range(recipe.learner.num_ranks)]
     learners.accumulate_shards(shards, end_of_step=True)
+    chaos.at("train", run.system)  # fault injection, before the optimizer step
     learned = learners.step()
     elapsed = time.perf_counter() - started
     return {**{f"learner/{k}": v for k, v in learned.items()},
             "epoch": (step * sft_cfg.batch_size) / len(traces.train), "sequences": len(drawn),
             "trace_rows": [traces.train_rows[i] for i in order],  # which traces, in the file's rows
-            "time/step": elapsed, "learner_tokens_per_s": learned["tokens"] / max(elapsed, 1e-9)}
+            "time/step": elapsed, "learner_tokens_per_s": learned["tokens"] / max(elapsed, 1e-9),
+            **run.system.recovery.step_metrics()}
 
 
 class HeldOut:

@@ -23,7 +23,7 @@ from pathlib import Path
 from cluster.inputs.data import PromptSampler
 from cluster.inputs.prepare import prepare_data, prepare_model
 from cluster.inputs.prompts import load_rows
-from cluster.output.eval_metrics import reward_failure_warnings
+from cluster.output.eval_metrics import reward_failure_warnings, reward_time_warnings
 from cluster.output.run_log import summary_line
 from cluster.recipe import Recipe, RecipeError
 from cluster.roles.evaluation import evaluate_during_run
@@ -106,7 +106,8 @@ def record_step(step: int, t: Trainer, metrics: dict, intake: StepIntake) -> Non
     recipe, run = t.recipe, t.run
     metrics.update(t.startup)
     t.startup = {}
-    for warning in reward_failure_warnings(step, [f for g in intake.accepted for f in g.failures]):
+    failures = [f for g in intake.accepted for f in g.failures]
+    for warning in [*reward_failure_warnings(step, failures), *reward_time_warnings(step, metrics)]:
         run.say(warning)
     if t.eval_rows and (step == recipe.run.steps or (recipe.eval.every and step % recipe.eval.every == 0)):
         metrics.update(evaluate_during_run(t.system.pool, t.system.scorers, t.tokenizer, recipe, t.eval_rows,
@@ -174,7 +175,8 @@ def _train(recipe: Recipe, run: TrainingRun, warnings: list[str], chaos: Chaos) 
     trainer.startup = {**{f"startup/{k}": v for k, v in startup.items()},
                        **{f"startup_learner/{k}": v for k, v in system.learner_setup.items()}}
     for step in run.steps(recipe.run.steps, "aha train"):
-        chaos.step = step
-        grpo_step(step, trainer)
-        run.end_step(step, recipe.run.steps, version=system.weights.version, sampler_state=prompts.sampler_state())
+        with run.surviving_learner_loss(rewind=prompts.rewind):  # a dead rank: back to the last checkpoint
+            chaos.step = step
+            grpo_step(step, trainer)
+            run.end_step(step, recipe.run.steps, version=system.weights.version, sampler_state=prompts.sampler_state())
     return run.finish()

@@ -20,6 +20,12 @@ from learner.learner import Learner
 from learner.spec import LearnerSpec
 
 
+class LearnerLost(RunInterrupted):
+    """A learner rank's process is gone. A DeepSpeed job cannot take a new rank, so the driver
+    restarts the whole group from the last complete checkpoint (cluster/run/scaffold.py), or,
+    past cluster.max_restarts, stops with this line and the command that resumes."""
+
+
 class LearnerGroup:
     """Launch, drive and shut down the R learner ranks."""
 
@@ -49,11 +55,10 @@ class LearnerGroup:
             raise
 
     def raise_if_rank_died(self, err: BaseException, what: str) -> None:
-        """After a failed call: RunInterrupted naming the rank, if a rank's process is gone.
+        """After a failed call: LearnerLost naming the rank, if a rank's process is gone.
 
-        A DeepSpeed job cannot take a new rank, so the run stops (and can resume from its last
-        checkpoint). A live rank may be stuck in a collective with the dead one and not answer
-        the probe; only an answer that says "dead" counts.
+        A live rank may be stuck in a collective with the dead one and not answer the probe;
+        only an answer that says "dead" counts.
         """
         ray = self._ray
         probes = [rank.pid.remote() for rank in self.ranks]
@@ -65,8 +70,7 @@ class LearnerGroup:
                 ray.get(probe)
             except Exception as probe_err:
                 if is_death(probe_err):
-                    raise RunInterrupted(f"learner rank {rank} died during {what} ({one_line(err)}); a DeepSpeed "
-                                         "job cannot take a new rank, so the run stops") from None
+                    raise LearnerLost(f"learner rank {rank} died during {what} ({one_line(err)})") from None
 
     def accumulate(self, groups: list[list[TrainSequence]], *, end_of_step: bool) -> int:
         """Forward/backward on these groups now, split evenly over the ranks; returns tokens."""

@@ -31,6 +31,7 @@ class PromptFeed:
         self.recipe, self.tokenizer, self.sampler, self.pool, self.sampling = recipe, tokenizer, sampler, pool, sampling
         self.lookahead = recipe.algorithm.max_staleness
         self._pending: deque[Batch] = deque()
+        self._current: Batch | None = None
 
     def next_batch(self) -> Batch:
         """This step's batch; the next `lookahead` steps' batches start generating too."""
@@ -39,7 +40,18 @@ class PromptFeed:
             drawn = self.sampler.next_batch(self.recipe.rollout.prompts_per_step)
             stream = self.pool.stream(encode_prompts(self.recipe, self.tokenizer, drawn), self.sampling)
             self._pending.append(Batch(stream=stream, rows=drawn, sampler_before=before))
-        return self._pending.popleft()
+        self._current = self._pending.popleft()
+        return self._current
+
+    def rewind(self, sampler_state: dict) -> None:
+        """Start over from `sampler_state` (a checkpoint's): what is generating now, for this
+        step and those ahead, is cancelled and never delivered; the next batch is drawn afresh."""
+        for batch in [self._current, *self._pending]:
+            if batch is not None:
+                batch.stream.cancel()
+        self._pending.clear()
+        self._current = None
+        self.sampler.load_state_dict(sampler_state)
 
     def replace_dropped(self, batch: Batch) -> None:
         """A fresh prompt in `batch`'s stream, in place of a group the step dropped."""

@@ -1,10 +1,11 @@
 """Surviving dead actors: which errors mean an actor is gone, each role's restart budget, and
 what recovering cost (restarts, prompts re-queued, seconds), for the run's metrics.
 
-A rollout worker or a reward scorer that dies is replaced (cluster/roles/rollout_pool.py,
-cluster/roles/scorer_pool.py) at most `cluster.max_restarts` times per role; past that, or when a
-learner rank dies (a DeepSpeed job cannot take a new rank), the run stops with `RunInterrupted`,
-whose line the CLI completes with the command that resumes from the last checkpoint.
+A rollout worker, a reward scorer or a teacher that dies is replaced (cluster/roles/rollout_pool.py,
+scorer_pool.py, teacher_pool.py), and a learner group that lost a rank is restarted from the last
+checkpoint (cluster/run/scaffold.py), at most `cluster.max_restarts` times per role; past that, the
+run stops with `RunInterrupted`, whose line the CLI completes with the command that resumes from
+the last checkpoint.
 """
 
 from __future__ import annotations

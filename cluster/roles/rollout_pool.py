@@ -211,6 +211,16 @@ class GroupStream:
                 prompts, settings[0] if shared else settings)
             self._streams[gen] = _Shard(w, pool.incarnations[w], shard)
 
+    def cancel(self) -> None:
+        """Stop generating what has not been delivered (the run rewinds past it): the workers'
+        requests are cancelled, and the stream ends at once."""
+        for gen in self._streams:
+            try:
+                self._pool._ray.cancel(gen)
+            except Exception:  # a worker that is gone has nothing left to cancel
+                pass
+        self._streams.clear()
+
     @property
     def ended(self) -> bool:
         """Whether every group launched so far has been delivered."""

@@ -50,7 +50,7 @@ class WeightSync:
                 self.during_push()
             get_all(self._ray, [*sending, *receiving], self.timeout_s, "weight broadcast")
         except Exception as err:
-            self.learners.raise_if_rank_died(err, "weight broadcast")  # a dead rank cannot be replaced: the run stops
+            self.learners.raise_if_rank_died(err, "weight broadcast")  # then the group restarts (run/scaffold.py)
             dead = self.pool.dead_workers()
             if not dead:
                 raise

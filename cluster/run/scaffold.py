@@ -10,15 +10,18 @@ files recorded, progress and the stop request around the steps, checkpoints on c
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from cluster.output.base_model_files import save_model_files
+from cluster.output.checkpoints import complete_checkpoints, read_driver_state
 from cluster.output.plots import plot_run, print_run_end
 from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, PLACEMENT_FILE, RECIPE_FILE, claim_output_dir
 from cluster.output.run_log import RunLog
 from cluster.recipe import Recipe, recipe_to_dict
+from cluster.roles.learner_group import LearnerLost
 from cluster.roles.system import start_system
 from cluster.run.resume_point import check_same_data, find_resume_point, naming_last_checkpoint, save_checkpoint
 from cluster.run.stop import RunStopped, StopRequest
@@ -40,6 +43,8 @@ class TrainingRun:
     Use as a context manager: `start` the roles, iterate `steps`, `record` each step's
     metrics and `end_step` it (checkpoint on cadence, stop on request), then `finish`
     (`final/`); leaving the block closes the progress bar, plots, and shuts the roles down.
+    Each step runs inside `surviving_learner_loss`: a learner rank that dies restarts the
+    learner group from the last complete checkpoint and the steps after it are done again.
     """
 
     def __init__(self, recipe: Recipe, run_dir, *, stage: str, resume: bool):
@@ -48,6 +53,8 @@ class TrainingRun:
         self.data_sha256 = ""
         self.log = RunLog(self.out)
         self.system, self.first_step, self.version = None, 1, 0
+        self._next_step = 1
+        self._sampler_start: dict = {}  # where the data order starts: a restart without a checkpoint goes back there
         self._bar = self._stop = None
         self._finished = False
 
@@ -75,7 +82,9 @@ class TrainingRun:
             self.log.truncate_after(self.resume_at.step)
             if system.weights is not None:
                 system.weights.push(self.version)
+            self._sampler_start = self.resume_at.state["sampler"]
         else:
+            self._sampler_start = sampler.state_dict()
             (self.out / RECIPE_FILE).write_text(json.dumps(recipe_to_dict(self.recipe), indent=2))
             save_model_files(self.out / MODEL_FILES_DIR, model_path, tokenizer,
                              trust_remote_code=self.recipe.model.trust_remote_code)
@@ -91,8 +100,43 @@ class TrainingRun:
 
         self._bar = tqdm(total=last, initial=self.first_step - 1, desc=desc, unit="step", dynamic_ncols=True)
         self._stop = StopRequest().install()
-        for step in range(self.first_step, last + 1):
+        self._next_step = self.first_step
+        while self._next_step <= last:  # a learner restart sets it back to the step after its checkpoint
+            step, self._next_step = self._next_step, self._next_step + 1
             yield step
+
+    @contextmanager
+    def surviving_learner_loss(self, rewind: Callable[[dict], None]):
+        """Around one step: if a learner rank dies in it (LearnerLost), restart the learner
+        group from the last complete checkpoint (none yet: the base model), push those weights
+        to the engines, `rewind(sampler state)` the data order to it, forget what was logged
+        after it, and make `steps` go on from the step after it: those steps are trained again,
+        each once in the record. Past cluster.max_restarts, the run stops (and can resume)."""
+        try:
+            yield
+        except LearnerLost as lost:
+            self._restart_learners(lost, rewind)
+
+    def _restart_learners(self, lost: LearnerLost, rewind: Callable[[dict], None]) -> None:
+        system, checkpoints = self.system, self.run_dir.checkpoints
+        system.recovery.allow_restart("learner", f"{lost}; the learner group restarts from its last checkpoint")
+        started = time.perf_counter()
+        system.restart_learners()
+        complete = complete_checkpoints(checkpoints)
+        if complete:
+            state = read_driver_state(complete[-1], self.recipe.learner.num_ranks)
+            version = system.learners.load_checkpoint(str(checkpoints), complete[-1].tag)
+            step, sampler_state, origin = state["step"], state["sampler"], f"{complete[-1].tag} (step {state['step']})"
+        else:
+            version, step, sampler_state, origin = 0, 0, self._sampler_start, "the base model (no checkpoint yet)"
+        self.log.truncate_after(step)
+        rewind(sampler_state)
+        if system.weights is not None:
+            system.weights.push(version)
+        self._next_step = step + 1
+        self._bar.n = step
+        self._bar.refresh()
+        system.recovery.recovered(started, f"learner group restarted from {origin}")
 
     def say(self, line: str) -> None:
         """A line for the user, above the progress bar once there is one."""
