@@ -30,8 +30,9 @@ class ClusterConfig:
     learner_placement: Literal["pack", "strict_pack", "spread"] = setting(
         "pack", "Learner ranks across nodes: pack fills a node before the next (first fit), strict_pack puts every "
                 "rank on one node or refuses the plan, spread puts each on the emptiest node.", resumable=True)
-    max_restarts: int = setting(3, "Dead rollout workers / reward scorers replaced per role and run before it "
-                                   "stops; 0: a dead actor stops the run.", resumable=True)
+    max_restarts: int = setting(3, "Dead rollout workers, reward scorers and teachers replaced, and learner groups "
+                                   "restarted from the last checkpoint after a rank died, per role and run before "
+                                   "it stops; 0: a dead actor stops the run.", resumable=True)
     health_timeout_s: float = setting(
         30.0, "While no group arrives for this long the workers are probed; one that cannot answer within it "
               "counts as dead (hung) and is replaced.", resumable=True)
