@@ -11,8 +11,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from actors.teacher import Teacher, plan_batches
+from cluster.roles.recovery import Recovery
 from cluster.roles.teacher_pool import TeacherPool
-from cluster.wire.errors import RunFailed
+from cluster.wire.errors import RunFailed, RunInterrupted
 from cluster.wire.teacher import TeacherScore, TeacherSpec
 
 TIMEOUT_S = 30.0
@@ -156,22 +157,31 @@ def test_an_id_outside_the_vocabulary_is_one_line_through_the_pool(pool):
 
 @pytest.mark.stack
 def test_a_teacher_that_does_not_answer_is_a_clear_error_within_the_timeout(pool, pairs, monkeypatch):
+    # The fixture's pool may replace no teacher (cluster.max_restarts = 0): one line, in time.
     prompts, completions = pairs
     busy = [t.__ray_call__.remote(lambda self: time.sleep(3)) for t in pool.teachers]  # both, so either is next
     monkeypatch.setattr(pool, "timeout_s", 1.0)
-    with pytest.raises(RunFailed, match=r"^teacher \d did not answer within 1 s \(cluster.timeout_s\)$"):
+    with pytest.raises(RunInterrupted, match=r"^teacher \d did not answer within 1 s \(cluster.timeout_s\); "
+                                             r"cluster.max_restarts = 0, so no teacher actor is replaced$"):
         pool.score(prompts, completions)
     ray.get(busy, timeout=TIMEOUT_S)
 
 
 @pytest.mark.stack
-def test_a_killed_teacher_is_a_clear_error_within_the_timeout(pool, pairs):
-    # Last in this module: it leaves the pool with a dead teacher.
+def test_a_killed_teacher_is_replaced_and_its_pairs_graded_again(pool, teacher, pairs, monkeypatch):
     prompts, completions = pairs
+    monkeypatch.setattr(pool, "recovery", Recovery(max_restarts=1))
+    dead = pool.teachers[0]
+    ray.kill(dead)
+    for _ in range(2):  # round-robin: one of the two calls goes to teacher 0
+        _assert_same(pool.score(prompts, completions), teacher.score(prompts, completions))
+    assert pool.recovery.restarts["teacher"] == 1 and pool.teachers[0] is not dead
+    # Past the budget: one line, in time.
     ray.kill(pool.teachers[0])
     start = time.monotonic()
-    with pytest.raises(RunFailed, match=r"^teacher 0: the teacher actor died") as caught:
-        for _ in range(2):  # round-robin: one of the two calls goes to teacher 0
+    with pytest.raises(RunInterrupted, match=r"^teacher 0 died \(.*the 1 teacher restarts that "
+                                             r"cluster.max_restarts allows are used up$") as caught:
+        for _ in range(2):
             pool.score(prompts, completions)
     assert time.monotonic() - start < TIMEOUT_S
     assert "\n" not in str(caught.value)

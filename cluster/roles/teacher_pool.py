@@ -94,8 +94,7 @@ class TeacherPool:
                     try:  # the deadline counts from submit: the call may have been running a while
                         return self._ray.get(pending.ref, timeout=max(pending.deadline - time.monotonic(), 0.0))
                     except GetTimeoutError:
-                        raise TimeoutError(f"{what} did not answer within {self.timeout_s:g} s (cluster.timeout_s)"
-                                           ) from None
+                        raise _TeacherLost(f"did not answer within {self.timeout_s:g} s (cluster.timeout_s)") from None
             except _TeacherLost as lost:
                 if self.teachers[pending.teacher] is pending.actor:  # not replaced yet for another call
                     self._replace(pending.teacher, lost.why)
@@ -148,8 +147,8 @@ def _one_line_failures(what: str):
         # Ray re-raises the remote error with the whole traceback as its text; the cause
         # (e.g. a token id outside the teacher's vocabulary) has the one line.
         raise RunFailed(f"{what}: {one_line(err)}") from None
-    except TimeoutError as err:  # after RayTaskError: a remote TimeoutError is one too
-        raise _TeacherLost(f"did not answer ({err})") from None
+    except TimeoutError as err:  # after RayTaskError: a remote TimeoutError is one too (get_all's own, at start)
+        raise _TeacherLost(f"did not answer: {err}") from None
 
 
 def with_teacher_scores(group: Group, scores: list, distill) -> Group:
