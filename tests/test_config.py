@@ -320,6 +320,7 @@ BAD = [
     ("overlong-buffer-all", "rollout.max_new_tokens = 64\nreward.overlong_buffer_tokens = 64", [],
      "reward.overlong_buffer_tokens"),
     ("overlong-penalty-negative", "reward.overlong_penalty = -0.5", [], "reward.overlong_penalty"),
+    ("reward-memory-negative", "reward.memory_mb = -1", [], "reward.memory_mb"),
     ("staleness-unbounded", "algorithm.max_staleness = 1000000000", [], "algorithm.max_staleness"),
     ("staleness-beyond-steps", "algorithm.max_staleness = 4\nrun.steps = 4", [], "algorithm.max_staleness"),
     ("tiny-kv-heads", "model.tiny.num_kv_heads = 3", [], "model.tiny.num_kv_heads"),

@@ -34,7 +34,7 @@ def test_a_full_disk_at_the_first_checkpoint_is_named_in_one_line(tmp_path):
     assert status == "exit 1", done.stdout[-2000:] + done.stderr[-4000:]
     checkpoints = run / "checkpoints"
     said = [line for line in done.stderr.splitlines() if line.startswith("aha:")]
-    assert said == [f"aha: error: the checkpoint could not be written under '{checkpoints}' (DiskError: no space left "
+    assert said == [f"aha: error: the checkpoint could not be written under '{checkpoints}' (no space left "
                     f"on device under '{checkpoints}' (0 MiB free))",
                     "aha: no checkpoint was written yet; start the run again (with --overwrite)"], done.stderr[-4000:]
     assert "Traceback" not in done.stderr

@@ -205,6 +205,7 @@ def _check_reward(recipe) -> None:
     _require(reward.num_scorers >= 1, "reward.num_scorers", "must be >= 1")
     _require(reward.workers_per_scorer >= 1, "reward.workers_per_scorer", "must be >= 1")
     _require(reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
+    _require(reward.memory_mb >= 0, "reward.memory_mb", "must be >= 0 (0: no limit)")
     _require(reward.overlong_buffer_tokens >= 0, "reward.overlong_buffer_tokens", "must be >= 0")
     max_new = recipe.rollout.max_new_tokens
     _require(reward.overlong_buffer_tokens < max_new, "reward.overlong_buffer_tokens",

@@ -14,6 +14,7 @@ from cluster.output.checkpoints import CheckpointError
 from cluster.roles.bundles import bundle_of, in_bundle, placed_group, remove_group
 from cluster.roles.calls import answered, get_all
 from cluster.roles.recovery import is_death, one_line
+from cluster.wire.disk_errors import DiskError
 from cluster.wire.errors import RunFailed, RunInterrupted
 from learner.batching import TrainSequence, plan_micro_batches
 from learner.learner import Learner
@@ -178,7 +179,9 @@ class LearnerGroup:
         except RayTaskError as err:
             if isinstance(getattr(err, "cause", None), RunFailed):
                 raise
-            raise RunInterrupted(f"the checkpoint could not be written under '{directory}' ({one_line(err)})") from None
+            cause = getattr(err, "cause", None)
+            why = str(cause) if isinstance(cause, DiskError) else one_line(err)  # a DiskError's text is the cause
+            raise RunInterrupted(f"the checkpoint could not be written under '{directory}' ({why})") from None
 
     def load_checkpoint(self, directory: str, tag: str) -> int:
         """Restore checkpoint `tag` on every rank; returns its weight version. A checkpoint that

@@ -21,7 +21,7 @@ from cluster.output.checkpoints import (DRIVER_STATE, Checkpoint, complete_check
 from cluster.output.run_dir import RECIPE_FILE, RunDirectory, RunDirError
 from cluster.recipe import Recipe, recipe_to_dict
 from cluster.recipe.resume import conflicts_text, resume_conflicts
-from cluster.wire.errors import RunInterrupted
+from cluster.wire.errors import RunInterrupted, original_failure
 
 
 @dataclass(frozen=True)
@@ -114,5 +114,6 @@ def naming_last_checkpoint(checkpoints: Path):
     try:
         yield
     except RunInterrupted as err:
-        err.checkpoint = last_checkpoint_line(checkpoints)
+        # The CLI reads the original: a learner rank's error reaches the driver wrapped by Ray.
+        err.checkpoint = original_failure(err).checkpoint = last_checkpoint_line(checkpoints)
         raise
