@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from actors.rollout_worker import EngineSpec, RolloutWorker
 from cluster.roles.calls import get_all
-from cluster.roles.bundles import bundle_of, in_bundle, placed_group, remove_group
+from cluster.roles.bundles import RolePlacement, bundle_of
 from cluster.roles.recovery import Recovery, is_death, one_line
 from cluster.wire.samples import Sample, SamplingSpec
 
@@ -36,8 +36,9 @@ class RolloutPool:
         self.health_timeout_s = min(health_timeout_s, timeout_s)
         self.tensor_parallel = spec.tensor_parallel_size
         self.recovery = recovery or Recovery(max_restarts=0)
-        self.placement = placed_group(ray, bundle_of(cpus_per_worker, gpus_per_worker), num_workers, nodes, timeout_s,
-                                      "rollout workers")
+        self.placed = RolePlacement(ray, bundle_of(cpus_per_worker, gpus_per_worker), num_workers, nodes, timeout_s,
+                                    "rollout workers")
+        self.placement = self.placed.group  # placement.json reads it
         self._actor = ray.remote(RolloutWorker)
         self._resources = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker}
         self.workers = [self._launch(index) for index in range(num_workers)]
@@ -56,8 +57,9 @@ class RolloutPool:
         if self._processes is None:
             self._processes = get_all(self._ray, self._starting, self.timeout_s, "rollout engine start")
 
-    def _launch(self, index: int):
-        return self._actor.options(**self._resources, **in_bundle(self.placement, index)).remote(self.spec)
+    def _launch(self, index: int, where: dict | None = None):
+        where = where or self.placed.options(index)
+        return self._actor.options(**self._resources, **where).remote(self.spec)
 
     def stream(self, prompts: list[list[int]], sampling: SamplingSpec) -> "GroupStream":
         """Start sampling a group per prompt now; iterate the result for `(prompt index, group)`
@@ -96,7 +98,7 @@ class RolloutPool:
             self.recovery.allow_restart("rollout", f"rollout worker {index} died ({one_line(why)})")
             self._ray.kill(self.workers[index], no_restart=True)
             kill_leftovers(self._processes[index])  # an engine process that outlived its actor holds memory
-            self.workers[index] = self._launch(index)
+            self.workers[index] = self._launch(index, self.placed.for_replacement(index, f"rollout worker {index}"))
             self.incarnations[index] += 1
         started_up = get_all(self._ray, [self.workers[index].process_ids.remote() for index, _ in dead],
                              self.timeout_s, "replacement rollout engine start")
@@ -136,7 +138,7 @@ class RolloutPool:
     def shutdown(self) -> None:
         for worker in self.workers:
             self._ray.kill(worker)
-        remove_group(self.placement)
+        self.placed.remove()
 
 
 def kill_leftovers(processes: list[tuple[int, float]]) -> None:

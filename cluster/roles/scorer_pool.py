@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from actors.reward_scorer import RewardScorer, Score, ScorerSpec
 from cluster.roles.calls import answered, get_all
-from cluster.roles.bundles import bundle_of, in_bundle, placed_group, remove_group
+from cluster.roles.bundles import RolePlacement, bundle_of
 from cluster.roles.recovery import Recovery, is_death, one_line
 
 
@@ -37,8 +37,9 @@ class ScorerPool:
         self._ray, self.timeout_s, self.spec = ray, timeout_s, spec
         self.recovery = recovery or Recovery(max_restarts=0)
         self._actor, self._cpus = ray.remote(RewardScorer), cpus_per_scorer
-        self.placement = placed_group(ray, bundle_of(cpus_per_scorer, 0), num_scorers, nodes, timeout_s,
-                                      "reward scorers")
+        self.placed = RolePlacement(ray, bundle_of(cpus_per_scorer, 0), num_scorers, nodes, timeout_s,
+                                    "reward scorers")
+        self.placement = self.placed.group  # placement.json reads it
         self.scorers = [self._launch(index) for index in range(num_scorers)]
         self._starting = [s.worker_pids.remote() for s in self.scorers]
         self._turn = itertools.cycle(range(num_scorers))
@@ -51,8 +52,9 @@ class ScorerPool:
             get_all(self._ray, self._starting, self.timeout_s, "reward scorer start")
             self._starting = []
 
-    def _launch(self, index: int):
-        return self._actor.options(num_cpus=self._cpus, **in_bundle(self.placement, index)).remote(self.spec)
+    def _launch(self, index: int, where: dict | None = None):
+        where = where or self.placed.options(index)
+        return self._actor.options(num_cpus=self._cpus, **where).remote(self.spec)
 
     def score(self, texts: list[str], fields: dict, num_tokens: list[int]) -> list[Score]:
         """Score one group now (a few ms per completion); returns its list of Score."""
@@ -92,11 +94,11 @@ class ScorerPool:
         started = time.perf_counter()
         self.recovery.allow_restart("scorer", f"reward scorer {index} died ({one_line(cause)})")
         self._ray.kill(self.scorers[index], no_restart=True)
-        self.scorers[index] = self._launch(index)
+        self.scorers[index] = self._launch(index, self.placed.for_replacement(index, f"reward scorer {index}"))
         get_all(self._ray, [self.scorers[index].worker_pids.remote()], self.timeout_s, "replacement scorer start")
         self.recovery.recovered(started, f"reward scorer {index} replaced")
 
     def shutdown(self) -> None:
         for scorer in self.scorers:
             self._ray.kill(scorer)
-        remove_group(self.placement)
+        self.placed.remove()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from cluster.recipe import Recipe
 from cluster.recipe.placement import job_roles
+from cluster.roles.bundles import NodeLost, alive_nodes
 from cluster.roles.learner_group import LearnerGroup
 from cluster.roles.recovery import Recovery
 from cluster.roles.rollout_pool import RolloutPool
@@ -40,7 +41,7 @@ class System:
     plan: RunPlan | None = None  # where each role's actors were placed
     startup: dict = field(default_factory=dict)  # seconds per start-up phase (start_system)
     learner_setup: dict = field(default_factory=dict)  # the learner phase's parts (LearnerGroup.setup_s)
-    start_learners: object = None  # () -> a new LearnerGroup like the first: what restart_learners calls
+    start_learners: object = None  # (nodes) -> a new LearnerGroup like the first: what restart_learners calls
 
     def placement_groups(self) -> dict[str, object]:
         """Each role's placement group (None for a role this job has not), for placement.json."""
@@ -50,10 +51,23 @@ class System:
 
     def restart_learners(self) -> None:
         """A new learner group in place of one that lost a rank (a DeepSpeed job cannot take a
-        new rank): the old ranks ended, the new ones set up from the base model, and the weight
-        path to the engines linked to them. The caller loads the checkpoint and pushes it."""
+        new rank): the old ranks ended, the new ones set up from the base model where the plan put
+        them, or, where a planned node is lost (now, or while the new group is being placed: Ray
+        takes a few seconds to mark a node dead), wherever the surviving nodes have room; then the
+        weight path to the engines linked to them. The caller loads the checkpoint and pushes it."""
+        import ray
+
         self.learners.shutdown()
-        self.learners = self.start_learners()
+        nodes = self.plan.nodes_of("learner")
+        lost = sorted(set(nodes) - alive_nodes(ray))
+        try:
+            if lost:
+                raise NodeLost(lost, "learner ranks")
+            self.learners = self.start_learners(nodes)
+        except NodeLost as gone:
+            print(f"[aha] node {', '.join(n[:12] for n in gone.nodes)} is lost: the learner ranks are placed anew "
+                  "on the surviving nodes", flush=True)
+            self.learners = self.start_learners(None)
         if self.weights is not None:
             self.weights.learners = self.learners
             self.weights.link()
@@ -92,13 +106,15 @@ def start_teacher(recipe: Recipe, plan: RunPlan, recovery: Recovery):
                        nodes=plan.nodes_of("teacher"), recovery=recovery)
 
 
-def start_learners(recipe: Recipe, model_path: str, plan: RunPlan, job: str, total_steps: int | None) -> LearnerGroup:
-    """The learner ranks (one DeepSpeed job) with the objective of `job`, set up."""
+def start_learners(recipe: Recipe, model_path: str, nodes: list[str] | None, job: str,
+                   total_steps: int | None) -> LearnerGroup:
+    """The learner ranks (one DeepSpeed job) with the objective of `job`, set up, rank i on
+    `nodes[i]` (None: wherever they fit)."""
     cluster = recipe.cluster
     spec = learner_spec(recipe, model_path, objective=learner_objective(recipe, job), total_steps=total_steps)
     return LearnerGroup(spec, recipe.learner.num_ranks, cpus_per_rank=cluster.learner_cpus,
                         gpus_per_rank=cluster.learner_gpus, timeout_s=cluster.timeout_s,
-                        nodes=plan.nodes_of("learner"))
+                        nodes=nodes)
 
 
 def start_system(recipe: Recipe, model_path: str, tokenizer, job: str = "train", *,
@@ -125,8 +141,8 @@ def start_system(recipe: Recipe, model_path: str, tokenizer, job: str = "train",
         if "teacher" in roles and recipe.distill.teacher:
             system.teacher = start_teacher(recipe, plan, system.recovery)
             clock.lap("teacher")
-        system.start_learners = lambda: start_learners(recipe, model_path, plan, job, total_steps)
-        system.learners = system.start_learners()
+        system.start_learners = lambda nodes: start_learners(recipe, model_path, nodes, job, total_steps)
+        system.learners = system.start_learners(plan.nodes_of("learner"))
         clock.lap("learner")
         system.learner_setup = system.learners.setup_s
         if system.pool is not None:

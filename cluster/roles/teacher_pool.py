@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from actors.teacher import Teacher
-from cluster.roles.bundles import bundle_of, in_bundle, placed_group, remove_group
+from cluster.roles.bundles import RolePlacement, bundle_of
 from cluster.roles.calls import answered, get_all
 from cluster.roles.recovery import Recovery, is_death, one_line
 from cluster.wire.errors import RunFailed
@@ -50,8 +50,9 @@ class TeacherPool:
         self.recovery = recovery or Recovery(max_restarts=0)
         self._actor = ray.remote(Teacher)
         self._resources = {"num_cpus": cpus_per_teacher, "num_gpus": gpus_per_teacher}
-        self.placement = placed_group(ray, bundle_of(cpus_per_teacher, gpus_per_teacher), num_teachers, nodes,
-                                      timeout_s, "teachers")
+        self.placed = RolePlacement(ray, bundle_of(cpus_per_teacher, gpus_per_teacher), num_teachers, nodes,
+                                    timeout_s, "teachers")
+        self.placement = self.placed.group  # placement.json reads it
         self.teachers = [self._launch(i) for i in range(num_teachers)]
         try:
             self.infos: list[TeacherInfo] = self._started(self.teachers, "teacher start")
@@ -60,8 +61,9 @@ class TeacherPool:
             raise
         self._turn = itertools.cycle(range(num_teachers))
 
-    def _launch(self, index: int):
-        return self._actor.options(**self._resources, **in_bundle(self.placement, index)).remote(self.spec)
+    def _launch(self, index: int, where: dict | None = None):
+        where = where or self.placed.options(index)
+        return self._actor.options(**self._resources, **where).remote(self.spec)
 
     def _started(self, teachers: list, what: str) -> list[TeacherInfo]:
         """Wait (bounded) for `teachers` to load their models; one that cannot is a RunFailed."""
@@ -106,7 +108,7 @@ class TeacherPool:
         started = time.perf_counter()
         self.recovery.allow_restart("teacher", f"teacher {index} {why}")
         self._ray.kill(self.teachers[index], no_restart=True)
-        self.teachers[index] = self._launch(index)
+        self.teachers[index] = self._launch(index, self.placed.for_replacement(index, f"teacher {index}"))
         self._started([self.teachers[index]], f"replacement teacher {index} start")
         self.recovery.recovered(started, f"teacher {index} replaced")
 
@@ -117,7 +119,7 @@ class TeacherPool:
     def shutdown(self) -> None:
         for teacher in self.teachers:
             self._ray.kill(teacher)
-        remove_group(self.placement)
+        self.placed.remove()
 
 
 class _TeacherLost(Exception):

@@ -22,10 +22,13 @@ from cluster.output.run_dir import FINAL_DIR, MODEL_FILES_DIR, PLACEMENT_FILE, R
 from cluster.output.run_log import RunLog
 from cluster.recipe import Recipe, recipe_to_dict
 from cluster.roles.learner_group import LearnerLost
+from cluster.roles.recovery import one_line
 from cluster.roles.system import start_system
 from cluster.run.resume_point import check_same_data, find_resume_point, naming_last_checkpoint, save_checkpoint
 from cluster.run.stop import RunStopped, StopRequest
 from cluster.startup.live_placement import write_placement
+from cluster.wire.disk_errors import naming_disk_errors
+from cluster.wire.errors import RunFailed, RunInterrupted
 
 
 @contextmanager
@@ -85,7 +88,8 @@ class TrainingRun:
             self._sampler_start = self.resume_at.state["sampler"]
         else:
             self._sampler_start = sampler.state_dict()
-            (self.out / RECIPE_FILE).write_text(json.dumps(recipe_to_dict(self.recipe), indent=2))
+            with naming_disk_errors(self.out / RECIPE_FILE):  # a full disk at the very start: one named line
+                (self.out / RECIPE_FILE).write_text(json.dumps(recipe_to_dict(self.recipe), indent=2))
             save_model_files(self.out / MODEL_FILES_DIR, model_path, tokenizer,
                              trust_remote_code=self.recipe.model.trust_remote_code)
 
@@ -121,7 +125,13 @@ class TrainingRun:
         system, checkpoints = self.system, self.run_dir.checkpoints
         system.recovery.allow_restart("learner", f"{lost}; the learner group restarts from its last checkpoint")
         started = time.perf_counter()
-        system.restart_learners()
+        try:
+            system.restart_learners()
+        except RunFailed:
+            raise
+        except Exception as err:  # e.g. no room left for the ranks once a node is lost
+            raise RunInterrupted(f"{lost}, and the learner group could not be restarted: {one_line(err)}") from None
+        write_placement(self.out / PLACEMENT_FILE, system.plan, system.placement_groups())  # where the new ranks are
         complete = complete_checkpoints(checkpoints)
         if complete:
             state = read_driver_state(complete[-1], self.recipe.learner.num_ranks)
