@@ -109,8 +109,26 @@ def _check_final_and_exports(run, tmp_path):
 
 # A user reward that returns NaN for about three completions in four (by a checksum of the
 # text, so which ones is up to the sampled text): the run goes on, and every failure is seen.
+# It also leaves a detached child behind in each reward worker (a new session, double-forked,
+# its pid noted in AHA_TEST_CHILDREN): the run must end those too.
 NAN_REWARD = """
+import os
+
+_forked = False
+
+
 def score(completion, **fields):
+    global _forked
+    if not _forked:
+        _forked = True
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                with open(os.environ["AHA_TEST_CHILDREN"], "a") as out:
+                    out.write(f"{os.getpid()}\\n")
+                os.execvp("sleep", ["sleep", "300"])
+            os._exit(0)
+        os.wait()
     return float("nan") if sum(map(ord, completion)) % 4 else 1.0
 """
 NAN_NAME = "nan_reward:score"
@@ -121,7 +139,7 @@ def async_run_with_a_nan_reward(tmp_path_factory):
     """One async run (max_staleness 1) scored by the NaN reward: the two tests below check
     independent things of it, and each whole run costs ~45 s of start-up on CPU."""
     tmp_path = tmp_path_factory.mktemp("async-nan")
-    env = _user_reward_env(tmp_path, "nan_reward", NAN_REWARD)
+    env = {**_user_reward_env(tmp_path, "nan_reward", NAN_REWARD), "AHA_TEST_CHILDREN": str(tmp_path / "children")}
     return train(tmp_path, "--algorithm.max_staleness", "1", "--reward.weights",
                   f"{{'{NAN_NAME}' = 1.0, format = 0.5}}", "--reward.failure_reward", "-1.0",
                   "--data.eval_path", "", "--data.synthetic.eval_rows", "0", env=env)
@@ -140,6 +158,22 @@ def test_async_mode_never_trains_on_samples_staler_than_allowed(async_run_with_a
     for step in (1, 2, 3):
         rows = pq.read_table(run / "rollouts" / f"step-{step:06d}.parquet").to_pylist()
         assert all(step - 1 - r["weight_version"] <= 1 for r in rows)
+
+
+def test_what_a_reward_left_behind_ends_with_the_run(async_run_with_a_nan_reward):
+    import psutil
+
+    run, _ = async_run_with_a_nan_reward
+    children = [int(pid) for pid in (run.parent / "children").read_text().split()]
+    assert children  # each reward worker did leave a detached `sleep 300`
+    left = []
+    for pid in children:
+        try:
+            if psutil.Process(pid).cmdline() == ["sleep", "300"]:
+                left.append(pid)
+        except psutil.Error:
+            continue
+    assert left == [], f"the reward's detached children {left} outlived the run"
 
 
 # A reward that makes every group of an even-answer row flat (all four completions get 0.5) and
