@@ -185,3 +185,19 @@ def test_the_drivers_wait_for_a_slow_reward_is_score_wait_and_its_cost_is_the_re
         assert timings["score_wait"] < waited
     finally:
         pool.shutdown()
+
+
+def test_a_dead_scorer_with_several_groups_in_flight_is_replaced_once_and_every_group_scored():
+    from cluster.roles.recovery import Recovery
+
+    spec = scorer_spec(weights={"arithmetic": 1.0}, num_workers=1, timeout_s=30.0, start_timeout_s=120.0)
+    pool = ScorerPool(spec, 1, cpus_per_scorer=0.5, timeout_s=120.0, recovery=Recovery(max_restarts=2))
+    try:
+        dead = pool.scorers[0]
+        ray.kill(dead)  # three groups go to it before the driver learns it died
+        tickets = [pool.submit([f"{n}"], {"answer": "3"}, [1]) for n in (1, 3, 5)]
+        scores = [pool.collect(ticket) for ticket in tickets]
+        assert [[s.components["arithmetic"] for s in group] for group in scores] == [[0.0], [1.0], [0.0]]
+        assert pool.recovery.restarts["scorer"] == 1 and pool.scorers[0] is not dead
+    finally:
+        pool.shutdown()

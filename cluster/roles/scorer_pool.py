@@ -18,11 +18,13 @@ from cluster.roles.recovery import Recovery, is_death, one_line
 
 @dataclass
 class ScoreTicket:
-    """One group's scoring in flight: the Ray ref, which scorer has it, the call's arguments
-    (to score it again on a replacement) and when the driver stops waiting for it."""
+    """One group's scoring in flight: the Ray ref, which scorer has it (its index and the actor:
+    a call sent to a scorer already replaced for another call is sent again, not counted as a
+    second death), the call's arguments (to score it again) and when the driver stops waiting."""
 
     ref: object
     scorer: int
+    actor: object
     group: tuple
     deadline: float
 
@@ -64,8 +66,9 @@ class ScorerPool:
         """Send one group to the next scorer and return at once; `collect` the scores. The
         ticket's `ref` is what `ray.wait` waits on, so the driver can wait on it beside others."""
         index = next(self._turn)
-        ref = self.scorers[index].score_group.remote(texts, fields, num_tokens)
-        return ScoreTicket(ref, index, (texts, fields, num_tokens), time.monotonic() + self.timeout_s)
+        actor = self.scorers[index]
+        ref = actor.score_group.remote(texts, fields, num_tokens)
+        return ScoreTicket(ref, index, actor, (texts, fields, num_tokens), time.monotonic() + self.timeout_s)
 
     def ready(self, ticket: ScoreTicket) -> bool:
         """Whether `collect` would return (or replace a dead scorer) without waiting."""
@@ -86,8 +89,10 @@ class ScorerPool:
                 # only a death or the driver's own deadline means the actor is gone.
                 if not (is_death(err) or type(err) is TimeoutError):
                     raise
-                self._replace(ticket.scorer, err)
-                ticket.ref = self.scorers[ticket.scorer].score_group.remote(*ticket.group)
+                if self.scorers[ticket.scorer] is ticket.actor:  # not replaced yet for another call
+                    self._replace(ticket.scorer, err)
+                ticket.actor = self.scorers[ticket.scorer]
+                ticket.ref = ticket.actor.score_group.remote(*ticket.group)
                 ticket.deadline = time.monotonic() + self.timeout_s
 
     def _replace(self, index: int, cause: BaseException) -> None:
