@@ -46,6 +46,7 @@ class EngineSpec:
     seed: int
     trust_remote_code: bool
     weight_sync: str  # in-flight requests during an update: "wait" or "abort" (re-queued)
+    engine_core: str  # "spawned" (vLLM's AsyncLLM) or "in_process" (actors/inprocess_engine.py)
     sleep_mode: bool  # colocated with the learner on one GPU: free memory between steps
 
 
@@ -185,8 +186,14 @@ class RolloutWorker:
         # in the environment to see them.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         self._socket_dir = _private_socket_dir()
-        with _model_in_engine_core(in_engine_core):
-            self._engine = AsyncLLM.from_engine_args(args)
+        if spec.engine_core == "in_process":
+            from actors.inprocess_engine import InprocessEngine
+
+            with _model_in_engine_core(True):  # the variable makes LLMEngine keep its core here
+                self._engine = InprocessEngine(args)
+        else:
+            with _model_in_engine_core(in_engine_core):
+                self._engine = AsyncLLM.from_engine_args(args)
         # Cleared while an update runs: a request stamps its weight version only once the
         # update is over, since the engine will not schedule it before then anyway.
         self._weights_ready = asyncio.Event()

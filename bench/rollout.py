@@ -4,6 +4,8 @@
    `LLM.generate` on the same prompts and engine settings (target: >= 0.9).
 2. Time to broadcast the learner's weights and load them in place into the engine, against
    a plain in-process copy of the same bytes (target: speed >= 0.5x).
+3. Both with the engine core spawned by vLLM and in the worker's own process
+   (`rollout.engine_core`), with each worker's start-up (actor, vLLM import, engine build).
 
     .venv/bin/python bench/rollout.py [--hidden 512 --layers 8 --prompts 16 --group 8 --tokens 128]
 """
@@ -59,6 +61,26 @@ def actor_tokens_per_s(worker, prompts, sampling) -> float:
     return sum(len(s.completion_ids) for g in groups for s in g) / elapsed
 
 
+def engine_run(spec, prompts, sampling, learners, timeout_s: float = 600) -> tuple[float, float, float]:
+    """One rollout worker of `spec`: its start-up seconds, its tokens/s through the actor, and
+    the best of three weight pushes from `learners` (seconds)."""
+    from cluster.roles.rollout_pool import RolloutPool
+    from cluster.roles.weight_sync import WeightSync
+
+    started = time.perf_counter()
+    pool = RolloutPool(spec, 1, cpus_per_worker=2, gpus_per_worker=0, timeout_s=timeout_s)
+    start_s = time.perf_counter() - started
+    try:
+        tokens_per_s = actor_tokens_per_s(pool.workers[0], prompts, sampling)
+        weights = WeightSync(learners, pool, timeout_s)
+        weights.link()
+        weights.push(1)  # warm-up
+        sync_s = min(weights.push(v) for v in (2, 3, 4))
+    finally:
+        pool.shutdown()
+    return start_s, tokens_per_s, sync_s
+
+
 def in_process_copy_s(model_dir: str, repeats: int = 5) -> tuple[float, int]:
     """Baseline: copy every weight tensor into a same-shaped tensor in this process."""
     from transformers import AutoModelForCausalLM
@@ -91,8 +113,6 @@ def main() -> None:
     from cluster.roles.learner_group import LearnerGroup
     from cluster.recipe import Recipe
     from cluster.recipe.schema import TinyModelConfig
-    from cluster.roles.rollout_pool import RolloutPool
-    from cluster.roles.weight_sync import WeightSync
     from cluster.startup.specs import engine_spec, learner_spec, sampling_spec
 
     defaults = Recipe()  # the schema's defaults, with the fields this benchmark sets
@@ -109,14 +129,10 @@ def main() -> None:
 
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
-            pool = RolloutPool(spec, 1, cpus_per_worker=2, gpus_per_worker=0, timeout_s=600)
-            through_actor = actor_tokens_per_s(pool.workers[0], prompts, sampling)
             learners = LearnerGroup(replace(learner_spec(defaults, model_dir), zero_stage=0), 1,
                                     cpus_per_rank=1, gpus_per_rank=0, timeout_s=600)
-            weights = WeightSync(learners, pool, 600)
-            weights.link()
-            weights.push(1)  # warm-up
-            sync_s = min(weights.push(v) for v in (2, 3, 4))
+            runs = {core: engine_run(replace(spec, engine_core=core), prompts, sampling, learners)
+                    for core in ("spawned", "in_process")}
         finally:
             ray.shutdown()
         copy_s, nbytes = in_process_copy_s(model_dir)
@@ -124,11 +140,17 @@ def main() -> None:
     print(f"model hidden={args.hidden} layers={args.layers} ({nbytes / 2**20:.0f} MiB fp32); "
           f"{args.prompts} prompts x {args.group} completions x {args.tokens} tokens")
     print(f"vLLM LLM.generate (direct):      {direct:8.0f} tokens/s")
-    print(f"RolloutWorker Ray actor:         {through_actor:8.0f} tokens/s")
-    print(f"ratio actor / direct: {through_actor / direct:.2f}  (target >= 0.9)")
     print(f"in-process copy of the weights:  {copy_s * 1000:8.1f} ms ({nbytes / copy_s / 2**30:.2f} GiB/s)")
-    print(f"broadcast + in-place load:       {sync_s * 1000:8.1f} ms ({nbytes / sync_s / 2**30:.2f} GiB/s)")
-    print(f"speed ratio sync / copy: {copy_s / sync_s:.2f}  (target >= 0.5)")
+    for core, (start_s, through_actor, sync_s) in runs.items():
+        print(f"engine core {core}:")
+        print(f"  worker start-up:               {start_s:8.1f} s")
+        print(f"  RolloutWorker Ray actor:       {through_actor:8.0f} tokens/s; ratio actor / direct: "
+              f"{through_actor / direct:.2f}  (target >= 0.9)")
+        print(f"  broadcast + in-place load:     {sync_s * 1000:8.1f} ms ({nbytes / sync_s / 2**30:.2f} GiB/s); "
+              f"speed ratio sync / copy: {copy_s / sync_s:.2f}  (target >= 0.5)")
+    (spawned_start, spawned_tps, _), (inproc_start, inproc_tps, _) = runs["spawned"], runs["in_process"]
+    print(f"in-process / spawned: start-up {inproc_start / spawned_start:.2f}x the time, generation "
+          f"{inproc_tps / spawned_tps:.2f}x the tokens/s")
 
 
 if __name__ == "__main__":

@@ -32,9 +32,9 @@ def worker(tiny_model_dir):
     ray.shutdown()
 
 
-def _start_worker(model_dir, weight_sync="wait"):
+def _start_worker(model_dir, weight_sync="wait", engine_core="spawned"):
     spec = engine_spec(model_dir, dtype="float32", max_model_len=512, kv_cache_gb=0.25, enforce_eager=True,
-                       seed=0, weight_sync=weight_sync)
+                       seed=0, weight_sync=weight_sync, engine_core=engine_core)
     actor = ray.remote(RolloutWorker).options(num_cpus=0.5).remote(spec)
     ray.get(actor.tokenize.remote("warm-up"), timeout=TIMEOUT_S)
     return actor
@@ -200,8 +200,9 @@ def new_weights_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def weight_group(worker, tiny_model_dir, new_weights_dir):
-    """Two rollout workers ("wait" and "abort" updates) and a weight source in one group."""
-    second = _start_worker(tiny_model_dir, weight_sync="abort")
+    """Two rollout workers ("wait" and "abort" updates; the second with its engine core in its own
+    process, actors/inprocess_engine.py) and a weight source in one group."""
+    second = _start_worker(tiny_model_dir, weight_sync="abort", engine_core="in_process")
     source = ray.remote(WeightSource).options(num_cpus=0.1).remote(str(new_weights_dir))
     port = free_port()
     refs = [source.open.remote(port, 3), worker.join_weight_group.remote("127.0.0.1", port, 1, 3, 30.0),

@@ -34,6 +34,7 @@ def engine_spec(recipe: Recipe, model_path: str) -> EngineSpec:
         seed=recipe.run.seed,
         trust_remote_code=model.trust_remote_code,
         weight_sync=rollout.weight_sync,
+        engine_core=rollout.engine_core,
         sleep_mode=rollout.sleep_between_steps,
     )
 
