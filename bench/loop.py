@@ -10,6 +10,7 @@ its ratio to on-policy.
 
     .venv/bin/python bench/loop.py [--workload demo|small|design] [--steps 5] [--async]
                                    [--learner-threads N] [--max-num-seqs N]
+                                   [--engine-core spawned|in_process]
 
 Workloads: `demo` is `make demo`'s RL recipe (deploy/recipes/arith-zero-cpu.toml, its cached
 base model and data under runs/demo, made first if missing; its held-out evaluation before RL
@@ -172,13 +173,15 @@ def workload_recipe(args, tmp: str):
 
     common = ["--run.steps", str(args.steps), "--learner.cpu_threads", str(args.learner_threads),
               "--rollout.max_num_seqs", str(args.max_num_seqs)]
+    if args.engine_core:
+        common += ["--rollout.engine_core", args.engine_core]
     if args.workload == "demo":
         # The demo's own recipe, its cached base model and data (relative to the repository).
         return load_recipe(DEMO_RECIPE, [*common, "--run.output_dir", f"{tmp}/run", "--eval.every", "0"])
     path = Path(tmp) / "recipe.toml"
     path.write_text(RECIPE.format(out=tmp, name="run", steps=args.steps, threads=args.learner_threads,
                                   max_num_seqs=args.max_num_seqs, **SHAPES[args.workload]))
-    return load_recipe(path)
+    return load_recipe(path, common)
 
 
 def main() -> None:
@@ -190,6 +193,8 @@ def main() -> None:
                         help="rollout.max_num_seqs (0: vLLM's default, every sequence at once)")
     parser.add_argument("--learner-threads", type=int, default=0,
                         help="learner.cpu_threads (0: Ray's default, one per reserved CPU)")
+    parser.add_argument("--engine-core", choices=("spawned", "in_process"), default="",
+                        help="rollout.engine_core (default: the recipe's)")
     args = parser.parse_args()
     if args.workload == "demo":
         import os

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.recipe import Recipe, RecipeError, load_recipe, recipe_from_dict, recipe_to_dict
+from cluster.recipe import RecipeError, load_recipe, recipe_from_dict, recipe_to_dict
 from cluster.recipe.schema import (
     AlgorithmConfig,
     ClusterConfig,

@@ -261,3 +261,29 @@ def test_sender_dying_mid_broadcast_is_an_error_within_the_timeout(weight_group)
         with pytest.raises(ray.exceptions.RayTaskError):
             ray.get(update, timeout=90)
     assert time.monotonic() - start < 90
+
+
+def test_a_spawned_engine_that_dies_is_engine_died_and_an_in_process_engine_is_the_workers_process(weight_group):
+    # Last in the module: it kills the spawned worker's engine. The driver reads EngineDied
+    # without vLLM (tests/test_recovery.py); an in-process engine's crash takes its worker with it,
+    # which tests/test_stack_chaos.py drills.
+    import signal
+
+    from cluster.wire.errors import EngineDied
+
+    _, (spawned, in_process) = weight_group
+    actor_pid = ray.get(in_process.process_ids.remote(), timeout=60)[0][0]
+    assert ray.get(in_process.engine_process_ids.remote(), timeout=60) == [actor_pid]
+    engine_pids = ray.get(spawned.engine_process_ids.remote(), timeout=60)
+    assert engine_pids and ray.get(spawned.process_ids.remote(), timeout=60)[0][0] not in engine_pids
+    for pid in engine_pids:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            ray.get(spawned.health.remote(), timeout=60)
+        except ray.exceptions.RayTaskError as err:
+            assert isinstance(err.as_instanceof_cause(), EngineDied), err
+            break
+        assert time.monotonic() < deadline, "the dead engine was not noticed within 60 s"
+        time.sleep(0.5)

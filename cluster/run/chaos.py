@@ -6,7 +6,8 @@ For tests and for drills on a cluster before a long run. Off unless the environm
     AHA_CHAOS="rollout@generate:2,scorer@generate:3,engine@push:4,hang@generate:5,learner@train:6,teacher@generate:7"
 
 - `rollout`: rollout worker 0's actor process; `engine`: the vLLM engine processes inside it
-  (the actor lives on and finds its engine dead); `hang`: rollout worker 0's actor process is
+  (the actor lives on and finds its engine dead), or, with the engine core in the worker's own
+  process (`rollout.engine_core`), that process: the crash takes the worker with it; `hang`: rollout worker 0's actor process is
   stopped (SIGSTOP), not killed, so it hangs; `scorer`: reward scorer 0's actor process;
   `learner`: the last learner rank's process; `teacher`: teacher 0's actor process (`aha distill`).
 - `generate`: as the step starts, its groups being sampled; `push`: while the step's weights
@@ -85,8 +86,10 @@ def _pids(role: str, system) -> list[int]:
     import ray
 
     if role in ("rollout", "engine", "hang"):
-        processes = ray.get(system.pool.workers[0].process_ids.remote(), timeout=60)
-        return [pid for pid, _ in (processes[1:] if role == "engine" else processes[:1])]
+        worker = system.pool.workers[0]
+        if role == "engine":
+            return ray.get(worker.engine_process_ids.remote(), timeout=60)
+        return [ray.get(worker.process_ids.remote(), timeout=60)[0][0]]
     if role == "scorer":
         return [ray.get(system.scorers.scorers[0].process_ids.remote(), timeout=60)[0][0]]
     if role == "teacher":

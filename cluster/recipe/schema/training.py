@@ -34,10 +34,11 @@ class RolloutConfig:
     max_num_seqs: int = setting(
         0, "Sequences an engine decodes at once; 0: vLLM's default. Fewer make groups finish in waves, so the "
            "learner can start on the first while later ones still generate.", resumable=True)
-    engine_core: Literal["spawned", "in_process"] = setting(
-        "spawned", "Where each engine's core runs: in a process vLLM spawns (spawned), or in the rollout worker's "
-                   "own process (in_process: no second interpreter and vLLM import, no IPC hop per decode step; "
-                   "an engine crash takes the worker with it, which is replaced like any dead worker).",
+    engine_core: Literal["auto", "spawned", "in_process"] = setting(
+        "auto", "Where each engine's core runs: in a process vLLM spawns (spawned), or in the rollout worker's "
+                "own process (in_process: no second interpreter and vLLM import, no IPC hop per decode step; an "
+                "engine crash takes the worker with it, which is replaced like any dead worker). auto: in_process "
+                "for engines on CPU, where it was measured faster; spawned on GPU, where it has not been measured.",
         resumable=True)
     weight_sync: Literal["wait", "abort"] = setting(
         "wait", "When new weights arrive: in-flight requests finish on the old weights (wait), or are aborted "
