@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 import tempfile
@@ -98,6 +99,7 @@ def run_aha(recipe, name: str, staleness: int) -> tuple[dict, list[dict], Path]:
     later = steps[1:] or steps  # the first step carries start-up costs
     split = {key: statistics.mean(m.get(f"time/{key}", 0.0) for m in later)
              for key in ("step", "generate", "score", "train", "sync", "learner_busy")}
+    split["step_1"] = steps[0]["time/step"]
     split["learner_idle_share"] = statistics.mean(m["learner_idle_share"] for m in later)
     split["learner_calls"] = statistics.mean(m.get("learner/accumulate_calls", 0) for m in later)
     startup = {k.removeprefix("startup/"): v for k, v in steps[0].items() if k.startswith("startup/")}
@@ -142,6 +144,35 @@ def raw_generate_s(recipe, model_path: str, prompts: list[list[int]], lengths: l
     elapsed = time.perf_counter() - started
     llm.llm_engine.engine_core.shutdown()
     return elapsed
+
+
+BARE_ENGINE = """
+import os, sys, time
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in this process
+started = time.perf_counter()
+from vllm import LLM
+imported = time.perf_counter()
+LLM(model=sys.argv[1], dtype="float32", max_model_len=int(sys.argv[2]), kv_cache_memory_bytes=int(sys.argv[3]),
+    enforce_eager=sys.argv[4] == "1", enable_chunked_prefill=False)
+print(imported - started, time.perf_counter() - imported)
+"""
+
+
+def bare_engine_start_s(recipe, model_path: str) -> tuple[float, float]:
+    """(import, build) seconds of one bare vLLM engine with its core in-process, on the same
+    model and engine settings, in a fresh interpreter: the floor the roles' start is held to."""
+    import subprocess
+
+    from cluster.startup.specs import engine_spec
+
+    spec = engine_spec(recipe, model_path)
+    done = subprocess.run([sys.executable, "-c", BARE_ENGINE, model_path, str(spec.max_model_len),
+                           str(int(spec.kv_cache_gb * 2**30)), "1" if spec.enforce_eager else "0"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode != 0:
+        raise RuntimeError(f"the bare engine failed: {done.stderr[-2000:]}")
+    imported, built = map(float, done.stdout.split()[-2:])
+    return imported, built
 
 
 def plain_train_s(recipe, model_path: str, prompts: list[list[int]], lengths: list[int]) -> float:
@@ -197,12 +228,11 @@ def main() -> None:
                         help="rollout.engine_core (default: the recipe's)")
     args = parser.parse_args()
     if args.workload == "demo":
-        import os
-
         os.chdir(REPO)  # the demo recipe's paths are relative to the repository
     with tempfile.TemporaryDirectory() as tmp:
         recipe = workload_recipe(args, tmp)
         split, startup, out = run_aha(recipe, "on-policy", 0)
+        bare_import_s, bare_build_s = bare_engine_start_s(recipe, recipe.model.path)
         asynchronous = run_aha(recipe, "async", 1)[0] if args.run_async else None
         model_path = recipe.model.path  # the base model: the same shape, so the same cost
         prompts, lengths = last_step_work(recipe, out)
@@ -222,9 +252,17 @@ def main() -> None:
     # `ray` overlaps `inputs_beside_ray` (it is the part of that phase Ray's start took): not summed.
     print(f"  time to first step: {startup.get('to_first_step', 0.0):.1f} s = "
           + " + ".join(f"{phase} {seconds:.1f}" for phase, seconds in startup.items()
-                       if phase not in ("to_first_step", "ray", "learner_parts"))
+                       if phase not in ("to_first_step", "ray", "learner_parts", "first_evaluation_beside_step_1"))
           + (f" (Ray's start {startup['ray']:.1f} of those, beside the inputs)"
              if "inputs_beside_ray" in startup else ""))
+    if "first_evaluation_beside_step_1" in startup:
+        print(f"  the evaluation before RL, beside step 1: {startup['first_evaluation_beside_step_1']:.1f} s "
+              f"(step 1 took {split['step_1']:.1f} s)")
+    roles_s = startup["ray"] + sum(startup.get(p, 0.0) for p in ("teacher", "learner", "engines", "weight_link"))
+    bare_s = bare_import_s + bare_build_s
+    print(f"  roles up (Ray, learner, engines, weight link): {roles_s:.1f} s against one bare in-process vLLM "
+          f"engine's import {bare_import_s:.1f} + build {bare_build_s:.1f} = {bare_s:.1f} s on the same model: "
+          f"ratio {roles_s / bare_s:.2f} (target <= 1.25)")
     # The learner's set-up runs beside the engines' start; its parts say which one was slow.
     print("  learner set-up (rank 0): " + " + ".join(f"{part} {seconds:.1f}"
                                                      for part, seconds in startup["learner_parts"].items()))

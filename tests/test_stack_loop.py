@@ -60,12 +60,13 @@ def test_a_few_on_policy_steps_leave_everything_behind(tmp_path):
     # learner's set-up by its parts; the later steps do not repeat it.
     startup = {k.removeprefix("startup/"): v for k, v in metrics[0].items() if k.startswith("startup/")}
     assert {"inputs", "inputs_beside_ray", "ray", "learner", "engines", "weight_link",
-            "first_evaluation", "to_first_step"} <= set(startup), startup
+            "first_evaluation_beside_step_1", "to_first_step"} <= set(startup), startup
     assert all(seconds >= 0 for seconds in startup.values())
     parts = {k.removeprefix("startup_learner/"): v for k, v in metrics[0].items() if k.startswith("startup_learner/")}
     assert set(parts) == {"actor_start", "imports", "process_group", "model", "deepspeed", "reference"}, parts
     assert 0 < sum(parts.values()) <= startup["learner"] + 0.5  # its parts, within the phase they make up
-    assert startup["to_first_step"] >= startup["learner"] + startup["first_evaluation"]
+    # The evaluation before RL runs beside step 1 (logged as step 0, before it): not before it.
+    assert startup["to_first_step"] >= startup["learner"] and startup["first_evaluation_beside_step_1"] > 0
     assert not any(k.startswith(("startup/", "startup_learner/")) for m in metrics[1:] for k in m)
     table = pq.read_table(run / "rollouts" / "step-000002.parquet").to_pylist()
     assert len(table) == 16 and {r["step"] for r in table} == {2}

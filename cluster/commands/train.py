@@ -26,7 +26,7 @@ from cluster.inputs.prompts import load_rows
 from cluster.output.eval_metrics import reward_failure_warnings, reward_time_warnings
 from cluster.output.run_log import summary_line
 from cluster.recipe import Recipe, RecipeError
-from cluster.roles.evaluation import evaluate_during_run
+from cluster.roles.evaluation import EvaluationBesideFirstStep, evaluate_during_run
 from cluster.roles.intake import LearnerFeed, StepIntake, scored_group
 from cluster.roles.prompt_feed import PromptFeed
 from cluster.roles.system import System
@@ -56,6 +56,17 @@ class Trainer:
     tokenizer: object
     eval_rows: list
     startup: dict  # seconds per start-up phase: logged with the first step, then emptied
+    before_rl: EvaluationBesideFirstStep | None = None  # the evaluation before RL, beside step 1
+
+    def log_evaluation_before_rl(self) -> None:
+        """Wait for the evaluation before RL and log it as step 0: before the first weight push."""
+        if self.before_rl is None:
+            return
+        (before, seconds), self.before_rl = self.before_rl.result(), None
+        self.run.log.log_step(0, before)
+        self.startup["startup/first_evaluation_beside_step_1"] = seconds
+        self.run.say(f"[aha] held-out accuracy before RL: {before['eval/accuracy']:.3f} "
+                     f"on {before['eval/num_prompts']:.0f} problems")
 
 
 def grpo_step(step: int, t: Trainer) -> dict:
@@ -91,6 +102,7 @@ def grpo_step(step: int, t: Trainer) -> dict:
     t.chaos.at("train", system)  # fault injection, before the optimizer step
     with timed(timings, "train"):
         learned = system.learners.step()  # optimizer step
+    t.log_evaluation_before_rl()  # it samples on the weights this push replaces
     with timed(timings, "sync"):
         if recipe.rollout.sleep_between_steps:
             system.pool.wake_up()
@@ -164,12 +176,8 @@ def _train(recipe: Recipe, run: TrainingRun, warnings: list[str], chaos: Chaos) 
     eval_rows = load_rows(recipe, recipe.data.eval_path) if recipe.data.eval_path else []
     trainer = Trainer(recipe, run, system, prompts, system.teacher, chaos, tokenizer, eval_rows, startup={})
     if eval_rows and not run.resumed:
-        evaluating = time.perf_counter()
-        before = evaluate_during_run(system.pool, system.scorers, tokenizer, recipe, eval_rows, run.out, 0)
-        startup["first_evaluation"] = time.perf_counter() - evaluating
-        run.log.log_step(0, before)
-        print(f"[aha] held-out accuracy before RL: {before['eval/accuracy']:.3f} "
-              f"on {before['eval/num_prompts']:.0f} problems", flush=True)
+        trainer.before_rl = EvaluationBesideFirstStep(system.pool, system.scorers, tokenizer, recipe, eval_rows,
+                                                      run.out)
     print(f"[aha] training {recipe.run.steps} steps; output in {run.out}", flush=True)
     startup["to_first_step"] = time.perf_counter() - begun  # bench/loop.py's time to first step
     trainer.startup = {**{f"startup/{k}": v for k, v in startup.items()},

@@ -11,6 +11,7 @@ writes out so every number can be recounted from the completions themselves.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 from cluster.inputs.data import PromptRow
@@ -20,6 +21,7 @@ from cluster.output.eval_report import write_step_records
 from cluster.recipe import Recipe
 from cluster.roles.rollout_pool import GroupStream
 from cluster.roles.scoring import ScoredGroup, ScoresInFlight, consume_scored
+from cluster.startup.ray import in_daemon_thread
 from cluster.startup.specs import sampling_spec
 from cluster.wire.samples import Sample, SamplingSpec
 from rewards.extract import extract_final_answer
@@ -84,6 +86,26 @@ def evaluate_during_run(pool, scorers, tokenizer, recipe: Recipe, rows: list[Pro
     done = evaluate(pool, scorers, tokenizer, recipe, rows)
     write_step_records(run_dir, step, done.records)
     return done.metrics
+
+
+class EvaluationBesideFirstStep:
+    """The held-out evaluation before RL, in a thread while step 1 already samples and trains.
+
+    Step 1 samples on the same base weights, so the engines batch the two and the learner does
+    not wait for the evaluation to start. `result` must come before step 1's weight push, which
+    would change the weights the evaluation samples. Every wait inside the evaluation is bounded
+    by cluster.timeout_s, so the thread ends; a worker or scorer that dies meanwhile is replaced
+    once, whichever thread finds it (the pools replace under a lock)."""
+
+    def __init__(self, pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow], run_dir):
+        self._started = time.perf_counter()
+        self._future = in_daemon_thread(
+            lambda: evaluate_during_run(pool, scorers, tokenizer, recipe, rows, run_dir, 0), "aha-evaluation")
+
+    def result(self) -> tuple[dict, float]:
+        """The evaluation's metrics once it is done (its error, if it failed), and its seconds."""
+        metrics = self._future.result()
+        return metrics, time.perf_counter() - self._started
 
 
 def greedy_text_stats(recipe: Recipe, greedy: list[dict]) -> dict[str, float]:

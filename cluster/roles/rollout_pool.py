@@ -2,12 +2,14 @@
 
 Prompts are spread over the workers round-robin; the groups come back as one stream, each as
 soon as it is done, whichever worker made it. The weights reach the workers through the run's
-WeightSync (cluster/roles/weight_sync.py). A worker that dies is replaced in its own placement bundle, brought onto the current weights,
-and its unfinished prompts are sampled again (cluster/roles/recovery.py counts what that cost).
+WeightSync (cluster/roles/weight_sync.py). A worker that dies is replaced in its own placement
+bundle, brought onto the current weights, and its unfinished prompts are sampled again
+(cluster/roles/recovery.py counts what that cost).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ class RolloutPool:
         self._resources = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker}
         self.workers = [self._launch(index) for index in range(num_workers)]
         self.incarnations = [0] * num_workers
+        self._replacing = threading.Lock()
         self._starting = [w.process_ids.remote() for w in self.workers]
         self._processes = None
         # Set by the run's WeightSync (cluster/roles/weight_sync.py): brings replaced workers onto
@@ -68,6 +71,12 @@ class RolloutPool:
         stream.add(prompts, sampling)
         return stream
 
+    def current(self, index: int):
+        """`(worker, incarnation)` of worker `index`, read together: not halfway through its
+        replacement by another thread (which this waits for)."""
+        with self._replacing:
+            return self.workers[index], self.incarnations[index]
+
     # -- failures ---------------------------------------------------------------------------
 
     def dead_workers(self) -> list[tuple[int, int, BaseException]]:
@@ -89,7 +98,12 @@ class RolloutPool:
     def replace_dead(self, dead: list[tuple[int, int, BaseException]]) -> None:
         """Replace each `(index, incarnation, why)` worker not yet replaced by a new one in its
         placement bundle; then `after_replacement` (the run's WeightSync) re-links the weight
-        group and pushes the current weights, so that every engine is on them before it takes work. Past cluster.max_restarts: RunInterrupted."""
+        group and pushes the current weights, so that every engine is on them before it takes work.
+        Past cluster.max_restarts: RunInterrupted."""
+        with self._replacing:  # the evaluation before RL streams from another thread
+            self._replace_dead(dead)
+
+    def _replace_dead(self, dead: list[tuple[int, int, BaseException]]) -> None:
         dead = [(index, why) for index, incarnation, why in dead if self.incarnations[index] == incarnation]
         if not dead:
             return
@@ -209,9 +223,10 @@ class GroupStream:
             prompts = [self._prompts[i][0] for i in shard]
             settings = [self._prompts[i][1] for i in shard]
             shared = all(s is settings[0] for s in settings)
-            gen = pool.workers[w].stream_groups.options(num_returns="streaming").remote(
+            worker, incarnation = pool.current(w)
+            gen = worker.stream_groups.options(num_returns="streaming").remote(
                 prompts, settings[0] if shared else settings)
-            self._streams[gen] = _Shard(w, pool.incarnations[w], shard)
+            self._streams[gen] = _Shard(w, incarnation, shard)
 
     def cancel(self) -> None:
         """Stop generating what has not been delivered (the run rewinds past it): the workers'

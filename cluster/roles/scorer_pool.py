@@ -7,6 +7,7 @@ was scoring is scored again on the replacement (at most cluster.max_restarts tim
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ class ScorerPool:
                                     "reward scorers")
         self.placement = self.placed.group  # placement.json reads it
         self.scorers = [self._launch(index) for index in range(num_scorers)]
+        self._replacing = threading.Lock()
         self._starting = [s.worker_pids.remote() for s in self.scorers]
         self._turn = itertools.cycle(range(num_scorers))
         if wait:
@@ -89,9 +91,10 @@ class ScorerPool:
                 # only a death or the driver's own deadline means the actor is gone.
                 if not (is_death(err) or type(err) is TimeoutError):
                     raise
-                if self.scorers[ticket.scorer] is ticket.actor:  # not replaced yet for another call
-                    self._replace(ticket.scorer, err)
-                ticket.actor = self.scorers[ticket.scorer]
+                with self._replacing:  # the evaluation before RL collects from another thread
+                    if self.scorers[ticket.scorer] is ticket.actor:  # not replaced yet for another call
+                        self._replace(ticket.scorer, err)
+                    ticket.actor = self.scorers[ticket.scorer]
                 ticket.ref = ticket.actor.score_group.remote(*ticket.group)
                 ticket.deadline = time.monotonic() + self.timeout_s
 

@@ -64,7 +64,7 @@ def prepare_while_ray_starts(recipe: Recipe, prepare: Callable[[], Prepared]) ->
 
     joined_already = ray.is_initialized()
     started = time.perf_counter()
-    preparing = _in_daemon_thread(prepare)
+    preparing = in_daemon_thread(prepare, "aha-inputs")
     ray_error = None
     with _held_back(logging.getLogger("ray")) as ray_lines:
         try:
@@ -87,7 +87,7 @@ def prepare_while_ray_starts(recipe: Recipe, prepare: Callable[[], Prepared]) ->
     return preparing.result(), ray_s
 
 
-def _in_daemon_thread(work: Callable[[], Prepared]) -> Future:
+def in_daemon_thread(work: Callable[[], Prepared], name: str) -> Future:
     """`work()` in a daemon thread; its future. Daemon, so that a call that never returns does
     not keep the process alive after the driver has given up on it."""
     future: Future = Future()
@@ -99,7 +99,7 @@ def _in_daemon_thread(work: Callable[[], Prepared]) -> Future:
         except BaseException as err:  # handed to whoever waits on the future
             future.set_exception(err)
 
-    threading.Thread(target=run, name="aha-inputs", daemon=True).start()
+    threading.Thread(target=run, name=name, daemon=True).start()
     return future
 
 
