@@ -249,12 +249,11 @@ def main() -> None:
           f"= {generate_s + train_s:.2f} s")
     print(f"  overhead: {overhead:.2f} s = {overhead / split['step']:.0%} of the step "
           f"(ratio step / (generate + train) = {split['step'] / (generate_s + train_s):.2f})")
-    # `ray` overlaps `inputs_beside_ray` (it is the part of that phase Ray's start took): not summed.
+    # The tokenizer and the checks load beside Ray's start and the roles'; `inputs_wait` is what
+    # was left of them once the roles were up. The rest of the phases follow one another.
     print(f"  time to first step: {startup.get('to_first_step', 0.0):.1f} s = "
           + " + ".join(f"{phase} {seconds:.1f}" for phase, seconds in startup.items()
-                       if phase not in ("to_first_step", "ray", "learner_parts", "first_evaluation_beside_step_1"))
-          + (f" (Ray's start {startup['ray']:.1f} of those, beside the inputs)"
-             if "inputs_beside_ray" in startup else ""))
+                       if phase not in ("to_first_step", "learner_parts", "first_evaluation_beside_step_1")))
     if "first_evaluation_beside_step_1" in startup:
         print(f"  the evaluation before RL, beside step 1: {startup['first_evaluation_beside_step_1']:.1f} s "
               f"(step 1 took {split['step_1']:.1f} s)")

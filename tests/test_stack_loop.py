@@ -59,7 +59,7 @@ def test_a_few_on_policy_steps_leave_everything_behind(tmp_path):
     # The first step says where the time before it went (what bench/loop.py prints), the
     # learner's set-up by its parts; the later steps do not repeat it.
     startup = {k.removeprefix("startup/"): v for k, v in metrics[0].items() if k.startswith("startup/")}
-    assert {"inputs", "inputs_beside_ray", "ray", "learner", "engines", "weight_link",
+    assert {"inputs", "inputs_wait", "ray", "learner", "engines", "weight_link",
             "first_evaluation_beside_step_1", "to_first_step"} <= set(startup), startup
     assert all(seconds >= 0 for seconds in startup.values())
     parts = {k.removeprefix("startup_learner/"): v for k, v in metrics[0].items() if k.startswith("startup_learner/")}
@@ -333,3 +333,58 @@ def test_a_mistake_found_while_ray_starts_is_raised_and_that_ray_is_shut_down(mo
             release.set()
     finally:
         logging.getLogger("ray").removeHandler(handler)
+
+
+def test_the_roles_start_beside_the_inputs_and_are_shut_down_when_the_inputs_fail():
+    # `aha train` starts its roles as soon as Ray is up, while the tokenizer loads and the prompts
+    # are checked (cluster/startup/ray.py): a mistake found after they started still wins, and what
+    # started is shut down with the Ray it started on.
+    import time
+
+    import ray
+
+    from cluster.recipe import RecipeError, load_recipe
+    from cluster.startup.ray import prepare_while_roles_start
+
+    recipe = load_recipe(Path(__file__).parents[1] / "deploy/recipes/arith-zero-cpu.toml")  # a local Ray
+    assert not ray.is_initialized()
+
+    class Roles:  # a real actor standing for the roles start_system starts
+        started: list = []
+
+        def __init__(self):
+            @ray.remote(num_cpus=0.1)
+            class Role:
+                def ping(self) -> int:
+                    return 1
+
+            self.actor, self.shut_down = Role.remote(), False
+            ray.get(self.actor.ping.remote(), timeout=120)
+            Roles.started.append(self)
+
+        def shutdown(self) -> None:
+            self.shut_down = True
+            ray.kill(self.actor)
+
+    def failing_once_the_roles_are_up():
+        deadline = time.monotonic() + 120
+        while not Roles.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise RecipeError("data.template", "the mistake")
+
+    with pytest.raises(RecipeError, match="the mistake"):
+        prepare_while_roles_start(recipe, failing_once_the_roles_are_up, Roles)
+    assert len(Roles.started) == 1 and Roles.started[0].shut_down and not ray.is_initialized()
+
+    def failing_at_once():
+        raise RecipeError("data.template", "the mistake")
+
+    with pytest.raises(RecipeError, match="the mistake"):
+        prepare_while_roles_start(recipe, failing_at_once, Roles)
+    assert len(Roles.started) == 1 and not ray.is_initialized()  # nothing started for inputs known bad
+
+    prepared, ray_s, roles = prepare_while_roles_start(recipe, lambda: "inputs", Roles)
+    try:
+        assert prepared == "inputs" and ray_s > 0 and roles is Roles.started[-1] and not roles.shut_down
+    finally:
+        ray.shutdown()

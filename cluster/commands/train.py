@@ -29,7 +29,7 @@ from cluster.recipe import Recipe, RecipeError
 from cluster.roles.evaluation import EvaluationBesideFirstStep, evaluate_during_run
 from cluster.roles.intake import LearnerFeed, StepIntake, scored_group
 from cluster.roles.prompt_feed import PromptFeed
-from cluster.roles.system import System
+from cluster.roles.system import System, start_system
 from cluster.roles.scoring import ScoresInFlight
 from cluster.run.chaos import Chaos
 from cluster.run.resume_point import train_data_sha256
@@ -37,7 +37,7 @@ from cluster.run.scaffold import TrainingRun, claimed_run
 from cluster.run.step_record import rollout_rows, step_metrics
 from cluster.startup.preflight import (check_before_start, check_prepared, load_tokenizer, print_warnings,
                                        require_prompt_file)
-from cluster.startup.ray import prepare_while_ray_starts
+from cluster.startup.ray import prepare_while_roles_start
 from cluster.startup.specs import sampling_spec
 from cluster.wire.phases import timed
 
@@ -157,20 +157,22 @@ def _train(recipe: Recipe, run: TrainingRun, warnings: list[str], chaos: Chaos) 
     run.check_data(recipe.data.train_path, train_data_sha256(recipe))
     model_path = str(prepare_model(recipe))
 
-    def load_and_check():  # the last checks before the actors: beside Ray's start
+    def load_and_check():  # the last checks: beside Ray's start and then the roles'
         tokenizer = load_tokenizer(recipe, model_path)
         return tokenizer, check_prepared(recipe, model_path, tokenizer), load_rows(recipe, recipe.data.train_path)
 
-    # Seconds per start-up phase, logged with the first step: the inputs up to the model, then
-    # the rest of them beside Ray's start (`ray` is the part of that Ray took), then the roles.
+    # Seconds per start-up phase, logged with the first step: the inputs up to the model (the
+    # engines need it; the demo's is pre-trained on the data), Ray's start, the roles' phases,
+    # then what was still left of the checks beside them.
     startup = {"inputs": time.perf_counter() - begun}
-    (tokenizer, prepared_warnings, rows), ray_s = prepare_while_ray_starts(recipe, load_and_check)
-    startup["inputs_beside_ray"] = time.perf_counter() - begun - startup["inputs"]
+    (tokenizer, prepared_warnings, rows), ray_s, system = prepare_while_roles_start(
+        recipe, load_and_check, lambda: start_system(recipe, model_path, None, "train"))
+    roles = {phase: seconds for phase, seconds in system.startup.items() if phase != "ray"}
+    startup.update(ray=ray_s, **roles)
+    startup["inputs_wait"] = max(0.0, time.perf_counter() - begun - startup["inputs"] - ray_s - sum(roles.values()))
     print_warnings(warnings + prepared_warnings)
     sampler = PromptSampler(rows, seed=recipe.run.seed, shuffle=recipe.data.shuffle)
-    run.start(model_path, tokenizer, "train", sampler)
-    system = run.system
-    startup.update({phase: seconds for phase, seconds in system.startup.items() if phase != "ray"}, ray=ray_s)
+    run.start(model_path, tokenizer, "train", sampler, system=system)
     system.weights.during_push = lambda: chaos.at("push", system)
     prompts = PromptFeed(recipe, tokenizer, sampler, system.pool, sampling_spec(recipe, seed=None))
     eval_rows = load_rows(recipe, recipe.data.eval_path) if recipe.data.eval_path else []

@@ -71,11 +71,15 @@ class TrainingRun:
         if self.resume_at is not None:
             check_same_data(self.resume_at, data_path, data_sha256)
 
-    def start(self, model_path: str, tokenizer, job: str, sampler, *, total_steps: int | None = None) -> None:
-        """Start the roles; resume the learner, `sampler` and the engines' weights from the
-        checkpoint, or record the recipe and the base model's files for a new run."""
-
-        self.system = system = start_system(self.recipe, model_path, tokenizer, job, total_steps=total_steps)
+    def start(self, model_path: str, tokenizer, job: str, sampler, *, total_steps: int | None = None,
+              system=None) -> None:
+        """Start the roles (or take `system`, started already); resume the learner, `sampler` and
+        the engines' weights from the checkpoint, or record the recipe and the base model's files
+        for a new run."""
+        if system is None:
+            system = start_system(self.recipe, model_path, tokenizer, job, total_steps=total_steps)
+        system.tokenizer = tokenizer
+        self.system = system
         write_placement(self.out / PLACEMENT_FILE, system.plan, system.placement_groups())
         system.learners.check_shared_storage(self.out)  # the ranks write checkpoints there, maybe from other nodes
         if self.resume_at is not None:

@@ -46,6 +46,7 @@ def connect_ray(cluster):
 
 
 Prepared = TypeVar("Prepared")
+Roles = TypeVar("Roles")
 
 
 def prepare_while_ray_starts(recipe: Recipe, prepare: Callable[[], Prepared]) -> tuple[Prepared, float]:
@@ -60,31 +61,54 @@ def prepare_while_ray_starts(recipe: Recipe, prepare: Callable[[], Prepared]) ->
     Inputs still loading `cluster.timeout_s` after the start are a RunFailed in one line, the
     same way (the thread is a daemon: it cannot keep the process alive).
     """
+    prepared, ray_s, _ = prepare_while_roles_start(recipe, prepare, start_roles=None)
+    return prepared, ray_s
+
+
+def prepare_while_roles_start(recipe: Recipe, prepare: Callable[[], Prepared],
+                              start_roles: Callable[[], Roles] | None) -> tuple[Prepared, float, Roles | None]:
+    """`prepare_while_ray_starts`, and once Ray is up, `start_roles()` here while the inputs
+    are still being prepared: the slow things (engines, learner ranks) first. Returns what
+    `prepare` returned, Ray's seconds and what `start_roles` returned (its `.shutdown()` is
+    called if the inputs then fail: a mistake in them is still its one line, and nothing the
+    run started is left behind). A mistake in the inputs is reported before a role's failure."""
     import ray
 
     joined_already = ray.is_initialized()
     started = time.perf_counter()
     preparing = in_daemon_thread(prepare, "aha-inputs")
-    ray_error = None
+    ray_error = roles = roles_error = None
     with _held_back(logging.getLogger("ray")) as ray_lines:
         try:
             connect_ray(recipe.cluster)
         except Exception as err:  # reported after the inputs' own error, which is the user's to fix first
             ray_error = err
     ray_s = time.perf_counter() - started
+    if ray_error is None and start_roles is not None and not _failed(preparing):
+        ray_lines.show()
+        try:
+            roles = start_roles()
+        except Exception as err:  # likewise reported after the inputs' error
+            roles_error = err
     try:  # the inputs, bounded like any other wait: a tokenizer load that hangs is an error, not a hang
-        failure = preparing.exception(timeout=max(0.0, recipe.cluster.timeout_s - ray_s))
+        failure = preparing.exception(timeout=max(0.0, recipe.cluster.timeout_s - (time.perf_counter() - started)))
     except FutureTimeout:
         failure = RunFailed(f"loading the inputs (tokenizer, prompt or trace checks) took over cluster.timeout_s = "
                             f"{recipe.cluster.timeout_s:g} s; is model.path on a slow or unreachable store?")
     if failure is not None:
+        if roles is not None:
+            roles.shutdown()
         if not joined_already and ray.is_initialized():
             ray.shutdown()
         raise failure
     ray_lines.show()
-    if ray_error is not None:
-        raise ray_error
-    return preparing.result(), ray_s
+    if ray_error is not None or roles_error is not None:
+        raise ray_error or roles_error
+    return preparing.result(), ray_s, roles
+
+
+def _failed(future: Future) -> bool:
+    return future.done() and future.exception() is not None
 
 
 def in_daemon_thread(work: Callable[[], Prepared], name: str) -> Future:
