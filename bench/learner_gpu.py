@@ -4,7 +4,7 @@ Builds a tiny Qwen2 locally, then for ZeRO stages 0-3 constructs aha's learner r
 plain class, world size 1, no Ray) on `cuda` in bf16 and:
   - runs a few GRPO steps on one fixed synthetic batch: every loss, gradient norm and
     updated weight must be finite, the loss must move, and every stage must follow the same
-    loss path (ZeRO-0 in bf16 once drifted from the others: see learner.forget_warmup_step);
+    loss path (ZeRO-0 in bf16 once drifted from the others: see learner.deepspeed_quirks.forget_warmup_step);
   - streams the weights out (learner/weights.py): every Hugging Face parameter name once,
     with its full shape, matching `weight_manifest`;
   - times the steps. The baseline is plain torch in this process: the same model in bf16,

@@ -26,6 +26,7 @@ from cluster.wire.errors import RunFailed
 from cluster.wire.phases import PhaseClock
 from cluster.wire.weights import WEIGHT_BUCKET_BYTES, TensorMeta
 from learner.batching import MicroBatch, TrainSequence, empty_micro_batch, micro_batches, token_logprobs
+from learner.deepspeed_quirks import forget_warmup_step, without_inference_shm_op
 from learner.losses import LossOutput, MetricTotals, metric_means, metric_totals
 from learner.objectives import Forward, objective_named
 from learner.sft_loss import sft_loss
@@ -48,44 +49,9 @@ def resolve_device_and_dtype(spec: LearnerSpec) -> tuple[torch.device, torch.dty
     return device, getattr(torch, name)
 
 
-def forget_warmup_step(optimizer) -> None:
-    """Undo the step DeepSpeed's bf16 wrapper without ZeRO takes when it is built.
-
-    With bf16 and ZeRO stage 0 DeepSpeed wraps the optimizer in FP16_UnfusedOptimizer, which
-    runs one AdamW step on zero gradients to create its state: Adam's step count then starts
-    at 1 (the first real update comes out 0.74x as large as on ZeRO-1/2/3) and weight decay
-    is applied once. Put the fp32 masters back to the (exact) bf16 weights and drop the state.
-    """
-    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
-
-    if not isinstance(optimizer, FP16_UnfusedOptimizer):
-        return
-    with torch.no_grad():
-        for masters, weights in zip(optimizer.fp32_groups, optimizer.fp16_groups):
-            for master, weight in zip(masters, weights):
-                master.copy_(weight)
-    optimizer.optimizer.state.clear()  # torch's AdamW creates its state again on the first step
-
-
 def _grad_norm(params) -> float:
     norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
     return float(torch.stack(norms).norm()) if norms else 0.0
-
-
-def _without_inference_shm_op() -> None:
-    """Keep DeepSpeed from compiling its CPU shared-memory all-reduce when the process group starts.
-
-    On CPU, DeepSpeed's communication backend builds that op with gcc in `init_distributed`: 54 s
-    on 2 cores the first time in a virtualenv (measured; after that a 0.1 s load).
-    Only `inference_all_reduce`, used by DeepSpeed's tensor-parallel inference, calls it, and it
-    falls back to the process group's all-reduce without it; ZeRO training never calls it. On GPU
-    there is no such op to build, so this changes nothing there.
-    """
-    import importlib
-
-    # Not `import deepspeed.comm.torch as ...`: that reads `deepspeed.comm.torch`, which is torch.
-    backend = importlib.import_module("deepspeed.comm.torch")
-    backend.build_shm_op = lambda: None
 
 
 class Learner:
@@ -144,7 +110,7 @@ class Learner:
         if self.device.type == "cpu" and self.spec.cpu_threads > 0:
             torch.set_num_threads(self.spec.cpu_threads)
         backend = "nccl" if self.device.type == "cuda" else "gloo"
-        _without_inference_shm_op()
+        without_inference_shm_op()
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                    timeout=timedelta(seconds=self.spec.timeout_s))
         clock.lap("process_group")  # waits for every rank to arrive

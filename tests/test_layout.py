@@ -46,6 +46,7 @@ UNITS = sorted(IMPORT_RULES, key=len, reverse=True)  # longest prefix first
 # Must import without torch, ray, vllm, deepspeed or transformers.
 LIGHT_MODULES = ["cluster.cli", "cluster.recipe", "cluster.recipe.schema", "cluster.recipe.load",
                  "cluster.recipe.checks", "cluster.recipe.placement", "cluster.recipe.pipeline",
+                 "cluster.recipe.tables", "cluster.recipe.cluster_spec",
                  "cluster.wire.samples", "cluster.wire.weights", "cluster.wire.teacher"]
 
 

@@ -15,8 +15,8 @@ from cluster.output.pipeline_report import (STAGE_DONE_FILE, read_stage_done, su
                                             write_summary)
 from cluster.commands.pipeline import STAGE_COMMANDS, plan, run_pipeline
 from cluster.recipe import RecipeError
-from cluster.recipe.pipeline import (STAGE_KINDS, definition_changes, load_pipeline,
-                                     pipeline_from_dict)
+from cluster.recipe.pipeline import STAGE_KINDS, load_pipeline, pipeline_from_dict
+from cluster.recipe.tables import definition_changes
 from checkpoint_helpers import fake_checkpoint
 
 AHA = str(Path(sys.executable).with_name("aha"))

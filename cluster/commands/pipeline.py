@@ -23,8 +23,8 @@ from pathlib import Path
 from cluster.output.pipeline_report import (PIPELINE_OUTPUTS, clear_stage_done, read_stage_done, write_pipeline_file,
                                             write_stage_done, write_summary)
 from cluster.recipe import Recipe, RecipeError, recipe_to_dict
-from cluster.recipe.pipeline import (BASE, EVAL_DIR, STAGE_KINDS, TEACHER, Pipeline, Stage, StageKind,
-                                     definition_changes)
+from cluster.recipe.pipeline import BASE, EVAL_DIR, STAGE_KINDS, TEACHER, Pipeline, Stage, StageKind
+from cluster.recipe.tables import definition_changes
 from cluster.commands.distill import distill
 from cluster.commands.generate import earlier_work, generate
 from cluster.commands.sft import sft

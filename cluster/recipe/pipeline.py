@@ -25,14 +25,13 @@ Pure and light like the rest of cluster.recipe: no torch, ray, vllm, no other pa
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.recipe.checks import _RUN_NAME, RecipeError, key_text
 from cluster.recipe.load import apply_override, parse_overrides, read_recipe_table, recipe_from_dict, recipe_to_dict
-from cluster.recipe.resume import RESUMABLE
 from cluster.recipe.schema import Recipe
+from cluster.recipe.tables import lookup, with_overrides
 
 BASE = "base"  # model_from: the base recipe's model
 TEACHER = "teacher"  # model_from: the base recipe's distill.teacher (a model from outside the pipeline)
@@ -70,9 +69,6 @@ DERIVED = {
 }
 # [model] keys that describe the base model: set once, in the base recipe.
 BASE_MODEL_KEYS = ("path", "tokenizer", "tiny", "pretrain")
-# What may differ from a finished stage's record without making it a different stage: how it
-# ran and was watched (resources, cadence), not what it made. Its length and its evaluation do.
-NOT_A_CHANGE = tuple(key for key in RESUMABLE if key != "run.steps" and not key.startswith("eval."))
 
 
 @dataclass(frozen=True)
@@ -165,9 +161,9 @@ def pipeline_from_dict(table: dict, *, default_name: str = "pipeline") -> Pipeli
     root = Path(output_dir or f"runs/{name}")
     tables = _stage_tables(stage_tables, names)
     for key, reason in DERIVED.items():
-        if _lookup(table, key) is not None:
+        if lookup(table, key) is not None:
             raise RecipeError(key, f"is not for a pipeline's base recipe: {reason}")
-    base = recipe_from_dict(_with(table, {"run": {"name": name, "output_dir": str(root / EVAL_DIR)}}))
+    base = recipe_from_dict(with_overrides(table, {"run": {"name": name, "output_dir": str(root / EVAL_DIR)}}))
     if evaluate and not base.data.eval_path:
         raise RecipeError("data.eval_path", "the pipeline evaluates every stage's model on held-out problems: set "
                           "data.eval_path in the base recipe, or pipeline.evaluate = false")
@@ -235,13 +231,13 @@ def _stage(name: str, table: dict, base: dict, root: Path, earlier: list[Stage],
         if not isinstance(value, dict):
             raise RecipeError(f"{prefix}.{key}", f"expected a table of {key} keys, got {type(value).__name__}")
     for key, reason in DERIVED.items():
-        if _lookup(overrides, key) is not None:
+        if lookup(overrides, key) is not None:
             raise RecipeError(f"{prefix}.{key}", f"is set by the pipeline: {reason}")
     for key in BASE_MODEL_KEYS:
-        if _lookup(overrides, f"model.{key}") is not None:
+        if lookup(overrides, f"model.{key}") is not None:
             raise RecipeError(f"{prefix}.model.{key}", "describes the base model, which is set once in the base "
                               "recipe's [model]; a stage starts from it or from an earlier stage (model_from)")
-    teacher = _lookup(base, "distill.teacher") or ""
+    teacher = lookup(base, "distill.teacher") or ""
     model_from = _reference(table, "model_from", name, earlier, later, default=_default_model_from(earlier),
                             teacher=teacher)
     if model_from not in (BASE, TEACHER) and not earlier_stage(earlier, model_from).spec.makes_model:
@@ -252,21 +248,21 @@ def _stage(name: str, table: dict, base: dict, root: Path, earlier: list[Stage],
     if traces_from:
         _check_traces_from(prefix, kind, spec, traces_from, overrides, earlier)
     derived: dict = {"run": {"name": name, "output_dir": str(root / name)}}
-    merged = _with(base, overrides)
+    merged = with_overrides(base, overrides)
     if model_from != BASE:  # the base's model-building tables would build the base model at the new path
         merged["model"] = {k: v for k, v in merged.get("model", {}).items() if k not in BASE_MODEL_KEYS}
         derived["model"] = {"path": teacher if model_from == TEACHER else str(root / model_from / FINAL_DIR)}
     if kind != "distill":  # the base's teacher is for distill stages (and model_from = "teacher") only
         derived["distill"] = {"teacher": ""}
-    elif not _lookup(merged, "distill.teacher"):
+    elif not lookup(merged, "distill.teacher"):
         raise RecipeError(f"{prefix}.distill.teacher", "a distill stage needs a teacher: set distill.teacher in the "
                           "base recipe or in the stage")
     if traces_from:
         derived["sft"] = {"train_path": str(root / traces_from / TRACES_FILE)}
     try:
-        recipe = recipe_from_dict(_with(merged, derived))
+        recipe = recipe_from_dict(with_overrides(merged, derived))
     except RecipeError as err:
-        if _lookup(overrides, err.key.split("[")[0]) is not None:  # eval.k[0]: the list eval.k
+        if lookup(overrides, err.key.split("[")[0]) is not None:  # eval.k[0]: the list eval.k
             raise RecipeError(f"{prefix}.{err.key}", err.problem) from None
         raise RecipeError(err.key, f"{err.problem} (in stage '{name}')") from None
     if spec.reads_traces and not recipe.sft.train_path:
@@ -317,7 +313,7 @@ def _check_traces_from(prefix: str, kind: str, spec: StageKind, traces_from: str
     if not earlier_stage(earlier, traces_from).spec.makes_traces:
         raise RecipeError(f"{prefix}.traces_from", f"stage '{traces_from}' is a "
                           f"{earlier_stage(earlier, traces_from).kind} stage and writes no traces (a generate stage does)")
-    if _lookup(overrides, "sft.train_path") is not None:
+    if lookup(overrides, "sft.train_path") is not None:
         raise RecipeError(f"{prefix}.sft.train_path", f"is set from traces_from = '{traces_from}'; give one of the two")
 
 
@@ -330,91 +326,3 @@ def _typed(table: dict, key: str, tp: type, section: str, default):
     if type(value) is not tp:
         raise RecipeError(f"{section}.{key}", f"expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
-
-
-# ---------------------------------------------------------------------------------------
-# Recipe tables: merged and compared by the schema, so a table-valued setting such as
-# reward.weights is replaced whole by an override, not merged key by key.
-
-
-def _with(base: dict, overrides: dict, schema=Recipe) -> dict:
-    """`base` with `overrides` laid over it: schema sections merge, values replace."""
-    merged = dict(base)
-    hints = typing.get_type_hints(schema) if schema is not None else {}
-    for key, value in overrides.items():
-        nested = _section_type(hints.get(key))
-        if nested is not None and isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _with(merged[key], value, nested)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _section_type(tp):
-    """The dataclass a field's annotation holds (a section or a table like model.tiny), or None."""
-    if tp is None:
-        return None
-    found = [a for a in (typing.get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)]
-    return found[0] if found else None
-
-
-def _lookup(table: dict, dotted: str):
-    node = table
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-TABLE = "<table>"  # in a flattened recipe: this table is present (an optional one may not be)
-
-
-def flatten(table: dict, schema=Recipe, prefix: str = "") -> dict[str, object]:
-    """Dotted key -> value of a recipe table, descending into the schema's tables only (each of
-    which is also listed, as TABLE, so an optional table's presence counts)."""
-    hints = typing.get_type_hints(schema)
-    flat = {}
-    for key, value in table.items():
-        nested = _section_type(hints.get(key))
-        if nested is not None and isinstance(value, dict):
-            flat[f"{prefix}{key}"] = TABLE
-            flat.update(flatten(value, nested, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def definition_changes(saved: dict, current: dict) -> list[tuple[str, object, object]]:
-    """(key, saved value, current value) for each difference between two stage definitions
-    (`Stage.definition()`) that makes them different stages; sorted by key. A key one side
-    lacks has its schema default there: a setting added to aha since a stage finished, at its
-    default, does not change the stage."""
-    old = {k: v for k, v in saved.items() if k != "recipe"} | flatten(saved.get("recipe", {}))
-    new = {k: v for k, v in current.items() if k != "recipe"} | flatten(current.get("recipe", {}))
-    changed = []
-    for key in sorted(old.keys() | new.keys()):
-        before, after = old.get(key, _default(key)), new.get(key, _default(key))
-        if before != after and not _not_a_change(key):
-            changed.append((key, before, after))
-    return changed
-
-
-def _default(dotted: str):
-    """The schema's default of a flattened recipe key, as recipe_to_dict writes it (None for a
-    key the schema does not have)."""
-    schema, value = Recipe, None
-    for part in dotted.split("."):
-        fields = {f.name: f for f in dataclasses.fields(schema)} if schema is not None else {}
-        if part not in fields:
-            return None
-        field = fields[part]
-        value = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-        schema = _section_type(typing.get_type_hints(schema)[part])
-    if dataclasses.is_dataclass(value):
-        return TABLE
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _not_a_change(key: str) -> bool:
-    return key in NOT_A_CHANGE
