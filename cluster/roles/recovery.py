@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from cluster.wire.errors import RunInterrupted
 
@@ -42,6 +43,19 @@ def one_line(err: BaseException) -> str:
     text = cause.args[0] if cause.args and isinstance(cause.args[0], str) else str(cause)
     lines = text.strip().splitlines()
     return f"{type(cause).__name__}: {lines[0][:200]}" if lines else type(cause).__name__
+
+
+def resend_after_replacing(call, actors: list, index: int, replace: Callable[[], None],
+                           send: Callable[[object], object], timeout_s: float) -> None:
+    """Send `call` (a ticket with `.actor`, `.ref`, `.deadline`), whose actor `actors[index]` died
+    or missed its deadline, again to that slot's actor, after `replace()`-ing it; unless another
+    call already had it replaced since this one was sent: then it is only re-sent, not counted
+    as a second death (which would kill the fresh replacement)."""
+    if actors[index] is call.actor:
+        replace()
+    call.actor = actors[index]
+    call.ref = send(call.actor)
+    call.deadline = time.monotonic() + timeout_s
 
 
 class Recovery:

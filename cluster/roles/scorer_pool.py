@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from actors.reward_scorer import RewardScorer, Score, ScorerSpec
 from cluster.roles.calls import answered, get_all
 from cluster.roles.bundles import RolePlacement, bundle_of
-from cluster.roles.recovery import Recovery, is_death, one_line
+from cluster.roles.recovery import Recovery, is_death, one_line, resend_after_replacing
 
 
 @dataclass
@@ -92,11 +92,9 @@ class ScorerPool:
                 if not (is_death(err) or type(err) is TimeoutError):
                     raise
                 with self._replacing:  # the evaluation before RL collects from another thread
-                    if self.scorers[ticket.scorer] is ticket.actor:  # not replaced yet for another call
-                        self._replace(ticket.scorer, err)
-                    ticket.actor = self.scorers[ticket.scorer]
-                ticket.ref = ticket.actor.score_group.remote(*ticket.group)
-                ticket.deadline = time.monotonic() + self.timeout_s
+                    resend_after_replacing(ticket, self.scorers, ticket.scorer,
+                                           lambda cause=err: self._replace(ticket.scorer, cause),
+                                           lambda actor: actor.score_group.remote(*ticket.group), self.timeout_s)
 
     def _replace(self, index: int, cause: BaseException) -> None:
         started = time.perf_counter()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from actors.teacher import Teacher
 from cluster.roles.bundles import RolePlacement, bundle_of
 from cluster.roles.calls import answered, get_all
-from cluster.roles.recovery import Recovery, is_death, one_line
+from cluster.roles.recovery import Recovery, is_death, one_line, resend_after_replacing
 from cluster.wire.errors import RunFailed
 from cluster.wire.samples import Group
 from cluster.wire.teacher import TeacherInfo, TeacherScore, TeacherSpec
@@ -98,11 +98,9 @@ class TeacherPool:
                     except GetTimeoutError:
                         raise _TeacherLost(f"did not answer within {self.timeout_s:g} s (cluster.timeout_s)") from None
             except _TeacherLost as lost:
-                if self.teachers[pending.teacher] is pending.actor:  # not replaced yet for another call
-                    self._replace(pending.teacher, lost.why)
-                pending.actor = self.teachers[pending.teacher]
-                pending.ref = pending.actor.score.remote(*pending.pairs)
-                pending.deadline = time.monotonic() + self.timeout_s
+                resend_after_replacing(pending, self.teachers, pending.teacher,
+                                       lambda why=lost.why: self._replace(pending.teacher, why),
+                                       lambda actor: actor.score.remote(*pending.pairs), self.timeout_s)
 
     def _replace(self, index: int, why: str) -> None:
         started = time.perf_counter()
