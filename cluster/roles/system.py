@@ -128,8 +128,11 @@ def start_system(recipe: Recipe, model_path: str, tokenizer, job: str = "train",
     the learner ranks set up, and the driver waits for them last. `System.startup` holds the
     seconds of each phase (also printed), what `bench/loop.py` reports as time to first step.
     """
+    import ray
+
     clock = PhaseClock()
-    ray = connect_ray(recipe.cluster)
+    joined_before = ray.is_initialized()  # Ray started beside the inputs: its seconds are the caller's
+    connect_ray(recipe.cluster)
     clock.lap("ray")
     plan = plan_run(recipe, ray, job)  # on the cluster as it is; a plan that cannot fit is one line here
     roles = job_roles(recipe, job)
@@ -156,8 +159,9 @@ def start_system(recipe: Recipe, model_path: str, tokenizer, job: str = "train",
         system.shutdown()
         raise
     system.startup = clock.phases
-    print(f"[aha] started in {sum(clock.phases.values()):.1f} s: "
-          + ", ".join(f"{name} {seconds:.1f}" for name, seconds in clock.phases.items()), flush=True)
+    shown = {name: s for name, s in clock.phases.items() if not (name == "ray" and joined_before)}
+    print(f"[aha] {'roles ' if joined_before else ''}started in {sum(shown.values()):.1f} s: "
+          + ", ".join(f"{name} {seconds:.1f}" for name, seconds in shown.items()), flush=True)
     return system
 
 
