@@ -53,24 +53,28 @@ class InprocessEngine:
         self._raise_if_dead()
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[request_id] = queue
-        finished = False
+        in_engine = False
         try:
             with self._lock:
                 self._engine.add_request(request_id, prompt, params)
+            in_engine = True
             self._keep_stepping()
             while True:
                 item = await queue.get()
-                if item is _ENDED:
+                if item is _ENDED:  # pause_generation aborted it in the engine already
+                    in_engine = False
                     return
                 if isinstance(item, BaseException):
                     raise item
-                finished = item.finished
+                in_engine = not item.finished
                 yield item
-                if finished:
+                if not in_engine:
                     return
         finally:
             self._queues.pop(request_id, None)
-            if not finished and not self.errored:  # cancelled by the caller: free its slot in the engine
+            # Cancelled by the caller: free its slot in the engine. Not after a pause's abort: that
+            # would wait here, on the event loop, for the lock the weight update holds.
+            if in_engine and not self.errored:
                 with self._lock:
                     self._engine.abort_request([request_id])
 

@@ -7,8 +7,8 @@ For tests and for drills on a cluster before a long run. Off unless the environm
 
 - `rollout`: rollout worker 0's actor process; `engine`: the vLLM engine processes inside it
   (the actor lives on and finds its engine dead), or, with the engine core in the worker's own
-  process (`rollout.engine_core`), that process: the crash takes the worker with it; `hang`: rollout worker 0's actor process is
-  stopped (SIGSTOP), not killed, so it hangs; `scorer`: reward scorer 0's actor process;
+  process (`rollout.engine_core`), that process: the crash takes the worker with it; `hang`:
+  rollout worker 0's actor process is stopped (SIGSTOP), not killed, so it hangs; `scorer`: reward scorer 0's actor process;
   `learner`: the last learner rank's process; `teacher`: teacher 0's actor process (`aha distill`).
 - `generate`: as the step starts, its groups being sampled; `push`: while the step's weights
   are being broadcast; `train`: just before the optimizer step.
