@@ -150,7 +150,7 @@ def cmd_tiny_model(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_data(args: argparse.Namespace, overrides: list[str]) -> int:
-    """Write a built-in synthetic task (arithmetic, chain_sum, countdown) as Parquet or JSONL (by suffix)."""
+    """Write a built-in synthetic task (arithmetic, chain_sum, countdown, pair_sum) as Parquet or JSONL (by suffix)."""
     _no_overrides(overrides)
     from cluster.inputs.tasks import write_task
 

@@ -116,11 +116,11 @@ def test_write_task(tmp_path):
     assert [row.fields["answer"] for row in loaded] == [
         row["answer"] for row in arithmetic_rows(6, seed=4, max_digits=2)
     ]
-    assert set(TASKS) == {"arithmetic", "chain_sum", "countdown"}
+    assert set(TASKS) == {"arithmetic", "chain_sum", "countdown", "pair_sum"}
 
 
 def test_write_task_rejects_unknown_task_and_option(tmp_path):
-    with pytest.raises(ValueError, match=r"'sudoku'.*arithmetic, chain_sum, countdown"):
+    with pytest.raises(ValueError, match=r"'sudoku'.*arithmetic, chain_sum, countdown, pair_sum"):
         write_task("sudoku", tmp_path / "x.parquet", 3, seed=0)
     with pytest.raises(ValueError, match="max_digit"):
         write_task("countdown", tmp_path / "x.parquet", 3, seed=0, max_digit=2)

@@ -14,11 +14,6 @@ from pathlib import Path
 
 from cluster.recipe.checks import RecipeError
 
-TASK_OPTIONS = {
-    "arithmetic": ("min_digits", "max_digits", "ops"),
-    "chain_sum": ("min_terms", "max_terms", "max_term"),
-    "countdown": ("num_numbers", "max_number", "max_target"),
-}
 EVAL_SEED_OFFSET = 1_000_003  # eval rows come from their own seed
 
 
@@ -66,7 +61,7 @@ def prepare_data(recipe) -> list[Path]:
     synthetic = recipe.data.synthetic
     if synthetic is None:
         return []
-    from cluster.inputs.tasks import task_rows, write_rows
+    from cluster.inputs.tasks import TASK_OPTIONS, task_rows, write_rows
 
     options = {name: getattr(synthetic, name) for name in TASK_OPTIONS[synthetic.task]}
     written, held_out = [], frozenset()

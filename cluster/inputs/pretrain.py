@@ -30,11 +30,14 @@ import shutil
 import time
 from pathlib import Path
 
+from cluster.inputs import pair_sum
 from cluster.inputs.data import render_prompt
-from cluster.inputs.tasks import task_rows
+from cluster.inputs.tasks import TASK_OPTIONS, task_rows
 from cluster.inputs.tiny_model import PRETRAIN_RECORD, SPEC_MARKER, write_directory_atomic
 
 RECORD = PRETRAIN_RECORD
+# Pre-training pads each batch in buckets of similar length, at most this many tokens each.
+PAD_BUCKET_TOKENS = 2048
 THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "</think>", "<answer>", "</answer>"
 
 
@@ -66,19 +69,24 @@ def hasty_solution(terms: list[int]) -> str:
 def corpus_batch(recipe, step: int, exclude: frozenset[str], template_of) -> list[str]:
     """The texts (templated prompt + solution) of pre-training step `step`; deterministic.
 
-    Prompts come from the recipe's chain-sum task with a seed per step, minus `exclude`;
-    each is worked with probability `model.pretrain.worked_fraction`, else hasty.
+    Prompts come from the recipe's task with a seed per step, minus `exclude`. chain_sum
+    solutions are worked with probability `model.pretrain.worked_fraction`, else hasty;
+    pair_sum ones check their guesses with probability `model.pretrain.checked_fraction`.
     """
     pretrain, synthetic = recipe.model.pretrain, recipe.data.synthetic
     seed = pretrain.seed * 1_000_003 + step
-    rows = task_rows("chain_sum", pretrain.batch_size, seed=seed, exclude=exclude,
-                     min_terms=synthetic.min_terms, max_terms=synthetic.max_terms, max_term=synthetic.max_term)
+    options = {name: getattr(synthetic, name) for name in TASK_OPTIONS[synthetic.task]}
+    rows = task_rows(synthetic.task, pretrain.batch_size, seed=seed, exclude=exclude, **options)
     choose = random.Random(f"aha-pretrain:{seed}")
     texts = []
     for row in rows:
+        if synthetic.task == "pair_sum":
+            texts.append(pair_sum.corpus_text(row["prompt"], choose, template_of, checked_fraction=pretrain.checked_fraction,
+                                              exercise_fraction=pretrain.exercise_fraction))
+            continue
         terms = parse_terms(row["prompt"])
-        solution = worked_solution(terms) if choose.random() < pretrain.worked_fraction else hasty_solution(terms)
-        texts.append(template_of(row["prompt"]) + solution)
+        text = worked_solution(terms) if choose.random() < pretrain.worked_fraction else hasty_solution(terms)
+        texts.append(template_of(row["prompt"]) + text)
     return texts
 
 
@@ -94,10 +102,11 @@ def pretrain_settings(recipe, init_dir: str | os.PathLike, exclude: frozenset[st
     """Everything the pre-trained model depends on; equal settings mean the cached one is valid."""
     synthetic = recipe.data.synthetic
     init_spec = json.loads((Path(init_dir) / SPEC_MARKER).read_text())
+    task = {"name": synthetic.task, **{name: getattr(synthetic, name) for name in TASK_OPTIONS[synthetic.task]}}
     return {
         "init": init_spec,
         "pretrain": dict(vars(recipe.model.pretrain)),
-        "task": {"min_terms": synthetic.min_terms, "max_terms": synthetic.max_terms, "max_term": synthetic.max_term},
+        "task": task,
         "template": recipe.data.template,
         "system_prompt": recipe.data.system_prompt,
         "excluded_prompts_sha256": hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest(),
@@ -138,11 +147,9 @@ def pretrain(recipe, init_dir: str | os.PathLike, exclude: frozenset[str], setti
     started, loss_value = time.perf_counter(), float("nan")
     bar = tqdm(range(pretrain_cfg.steps), desc="pre-train", unit="step", dynamic_ncols=True)
     for step in bar:
-        input_ids, labels = _pad(tokenizer, corpus_batch(recipe, step, exclude, template_of))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps=pretrain_cfg.steps, warmup=pretrain_cfg.warmup_steps, peak=pretrain_cfg.lr)
-        loss = model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels).loss
-        loss.backward()
+        loss = _accumulate_batch_loss(model, _length_buckets(tokenizer, corpus_batch(recipe, step, exclude, template_of)))
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -157,11 +164,39 @@ def pretrain(recipe, init_dir: str | os.PathLike, exclude: frozenset[str], setti
     return _save_atomic(model.eval(), tokenizer, init_dir, Path(recipe.model.path), record)
 
 
-def _pad(tokenizer, texts: list[str]):
-    """Right-padded input ids and labels (-100 on padding) for texts that each end in EOS."""
+def _accumulate_batch_loss(model, buckets: list):
+    """Backward of the token-mean loss over all `buckets` (one padded batch each), bucket by
+    bucket: each bucket's mean is weighted by its share of the predicted tokens, so the gradient
+    is the whole batch's. Returns that loss (a detached scalar)."""
     import torch
 
-    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
+    # A text of n tokens predicts n - 1 of them (the model shifts its labels by one).
+    counts = [int((labels[:, 1:] != -100).sum()) for _, labels in buckets]
+    total, loss_sum = sum(counts), torch.zeros(())
+    for (input_ids, labels), count in zip(buckets, counts):
+        loss = model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels).loss * (count / total)
+        loss.backward()
+        loss_sum += loss.detach()
+    return loss_sum
+
+
+def _length_buckets(tokenizer, texts: list[str], max_tokens: int = PAD_BUCKET_TOKENS) -> list:
+    """The texts as padded batches of similar length, each at most `max_tokens` padded tokens
+    (or one text): a few long texts no longer pad every short one to their width."""
+    encoded = sorted((tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                      for text in texts), key=len)
+    buckets, start = [], 0
+    for end in range(1, len(encoded) + 1):
+        if end == len(encoded) or len(encoded[end]) * (end + 1 - start) > max_tokens:
+            buckets.append(_pad(tokenizer, encoded[start:end]))
+            start = end
+    return buckets
+
+
+def _pad(tokenizer, encoded: list[list[int]]):
+    """Right-padded input ids and labels (-100 on padding) for token lists that each end in EOS."""
+    import torch
+
     width = max(map(len, encoded))
     input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
     labels = torch.full((len(encoded), width), -100)

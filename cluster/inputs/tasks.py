@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cluster.inputs.data import JSONL_SUFFIXES, PARQUET_SUFFIXES
+from cluster.inputs.pair_sum import detect_checks, pair_sum_rows
 from cluster.recipe.schema import SyntheticDataConfig
 
 ARITHMETIC_OPS = "+-*"
@@ -219,9 +220,29 @@ TASKS: dict[str, Callable[..., list[dict]]] = {
     "arithmetic": arithmetic_rows,
     "chain_sum": chain_sum_rows,
     "countdown": countdown_rows,
+    "pair_sum": pair_sum_rows,
+}
+# Task -> its detector of checks and self-corrections: (completion, **row fields) -> an object
+# with verified, corrected, checks and sound_checks (cluster.output.eval_metrics.check_stats).
+CHECK_DETECTORS: dict[str, Callable] = {"pair_sum": detect_checks}
+# The [data.synthetic] keys each task's generator takes.
+TASK_OPTIONS = {
+    "arithmetic": ("min_digits", "max_digits", "ops"),
+    "chain_sum": ("min_terms", "max_terms", "max_term"),
+    "countdown": ("num_numbers", "max_number", "max_target"),
+    "pair_sum": ("num_numbers", "max_number"),
 }
 # A draw whose rows are all excluded is retried with a new seed; this bounds the retries.
 MAX_EXCLUSION_ROUNDS = 100
+
+
+def check_detector(recipe) -> Callable | None:
+    """The detector `run.check_detector` names: for "auto", data.synthetic.task's own, if any."""
+    name = recipe.run.check_detector
+    if name == "auto":
+        synthetic = recipe.data.synthetic
+        name = synthetic.task if synthetic is not None else "none"
+    return CHECK_DETECTORS.get(name)
 
 
 def task_rows(

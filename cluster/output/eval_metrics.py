@@ -277,3 +277,37 @@ def budget_curve(results_by_budget: Mapping[int, Sequence[bool]], *, prefix: str
 def _mean(values) -> float:
     values = list(values)
     return sum(values) / len(values)
+
+
+# ---------------------------------------------------------------------------------------
+# Self-verification: what a task's detector of checks and corrections found.
+
+
+def check_stats(found: Sequence, correct: Sequence[bool], prefix: str = "") -> dict[str, float | None]:
+    """Rates of checking and self-correction over completions, and accuracy split by checking.
+
+    found: per completion, what the task's detector read (anything with `verified`,
+    `corrected`, `checks` and `sound_checks`, e.g. cluster.inputs.pair_sum.Checks); correct:
+    whether each completion's answer was right. `verify_rate` is the share that check at least
+    once, `correction_rate` the share that correct themselves after a failed check,
+    `sound_check_share` the share of all checks whose verdict was right, and
+    `accuracy_verified` / `accuracy_unverified` the accuracy of each side (None where a side
+    is empty, so a curve shows a gap rather than a made-up 0).
+    """
+    if len(found) != len(correct):
+        raise ValueError(f"{len(found)} detector results for {len(correct)} completions")
+    verified = [bool(f.verified) for f in found]
+    checks = sum(f.checks for f in found)
+
+    def accuracy(side: bool) -> float | None:
+        picked = [c for c, v in zip(correct, verified) if v == side]
+        return sum(picked) / len(picked) if picked else None
+
+    total = max(len(found), 1)
+    return {
+        f"{prefix}verify_rate": sum(verified) / total,
+        f"{prefix}correction_rate": sum(bool(f.corrected) for f in found) / total,
+        f"{prefix}sound_check_share": sum(f.sound_checks for f in found) / checks if checks else None,
+        f"{prefix}accuracy_verified": accuracy(True),
+        f"{prefix}accuracy_unverified": accuracy(False),
+    }

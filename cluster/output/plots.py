@@ -25,10 +25,20 @@ _FIGURES = {
     "distill.png": ("Student vs teacher (aha distill)", "per sampled token",
                     lambda k: k in ("distill/reverse_kl", "distill/teacher_agreement")),
     "reflection_rate.png": ("Reflection words", "share of completions", lambda k: k == "reflection_rate"),
+    # A task with a detector of checks (run.check_detector): checking, correcting and accuracy
+    # on one figure, so the reader sees whether they rise together.
+    "self_verification.png": (
+        "Checks, self-corrections and accuracy", "share of completions",
+        lambda k: k in ("verify_rate", "correction_rate", "eval/verify_rate", "eval/correction_rate", "eval/accuracy")),
+    "accuracy_by_checking.png": (
+        "Accuracy of completions that check vs those that don't", "accuracy",
+        lambda k: k.removeprefix("eval/") in ("accuracy_verified", "accuracy_unverified")),
     "eval_scaling.png": (
         "Held-out pass@k / maj@k", "accuracy", lambda k: k.startswith(("eval/pass@", "eval/maj@"))
     ),
 }
+# Figures drawn only when a run logged this metric (the rest of their lines exist in every run).
+_DRAWN_ONLY_WITH = {"self_verification.png": "verify_rate"}
 
 
 def heldout_before_after(records: Sequence[Mapping]) -> tuple[float, float, int, int] | None:
@@ -82,7 +92,8 @@ def _plot_all(output_dir: Path) -> list[Path]:
     written = []
     for filename, (title, ylabel, wanted) in _FIGURES.items():
         series = _series(records, wanted)
-        if series:
+        needed = _DRAWN_ONLY_WITH.get(filename)
+        if series and (needed is None or needed in series):
             path = plots / filename
             atomic_write(path, lambda tmp, s=series, t=title, y=ylabel: _draw(tmp, s, t, y))
             written.append(path)

@@ -17,6 +17,7 @@ _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
 # A seed reaches numpy (vLLM seeds it with run.seed), whose seeds are 0..2**32-1: the
 # narrowest range of the generators a seed is given to.
 MAX_SEED = 2**32 - 1
+PRETRAIN_TASKS = ("chain_sum", "pair_sum")  # the tasks [model.pretrain] has a corpus for
 # vLLM 0.32 refuses SamplingParams(n=...) above VLLM_MAX_N_SEQUENCES (default 16384;
 # vllm/sampling_params.py `_verify_num_sequences`, vllm/envs.py), the same variable it reads.
 # A group is one request with n = group_size (eval: n = max(eval.k)). max_num_seqs does not
@@ -141,8 +142,10 @@ def _check_model_and_data(recipe) -> None:
     pretrain = model.pretrain
     if pretrain is not None:
         _require(model.tiny is not None, "model.pretrain", "needs [model.tiny] (it pre-trains the tiny model)")
-        _require(synthetic is not None and synthetic.task == "chain_sum", "model.pretrain",
-                 "needs data.synthetic.task = \"chain_sum\" (the task its corpus is written for)")
+        _require(synthetic is not None and synthetic.task in PRETRAIN_TASKS, "model.pretrain",
+                 "needs data.synthetic.task chain_sum or pair_sum (the tasks it has a corpus for)")
+        _require(0 <= pretrain.checked_fraction < 1, "model.pretrain.checked_fraction", "must be in [0, 1)")
+        _require(0 <= pretrain.exercise_fraction < 1, "model.pretrain.exercise_fraction", "must be in [0, 1)")
         _require(pretrain.steps >= 1, "model.pretrain.steps", "must be >= 1")
         _require(pretrain.batch_size >= 1, "model.pretrain.batch_size", "must be >= 1")
         _require(math.isfinite(pretrain.lr) and pretrain.lr > 0, "model.pretrain.lr", "must be > 0")

@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 
 from cluster.inputs.data import PromptRow
 from cluster.inputs.prompts import encode_prompts
-from cluster.output.eval_metrics import aggregate_eval, budget_curve, reflection_rate, response_stats
+from cluster.inputs.tasks import check_detector
+from cluster.output.eval_metrics import aggregate_eval, budget_curve, check_stats, reflection_rate, response_stats
 from cluster.output.eval_report import write_step_records
 from cluster.recipe import Recipe
 from cluster.roles.rollout_pool import GroupStream
@@ -76,6 +77,13 @@ def evaluate(pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow]) ->
             records += [r for group in budgeted for r in group]
     metrics.update(budget_curve(by_budget))
     metrics.update(greedy_text_stats(recipe, [group[0] for group in greedy]))
+    detect = check_detector(recipe)
+    if detect is not None:  # checks and corrections, greedy and (where sampled) at eval.temperature
+        for prefix, part in (("eval/", greedy), ("eval/sampled/", graded[1] if settings.k else [])):
+            found = [(detect(r["completion"], **rows[position].fields), r["correct"])
+                     for position, group in enumerate(part) for r in group]
+            if found:
+                metrics.update(check_stats(*zip(*found), prefix=prefix))
     return Evaluation(metrics=metrics, records=records)
 
 

@@ -3,7 +3,8 @@ metrics.jsonl and TensorBoard, and one rollout row per completion for rollouts/.
 
 from __future__ import annotations
 
-from cluster.output.eval_metrics import group_stats, reflection_rate, response_stats, reward_failure_shares
+from cluster.inputs.tasks import check_detector
+from cluster.output.eval_metrics import check_stats, group_stats, reflection_rate, response_stats, reward_failure_shares
 from cluster.recipe import Recipe
 from cluster.roles.evaluation import correctness_reward
 from cluster.roles.intake import StepIntake
@@ -36,6 +37,10 @@ def step_metrics(recipe: Recipe, intake: StepIntake, learner: dict, timings: dic
     metrics["time/idle"] = max(0.0, timings["step"] - busy)
     metrics["learner_idle_share"] = metrics["time/idle"] / max(timings["step"], 1e-9)
     metrics["tokens/sampled"] = sum(lengths)  # with learner/tokens (and distill/teacher_tokens): compute spent
+    detect = check_detector(recipe)
+    if detect is not None:
+        found = [detect(s.text, **g.fields) for g in groups for s in g.samples]
+        metrics.update(check_stats(found, [c[correctness] == 1.0 for c in components]))
     if groups[0].teacher:
         metrics.update(distill_metrics(groups))
     metrics["rollout_tokens_per_s"] = sum(lengths) / max(timings["generate"] + timings["train"], 1e-9)

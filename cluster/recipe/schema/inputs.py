@@ -8,7 +8,7 @@ from typing import Literal, get_args
 
 from cluster.recipe.schema.setting import setting
 
-TaskName = Literal["arithmetic", "chain_sum", "countdown"]  # the built-in synthetic tasks
+TaskName = Literal["arithmetic", "chain_sum", "countdown", "pair_sum"]  # the built-in synthetic tasks
 TASK_NAMES = get_args(TaskName)
 
 
@@ -29,9 +29,12 @@ class TinyModelConfig:
 class PretrainConfig:
     """Pre-train the tiny model on a synthetic corpus of the recipe's task before RL (CPU demo).
 
-    The corpus mixes worked solutions (`worked_fraction` of it: add step by step, then
-    answer) with hasty ones (answer at once, wrongly: the sum of the first two terms only),
-    like a base model that mostly answers without thinking. No held-out prompt is in it.
+    For chain_sum the corpus mixes worked solutions (`worked_fraction` of it: add step by
+    step, then answer) with hasty ones (answer at once, wrongly: the sum of the first two
+    terms only), like a base model that mostly answers without thinking. For pair_sum every
+    solution writes a guess out and a few (`checked_fraction`) check each guess against the
+    target and try again when it misses; checking exercises (`exercise_fraction`, marked
+    prompts) teach the skill apart from the task. No held-out prompt is in it.
     """
 
     steps: int = setting(800, "Optimizer steps of pre-training.")
@@ -39,7 +42,12 @@ class PretrainConfig:
     lr: float = setting(3e-3, "Peak learning rate: linear warm-up to it, then cosine decay to a tenth of it.")
     warmup_steps: int = setting(30, "Steps of linear learning-rate warm-up.")
     worked_fraction: float = setting(0.4, "Share of the corpus written as worked (step by step) solutions, "
-                                          "in (0, 1]; the rest answer hastily and wrongly.")
+                                          "in (0, 1]; the rest answer hastily and wrongly (chain_sum).")
+    checked_fraction: float = setting(0.0, "Share of the corpus that checks each guess against the target and "
+                                           "tries again after a miss, in [0, 1) (pair_sum); 0: task solutions without checks.")
+    exercise_fraction: float = setting(0.0, "Share of the corpus that is checking exercises, in [0, 1) (pair_sum): "
+                                            "puzzles marked ' check', solved by checking every guess. They teach how "
+                                            "to check; the task's own prompts never carry the mark.")
     seed: int = setting(0, "Seed of the corpus draw.")
 
 
@@ -56,7 +64,7 @@ class ModelConfig:
     tiny: TinyModelConfig | None = setting(None, "A [model.tiny] table: build a random tiny model at model.path.")
     pretrain: PretrainConfig | None = setting(
         None, "A [model.pretrain] table: the random model goes to <model.path>.init and a pre-trained one to "
-              "model.path; needs [model.tiny] and data.synthetic.task = \"chain_sum\".")
+              "model.path; needs [model.tiny] and data.synthetic.task chain_sum or pair_sum.")
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,8 @@ class SyntheticDataConfig:
     `aha data TASK FILE` writes the same rows with these defaults."""
 
     task: TaskName = setting("arithmetic", "The task: arithmetic (\"What is 48 + 7?\"), chain_sum (\"4+7+2\", the CPU "
-                                           "demo's) or countdown (reach a target from a set of numbers).")
+                                           "demo's), countdown (reach a target from a set of numbers) or pair_sum (\"3 8 5 9 -> 13\": "
+                                           "the two numbers that make the target; the self-verification world).")
     train_rows: int = setting(2000, "Rows written to data.train_path.")
     eval_rows: int = setting(200, "Rows written to data.eval_path (needs it set); 0: no held-out file.")
     seed: int = setting(0, "Seed of the rows; the held-out file draws from its own seed derived from it.")
@@ -77,8 +86,9 @@ class SyntheticDataConfig:
     min_terms: int = setting(3, "chain_sum: fewest terms of a sum.")
     max_terms: int = setting(4, "chain_sum: most terms of a sum (<= 20).")
     max_term: int = setting(9, "chain_sum: each term is drawn from 1..max_term.")
-    num_numbers: int = setting(3, "countdown: numbers per puzzle (2..6), each used exactly once.")
-    max_number: int = setting(20, "countdown: each number is drawn from 1..max_number.")
+    num_numbers: int = setting(3, "countdown: numbers per puzzle (2..6), each used exactly once; pair_sum: "
+                                  "distinct numbers per puzzle (3..6).")
+    max_number: int = setting(20, "countdown and pair_sum: each number is drawn from 1..max_number.")
     max_target: int = setting(100, "countdown: targets lie in 1..max_target (every puzzle is solvable).")
     cold_start_traces: int = setting(
         0, "chain_sum only: also write a cold-start SFT set, worked solutions (prompt + completion traces, the "

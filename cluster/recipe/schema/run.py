@@ -72,3 +72,7 @@ class RunConfig:
     reflection_words: tuple[str, ...] = setting(
         ("wait", "let me check", "verify", "recheck"),
         "Words or phrases whose share of completions is the reflection rate (eval/reflection_rate).")
+    check_detector: Literal["auto", "none", "pair_sum"] = setting(
+        "auto", "The task's own detector of checks and self-corrections, whose rates go to metrics.jsonl "
+                "(verify_rate, correction_rate, accuracy_verified, ...; eval/ and eval/sampled/ too): auto: "
+                "data.synthetic.task's detector where it has one (pair_sum); none: no detector.")
