@@ -98,6 +98,15 @@ def cmd_distill(args: argparse.Namespace, overrides: list[str]) -> int:
     return _run_job(distill, args, overrides)
 
 
+def cmd_course(args: argparse.Namespace, overrides: list[str]) -> int:
+    """The course's experiments (cluster/commands/course.py); overrides go to every run."""
+    from cluster.commands.course import course
+
+    figures = Path(args.figures) if args.figures else None
+    course(args.experiment, seed=args.seed, root=Path(args.root), overrides=overrides, figures=figures)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
     """Turn a run's checkpoint into a Hugging Face model directory."""
     _no_overrides(overrides)
@@ -260,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--from", dest="start_from", metavar="STAGE", default=None,
                           help="run this stage and every later one afresh; the earlier ones must be finished")
     pipeline.set_defaults(run=cmd_pipeline)
+
+    course = sub.add_parser("course", help="run a course experiment (verify, ...) and draw its report: a table and "
+                                           "a figure over every seed run")
+    course.add_argument("experiment", help="an experiment's name, or all")
+    course.add_argument("--seed", type=int, default=0, help="seed of the runs' model init, corpus and RL (default 0)")
+    course.add_argument("--root", default="runs/course", help="where the runs and reports go (default runs/course)")
+    course.add_argument("--figures", default=None, metavar="DIR", help="also write each report's figure into DIR")
+    course.set_defaults(run=cmd_course)
 
     check = sub.add_parser("check", help="validate a recipe and print it resolved")
     what = check.add_mutually_exclusive_group(required=True)

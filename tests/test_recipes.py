@@ -32,7 +32,7 @@ def _is_pipeline(path: Path) -> bool:
     return "pipeline" in tomllib.loads(path.read_text(encoding="utf-8"))
 
 
-ALL_RECIPES = sorted((REPO / "deploy" / "recipes").glob("*.toml"))
+ALL_RECIPES = sorted((REPO / "deploy" / "recipes").rglob("*.toml"))  # course/ too
 RECIPES = [p for p in ALL_RECIPES if not _is_pipeline(p)]  # one job each: aha train, generate, sft, eval
 PIPELINES = [p for p in ALL_RECIPES if _is_pipeline(p)]  # aha pipeline: a base recipe and stages
 CLUSTERS = REPO / "deploy" / "clusters"

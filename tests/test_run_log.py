@@ -156,6 +156,15 @@ def test_plot_reflection_rate_when_logged(tmp_path):
     assert (tmp_path / "plots" / "reflection_rate.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
+def test_plot_checks_only_when_a_detector_logged_them(tmp_path):
+    _metrics_run(tmp_path, {step: {"verify_rate": step / 10, "correction_rate": step / 20,
+                                   "accuracy_verified": 0.9, "accuracy_unverified": None} for step in range(1, 6)})
+    names = {p.name for p in plot_run(tmp_path)}
+    assert {"self_verification.png", "accuracy_by_checking.png"} <= names
+    for name in ("self_verification.png", "accuracy_by_checking.png"):
+        assert (tmp_path / "plots" / name).read_bytes().startswith(PNG_SIGNATURE)
+
+
 def test_heldout_before_and_after_come_from_step_zero_and_the_latest_eval():
     records = [{"step": 0, "eval/accuracy": 0.09375, "eval/num_prompts": 256},
                {"step": 1, "accuracy": 0.3},

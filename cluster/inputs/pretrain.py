@@ -81,7 +81,8 @@ def corpus_batch(recipe, step: int, exclude: frozenset[str], template_of) -> lis
     texts = []
     for row in rows:
         if synthetic.task == "pair_sum":
-            texts.append(pair_sum.corpus_text(row["prompt"], choose, template_of, checked_fraction=pretrain.checked_fraction,
+            texts.append(pair_sum.corpus_text(row["prompt"], choose, template_of,
+                                              checked_fraction=pretrain.checked_fraction,
                                               exercise_fraction=pretrain.exercise_fraction))
             continue
         terms = parse_terms(row["prompt"])
@@ -142,14 +143,15 @@ def pretrain(recipe, init_dir: str | os.PathLike, exclude: frozenset[str], setti
     def template_of(prompt: str) -> str:
         return render_prompt(prompt, data.template, tokenizer=tokenizer, system_prompt=data.system_prompt)
 
-    print(f"[aha] pre-training the base model: {pretrain_cfg.steps} steps x {pretrain_cfg.batch_size} "
-          f"texts, {pretrain_cfg.worked_fraction:.0%} of them worked step by step", flush=True)
+    print(f"[aha] pre-training the base model: {pretrain_cfg.steps} steps x {pretrain_cfg.batch_size} texts, "
+          f"{_corpus_mix(recipe)}", flush=True)
     started, loss_value = time.perf_counter(), float("nan")
     bar = tqdm(range(pretrain_cfg.steps), desc="pre-train", unit="step", dynamic_ncols=True)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps=pretrain_cfg.steps, warmup=pretrain_cfg.warmup_steps, peak=pretrain_cfg.lr)
-        loss = _accumulate_batch_loss(model, _length_buckets(tokenizer, corpus_batch(recipe, step, exclude, template_of)))
+        texts = corpus_batch(recipe, step, exclude, template_of)
+        loss = _accumulate_batch_loss(model, _length_buckets(tokenizer, texts))
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -162,6 +164,15 @@ def pretrain(recipe, init_dir: str | os.PathLike, exclude: frozenset[str], setti
     print(f"[aha] pre-training done in {elapsed:.0f} s, final loss {loss_value:.3f}", flush=True)
     record = {"settings": settings, "final_loss": loss_value, "seconds": elapsed}
     return _save_atomic(model.eval(), tokenizer, init_dir, Path(recipe.model.path), record)
+
+
+def _corpus_mix(recipe) -> str:
+    """What the corpus holds, for the start line."""
+    pretrain = recipe.model.pretrain
+    if recipe.data.synthetic.task == "pair_sum":
+        return (f"{pretrain.exercise_fraction:.0%} checking exercises, {pretrain.checked_fraction:.0%} of the task's "
+                "own solutions checked")
+    return f"{pretrain.worked_fraction:.0%} of them worked step by step"
 
 
 def _accumulate_batch_loss(model, buckets: list):
