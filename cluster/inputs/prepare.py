@@ -61,9 +61,9 @@ def prepare_data(recipe) -> list[Path]:
     synthetic = recipe.data.synthetic
     if synthetic is None:
         return []
-    from cluster.inputs.tasks import TASK_OPTIONS, task_rows, write_rows
+    from cluster.inputs.tasks import task_options, task_rows, write_rows
 
-    options = {name: getattr(synthetic, name) for name in TASK_OPTIONS[synthetic.task]}
+    options = task_options(synthetic)
     written, held_out = [], frozenset()
     splits = [("data.eval_path", synthetic.eval_rows, synthetic.seed + EVAL_SEED_OFFSET, True)] \
         if synthetic.eval_rows else []

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from cluster.inputs import pair_sum
 from cluster.inputs.data import render_prompt
-from cluster.inputs.tasks import TASK_OPTIONS, task_rows
+from cluster.inputs.tasks import task_options, task_rows
 from cluster.inputs.tiny_model import PRETRAIN_RECORD, SPEC_MARKER, write_directory_atomic
 
 RECORD = PRETRAIN_RECORD
@@ -76,8 +76,7 @@ def corpus_batch(recipe, step: int, exclude: frozenset[str], template_of) -> lis
     """
     pretrain, synthetic = recipe.model.pretrain, recipe.data.synthetic
     seed = pretrain.seed * 1_000_003 + step
-    options = {name: getattr(synthetic, name) for name in TASK_OPTIONS[synthetic.task]}
-    rows = task_rows(synthetic.task, pretrain.batch_size, seed=seed, exclude=exclude, **options)
+    rows = task_rows(synthetic.task, pretrain.batch_size, seed=seed, exclude=exclude, **task_options(synthetic))
     choose = random.Random(f"aha-pretrain:{seed}")
     texts = []
     for row in rows:
@@ -104,7 +103,7 @@ def pretrain_settings(recipe, init_dir: str | os.PathLike, exclude: frozenset[st
     """Everything the pre-trained model depends on; equal settings mean the cached one is valid."""
     synthetic = recipe.data.synthetic
     init_spec = json.loads((Path(init_dir) / SPEC_MARKER).read_text())
-    task = {"name": synthetic.task, **{name: getattr(synthetic, name) for name in TASK_OPTIONS[synthetic.task]}}
+    task = {"name": synthetic.task, **task_options(synthetic)}
     return {
         "init": init_spec,
         "pretrain": dict(vars(recipe.model.pretrain)),

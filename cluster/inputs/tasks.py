@@ -236,6 +236,11 @@ TASK_OPTIONS = {
 MAX_EXCLUSION_ROUNDS = 100
 
 
+def task_options(synthetic) -> dict[str, object]:
+    """The generator options of a [data.synthetic] table's task, from that table."""
+    return {name: getattr(synthetic, name) for name in TASK_OPTIONS[synthetic.task]}
+
+
 def check_detector(recipe) -> Callable | None:
     """The detector `run.check_detector` names: for "auto", data.synthetic.task's own, if any."""
     name = recipe.run.check_detector
