@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 ENV = "AHA_CHAOS"
@@ -86,10 +87,16 @@ def _pids(role: str, system) -> list[int]:
     import ray
 
     if role in ("rollout", "engine", "hang"):
-        worker = system.pool.workers[0]
-        if role == "engine":
-            return ray.get(worker.engine_process_ids.remote(), timeout=60)
-        return [ray.get(worker.process_ids.remote(), timeout=60)[0][0]]
+        for attempt in range(3):  # the worker may have just been replaced (a failed probe): ask its successor
+            worker = system.pool.workers[0]
+            try:
+                if role == "engine":
+                    return ray.get(worker.engine_process_ids.remote(), timeout=60)
+                return [ray.get(worker.process_ids.remote(), timeout=60)[0][0]]
+            except ray.exceptions.RayActorError:
+                if attempt == 2:
+                    raise
+                time.sleep(1.0)
     if role == "scorer":
         return [ray.get(system.scorers.scorers[0].process_ids.remote(), timeout=60)[0][0]]
     if role == "teacher":
