@@ -103,7 +103,7 @@ def cmd_course(args: argparse.Namespace, overrides: list[str]) -> int:
     from cluster.commands.course import course
 
     figures = Path(args.figures) if args.figures else None
-    course(args.experiment, seed=args.seed, root=Path(args.root), overrides=overrides, figures=figures)
+    course(args.experiment, seed=args.seed, root=Path(args.root), overrides=overrides, figures=figures, gpu=args.gpu)
     return 0
 
 
@@ -270,12 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="run this stage and every later one afresh; the earlier ones must be finished")
     pipeline.set_defaults(run=cmd_pipeline)
 
-    course = sub.add_parser("course", help="run a course experiment (verify, ...) and draw its report: a table and "
-                                           "a figure over every seed run")
+    course = sub.add_parser("course", help="run a course experiment (verify, group-size, estimators, kl, ...) and "
+                                           "draw its report: a table and a figure over every seed run")
     course.add_argument("experiment", help="an experiment's name, or all")
     course.add_argument("--seed", type=int, default=0, help="seed of the runs' model init, corpus and RL (default 0)")
     course.add_argument("--root", default="runs/course", help="where the runs and reports go (default runs/course)")
     course.add_argument("--figures", default=None, metavar="DIR", help="also write each report's figure into DIR")
+    course.add_argument("--gpu", action="store_true", help="run the experiment's GPU recipe instead (real models "
+                                                           "and data, a GPU cluster): the same comparison at scale")
     course.set_defaults(run=cmd_course)
 
     check = sub.add_parser("check", help="validate a recipe and print it resolved")

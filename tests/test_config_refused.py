@@ -101,6 +101,8 @@ BAD = [
     ("tiny-seed-negative", "model.tiny.seed = -1", [], "model.tiny.seed"),
     ("group-over-vllm-n", "rollout.group_size = 16385", [], "rollout.group_size"),
     ("eval-k-over-vllm-n", "eval.k = [4, 20000]", [], "eval.k"),
+    ("budget-zero-unforced", "eval.budgets = [0, 8]", [], "eval.budgets"),
+    ("forcing-without-think-end", 'eval.force_answer = "</think><answer>"\neval.think_end = ""', [], "eval.think_end"),
     ("temperature-over-vllm", "rollout.temperature = 2.5", [], "rollout.temperature"),
     ("eval-temperature-over-vllm", "eval.temperature = 3.0", [], "eval.temperature"),
     ("empty-stop-string", 'rollout.stop = ["</answer>", ""]', [], "rollout.stop"),

@@ -166,3 +166,27 @@ def test_the_next_models_engines_start_beside_this_ones_evaluation_only_where_tw
     _, available = memory_bytes()
     big = load_recipe(home / "recipe.toml", ["--rollout.kv_cache_gb", f"{0.75 * available / 2**30:.3f}"])
     assert _plan(big, node(4), 2)[1] == 1  # this machine's memory holds one such KV cache, not two
+
+
+def test_budget_forcing_cuts_the_thinking_and_makes_the_model_answer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from cluster.roles.evaluation import forced_prompt
+    from cluster.wire.samples import Sample
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt, force = encode("4+7+2=? <think>"), encode("</think><answer>")
+
+    def greedy(text: str) -> Sample:
+        ids = encode(text)
+        return Sample(prompt, ids, text, [0.0] * len(ids), "stop", 0)
+
+    thinking = greedy("4+7=11 11+2=13</think><answer>13</answer>")
+    ids, text = forced_prompt(prompt, thinking, 6, tokenizer, force, "</think>")
+    assert ids == prompt + encode("4+7=11") + force and text == "4+7=11</think><answer>"
+    ids, text = forced_prompt(prompt, thinking, 0, tokenizer, force, "</think>")  # budget 0: answer at once
+    assert ids == prompt + force and text == "</think><answer>"
+    # the thinking ended within the budget, or the whole completion did: its own answer stands
+    assert forced_prompt(prompt, thinking, len(encode("4+7=11 11+2=13</think>")), tokenizer, force, "</think>") is None
+    assert forced_prompt(prompt, greedy("</think><answer>11</answer>"), 30, tokenizer, force, "</think>") is None

@@ -121,6 +121,11 @@ def test_pretraining_lowers_the_loss_writes_a_model_and_is_cached(tmp_path, caps
     mtime = (path / "model.safetensors").stat().st_mtime_ns
     assert prepare_model(recipe) == path and (path / "model.safetensors").stat().st_mtime_ns == mtime
     assert "reusing the pre-trained base model" in capsys.readouterr().out
+    # RL under another template from the same base: what counts is the template of the corpus
+    at_once = make_recipe(tmp_path, 40, "--data.template", "{prompt}=? <think></think><answer>",
+                          "--model.pretrain.template", "{prompt}=? <think>")
+    assert prepare_model(at_once) == path and (path / "model.safetensors").stat().st_mtime_ns == mtime
+    assert "reusing the pre-trained base model" in capsys.readouterr().out
     assert prepare_model(recipe, pretrain=False) == tmp_path / "base.init"
     # Changed settings rebuild it.
     changed = make_recipe(tmp_path, 2)

@@ -57,5 +57,6 @@ def test_course_verify_runs_both_corpora_and_reports(tmp_path):
 def test_course_refuses_an_unknown_experiment(tmp_path):
     done = subprocess.run([AHA, "course", "nope"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == "aha: error: unknown experiment 'nope' (experiments: verify, all)"
+    assert done.stderr.strip().splitlines()[-1] == ("aha: error: unknown experiment 'nope' (experiments: verify, cot, "
+                                                    "group-size, estimators, kl, all)")
     assert not any(tmp_path.iterdir())

@@ -1,6 +1,7 @@
 """`aha eval` on the real stack: two tiny models, each on a vLLM rollout worker in a Ray actor,
 graded by the reward scorer actor, compared in one call. Every number in eval.json is counted
-again here by hand from the written completions, re-scored with the real reward functions."""
+again here by hand from the written completions, re-scored with the real reward functions, and
+the thinking budgets are forced (s1): at budget 0 the answer is forced at once."""
 
 import json
 import math
@@ -24,7 +25,8 @@ from spec_helpers import tiny_spec
 pytestmark = pytest.mark.stack
 AHA = str(Path(sys.executable).with_name("aha"))
 ROWS = [{"prompt": f"{a}+{b}", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (2, 2), (5, 1), (4, 4), (9, 9)]]
-NUM_PROMPTS, K, BUDGET = 5, [2, 4], 4
+NUM_PROMPTS, K, BUDGETS = 5, [2, 4], [0, 4]
+FORCE = "</think><answer>"  # a random tiny model never ends its thinking itself: every budget forces
 # A random tiny model never writes the right sum, so an arithmetic grade would be 0 everywhere and
 # prove nothing. This reward is correct for about half of any texts, which makes accuracy, pass@k
 # and maj@k non-trivial; it is a user reward, resolved and run like any other.
@@ -37,7 +39,7 @@ RECIPE = {
     **SAMPLING_ONLY, "model.path": "{root}/unused",
     "data.train_path": "{root}/eval.parquet", "data.eval_path": "{root}/eval.parquet",
     "reward.weights": {"eval_coin:score": 1.0, "arithmetic": 0.5},
-    "eval": {"num_prompts": NUM_PROMPTS, "k": K, "budgets": [BUDGET]},
+    "eval": {"num_prompts": NUM_PROMPTS, "k": K, "budgets": BUDGETS, "force_answer": FORCE},
     "run.name": "tiny",
 }
 
@@ -97,16 +99,25 @@ def test_two_models_side_by_side_match_a_hand_count(tmp_path, tiny_model_dir, mo
 def hand_count(rows: list[dict]) -> dict[str, float]:
     """The metrics from one model's completion rows, counted directly."""
     greedy = sorted((r for r in rows if r["kind"] == "greedy"), key=lambda r: r["prompt_index"])
-    budget = [r for r in rows if r["kind"] == "budget"]
     assert [r["prompt_index"] for r in greedy] == list(range(NUM_PROMPTS))  # the first eval.num_prompts rows
-    assert len(budget) == NUM_PROMPTS and all(r["num_tokens"] <= BUDGET for r in budget)
+    budgets = {b: sorted((r for r in rows if r["kind"] == "budget" and r["max_new_tokens"] == b),
+                         key=lambda r: r["prompt_index"]) for b in BUDGETS}
+    for b, forced in budgets.items():
+        assert len(forced) == NUM_PROMPTS
+        for own, r in zip(greedy, forced):
+            if own["num_tokens"] <= b:  # it ended within the budget: its own completion stands
+                assert r["completion"] == own["completion"]
+                continue
+            thought = r["completion"][:r["completion"].index(FORCE)]  # its first b tokens, then the forcing
+            assert own["completion"].startswith(thought) and (thought == "") == (b == 0)
+            assert r["num_tokens"] > b
     sampled = {i: sorted((r for r in rows if r["kind"] == "sampled" and r["prompt_index"] == i),
                          key=lambda r: r["sample_index"]) for i in range(NUM_PROMPTS)}
     assert all(len(s) == max(K) for s in sampled.values())
     counts = {
         "eval/num_prompts": NUM_PROMPTS,
         "eval/accuracy": mean(r["correct"] for r in greedy),
-        f"eval/acc@budget={BUDGET}": mean(r["correct"] for r in budget),
+        **{f"eval/acc@budget={b}": mean(r["correct"] for r in forced) for b, forced in budgets.items()},
         "eval/response_length_mean": mean(r["num_tokens"] for r in greedy),
         "eval/truncated_fraction": mean(r["finish_reason"] == "length" for r in greedy),
         "eval/reflection_rate": reflection_rate([r["completion"] for r in greedy],

@@ -3,23 +3,26 @@ report (a table and a figure) that compares them.
 
     aha course verify                 # self-verification emerging, and its control
     aha course verify --seed 1        # one more seed: the report shows every seed and the range
+    aha course group-size             # a GRPO ablation on the demo's task
+    aha course group-size --gpu       # the same comparison on its GPU recipe, at real scale
     aha course all                    # every experiment in turn
     aha course verify --run.steps 3   # overrides go to every run of the experiment
 
-A run goes to <root>/<experiment>/seed-<n>/<run>/ with its own base model beside it
-(<run>-base/), seeded by the seed (model init, corpus, RL). A finished run with the same
-recipe is reused, so a second call only redraws the report; an unfinished or changed one runs
-afresh. The report, <root>/<experiment>.md and .png, covers every seed under the experiment's
-folder; `--figures DIR` writes the figure there too (docs/course/ holds the ones the course
-document shows).
+A run goes to <root>/<folder>/seed-<n>/<run>/ with its base model beside it, seeded by the seed
+(model init, corpus, RL). A finished run with the same recipe is reused, so a second call only
+redraws the report, and experiments that share a folder share their identical runs (the GRPO
+ablations share their baseline); an unfinished or changed run runs afresh. The report,
+<root>/<experiment>.md and .png, covers every seed under the folder; `--figures DIR` writes the
+figure there too (docs/course/ holds the ones the course document shows).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from cluster.output import course_report
@@ -27,16 +30,22 @@ from cluster.output.run_dir import RECIPE_FILE
 from cluster.output.run_log import atomic_write, read_metrics
 from cluster.recipe import Recipe, RecipeError, load_recipe, recipe_to_dict
 
-COURSE_RECIPES = Path(__file__).resolve().parents[2] / "deploy" / "recipes" / "course"
+RECIPES = Path(__file__).resolve().parents[2] / "deploy" / "recipes"
+
+# What makes a run this run: fixed settings, or settings worked out from the recipe it runs on
+# (with the user's overrides), e.g. a group size at the recipe's own samples per step.
+RunSettings = Mapping[str, object] | Callable[[Recipe], Mapping[str, object]]
 
 
 @dataclass(frozen=True)
 class CourseRun:
-    """One run of an experiment: a course recipe and the overrides that make it this run."""
+    """One run of an experiment: a recipe (a file under deploy/recipes/) and its own settings,
+    which win over the user's overrides: they are what the experiment compares."""
 
     name: str
-    recipe: str  # a file in deploy/recipes/course/
-    overrides: dict[str, object] = field(default_factory=dict)
+    recipe: str
+    settings: RunSettings = field(default_factory=dict)
+    base: str = ""  # its base model's folder beside it; "": <name>-base (runs with one corpus share one)
 
 
 @dataclass(frozen=True)
@@ -48,47 +57,122 @@ class Experiment:
     runs: tuple[CourseRun, ...]
     table: Callable
     plot: Callable
+    folder: str = ""  # where its runs go under the root ("": its name); shared folders share runs
+    gpu_recipe: str = ""  # a file under deploy/recipes/ that every run uses instead with --gpu
 
     @property
     def figure(self) -> str:
         return f"{self.name}.png"
+
+    def home(self, root: Path, gpu: bool = False) -> Path:
+        return root / f"{self.folder or self.name}{'-gpu' if gpu else ''}"
+
+
+def equal_samples(group_size: int) -> Callable[[Recipe], dict]:
+    """GRPO with `group_size` completions per prompt, and as many prompts as keep the recipe's
+    samples per step: every run of the ablation pays the same generation and training."""
+    def settings(recipe: Recipe) -> dict:
+        samples = recipe.rollout.prompts_per_step * recipe.rollout.group_size
+        if samples % group_size:
+            raise RecipeError("rollout.prompts_per_step", f"{samples} samples per step do not make groups of "
+                                                          f"{group_size}")
+        return {**GRPO, "rollout.group_size": group_size, "rollout.prompts_per_step": samples // group_size}
+    return settings
+
+
+# The GRPO ablations run on the demo's recipe; each run sets all three things compared, so the
+# baseline is the same recipe in all three experiments (run once, shared). Evaluations every 5
+# steps, greedy only: the curve is what the figures show.
+DEMO, ABLATIONS = "arith-zero-cpu.toml", "grpo"
+GRPO = {"algorithm.estimator": "grpo", "algorithm.kl_coef": 0.0, "eval.every": 5, "eval.k": "[]",
+        "eval.budgets": "[]"}
+KL_COEFS = (0.1, 1.0)  # per token, k3: a usual weight, and one strong enough to hold the policy near its base
+ABLATION_GPU = "gsm8k-qwen2.5-1.5b.toml"
+BASELINE = CourseRun("g8", DEMO, equal_samples(8), base="base")
+
+
+def _ablation(name: str, **settings: object) -> CourseRun:
+    def with_baseline_groups(recipe: Recipe) -> dict:
+        return {**BASELINE.settings(recipe), **settings}
+    return CourseRun(name, DEMO, with_baseline_groups, base="base")
+
+
+def _ablation_experiment(name: str, title: str, view: course_report.Ablation, runs: tuple) -> Experiment:
+    """A GRPO ablation: runs in the shared folder, the ablation's table and figure, its GPU recipe."""
+    return Experiment(name=name, title=title, runs=runs, table=partial(course_report.ablation_table, view),
+                      plot=partial(course_report.plot_ablation, view), folder=ABLATIONS, gpu_recipe=ABLATION_GPU)
+
+
+# Chain of thought: the demo's RL with room to think, and with the answer forced at once (the
+# template closes the thinking: the hasty answers of the base corpus follow it). Both evaluated
+# every 5 steps; the one that thinks also under thinking budgets forced as s1 does.
+FORCE_ANSWER = "</think><answer>"
+THINKING_BUDGETS = "[0, 4, 8, 12, 16, 20, 24, 32, 48]"
+COT = {"eval.every": 5, "eval.k": "[]", "algorithm.kl_coef": 0.0,
+       "model.pretrain.template": "{prompt}=? <think>"}  # one base: both corpora written as the demo's
 
 
 EXPERIMENTS = {
     "verify": Experiment(
         name="verify",
         title="Self-verification and self-correction emerge from RL on the final answer",
-        runs=(CourseRun("checks", "self-verification-cpu.toml"),
-              CourseRun("control", "self-verification-cpu.toml",
+        runs=(CourseRun("checks", "course/self-verification-cpu.toml"),
+              CourseRun("control", "course/self-verification-cpu.toml",
                         {"model.pretrain.checked_fraction": 0, "model.pretrain.exercise_fraction": 0})),
         table=course_report.verify_table,
         plot=course_report.plot_verify,
     ),
+    "cot": Experiment(
+        name="cot",
+        title="Chain of thought: room to think against the answer forced at once",
+        runs=(CourseRun("think", DEMO, {**COT, "eval.budgets": THINKING_BUDGETS, "eval.force_answer": FORCE_ANSWER},
+                        base="base"),
+              CourseRun("answer-at-once", DEMO, {**COT, "eval.budgets": "[]", "data.max_prompt_tokens": 48,
+                                                 "data.template": "{prompt}=? <think>" + FORCE_ANSWER}, base="base")),
+        table=course_report.cot_table,
+        plot=course_report.plot_cot,
+    ),
+    "group-size": _ablation_experiment(
+        "group-size", "GRPO's group size at equal samples per step", course_report.GROUP_SIZE,
+        tuple(CourseRun(f"g{g}", DEMO, equal_samples(g), base="base") if g != 8 else BASELINE for g in (2, 4, 8, 16))),
+    "estimators": _ablation_experiment(
+        "estimators", "Group-relative advantage estimators: GRPO, Dr. GRPO, RLOO", course_report.ESTIMATORS,
+        (BASELINE, _ablation("dr_grpo", **{"algorithm.estimator": "dr_grpo"}),
+         _ablation("rloo", **{"algorithm.estimator": "rloo"}))),
+    "kl": _ablation_experiment(
+        "kl", "A KL penalty to the frozen base model, against none", course_report.KL,
+        (BASELINE, *(_ablation(f"kl-{coef:g}", **{"algorithm.kl_coef": coef}) for coef in KL_COEFS))),
 }
 
 
-def run_recipe(experiment: Experiment, run: CourseRun, seed: int, root: Path, overrides: list[str]) -> Recipe:
-    """The run's recipe: its course recipe, the run's own overrides, its seed and folders, then
-    the user's `overrides` (which win)."""
-    recipe_file = COURSE_RECIPES / run.recipe
-    shipped = load_recipe(recipe_file)
-    home, seed_dir = root / experiment.name, root / experiment.name / f"seed-{seed}"
-    settings = {**run.overrides, "model.tiny.seed": seed, "model.pretrain.seed": seed, "run.seed": seed,
-                "model.path": str(seed_dir / f"{run.name}-base"), "run.output_dir": str(seed_dir / run.name),
-                # one data set per experiment: every seed and run is measured on the same held-out problems
-                "data.train_path": str(home / "data" / Path(shipped.data.train_path).name),
-                "data.eval_path": str(home / "data" / Path(shipped.data.eval_path).name)}
+def run_recipe(experiment: Experiment, run: CourseRun, seed: int, root: Path, overrides: list[str],
+               gpu: bool = False) -> Recipe:
+    """The run's recipe: its recipe file (the experiment's GPU recipe with `gpu`), the user's
+    `overrides`, then the run's own settings and its seed and folders."""
+    recipe_file = RECIPES / (experiment.gpu_recipe if gpu else run.recipe)
+    users = load_recipe(recipe_file, overrides)
+    own = run.settings(users) if callable(run.settings) else run.settings
+    home = experiment.home(root, gpu)
+    seed_dir = home / f"seed-{seed}"
+    settings = {**own, "run.seed": seed, "run.output_dir": str(seed_dir / run.name)}
+    if users.model.tiny is not None:  # built here: each seed its own init, beside the runs
+        settings.update({"model.tiny.seed": seed, "model.path": str(seed_dir / (run.base or f"{run.name}-base"))})
+    if users.model.pretrain is not None:
+        settings["model.pretrain.seed"] = seed
+    if users.data.synthetic is not None:  # one data set per folder: every run measured on the same problems
+        settings.update({"data.train_path": str(home / "data" / Path(users.data.train_path).name),
+                         "data.eval_path": str(home / "data" / Path(users.data.eval_path).name)})
     pairs = [item for key, value in settings.items() for item in (f"--{key}", str(value))]
-    return load_recipe(recipe_file, pairs + list(overrides))
+    return load_recipe(recipe_file, list(overrides) + pairs)
 
 
 def run_experiment(experiment: Experiment, *, seed: int, root: Path, overrides: list[str],
-                   figures: Path | None = None) -> Path:
+                   figures: Path | None = None, gpu: bool = False) -> Path:
     """Every run of `experiment` for `seed` (finished ones reused), then its report; returns the
     report's table. All recipes are loaded and checked before the first run starts."""
     from cluster.commands.train import train
 
-    recipes = [run_recipe(experiment, run, seed, root, overrides) for run in experiment.runs]
+    recipes = [run_recipe(experiment, run, seed, root, overrides, gpu) for run in experiment.runs]
     for number, (run, recipe) in enumerate(zip(experiment.runs, recipes), 1):
         where = Path(recipe.run.output_dir)
         label = f"[aha] course {experiment.name}, seed {seed}, run {number}/{len(recipes)} ({run.name})"
@@ -97,21 +181,22 @@ def run_experiment(experiment: Experiment, *, seed: int, root: Path, overrides: 
             continue
         print(f"{label}: {where}", flush=True)
         train(recipe, overwrite=where.exists())
-    return write_report(experiment, root, figures)
+    return write_report(experiment, root, figures, gpu)
 
 
-def write_report(experiment: Experiment, root: Path, figures: Path | None = None) -> Path:
+def write_report(experiment: Experiment, root: Path, figures: Path | None = None, gpu: bool = False) -> Path:
     """The experiment's table and figure over every seed run so far; returns the table's path."""
-    seeds = course_report.read_seeds(root / experiment.name, [run.name for run in experiment.runs])
+    seeds = course_report.read_seeds(experiment.home(root, gpu), [run.name for run in experiment.runs])
     root.mkdir(parents=True, exist_ok=True)
-    table = root / f"{experiment.name}.md"
+    name = f"{experiment.name}{'-gpu' if gpu else ''}"
+    table = root / f"{name}.md"
     text = f"# {experiment.title}\n\n{experiment.table(seeds)}"
     atomic_write(table, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    figure = experiment.plot(root / experiment.figure, seeds)
+    figure = experiment.plot(root / f"{name}.png", seeds)
     if figures is not None:
         figures.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(figure, figures / experiment.figure)
-    print(f"[aha] course {experiment.name}: {len(seeds)} seed(s), table {table}, figure {figure}", flush=True)
+        shutil.copyfile(figure, figures / figure.name)
+    print(f"[aha] course {name}: {len(seeds)} seed(s), table {table}, figure {figure}", flush=True)
     print(text, flush=True)
     return table
 
@@ -129,9 +214,19 @@ def _finished(recipe: Recipe) -> bool:
     return saved == json.loads(json.dumps(recipe_to_dict(recipe)))
 
 
-def course(name: str, *, seed: int, root: Path, overrides: list[str], figures: Path | None = None) -> list[Path]:
-    """`aha course NAME` (or "all"); returns the reports' tables."""
+def course(name: str, *, seed: int, root: Path, overrides: list[str], figures: Path | None = None,
+           gpu: bool = False) -> list[Path]:
+    """`aha course NAME` (or "all"); returns the reports' tables. With `gpu`, each experiment's
+    runs use its GPU recipe (`all`: every experiment that has one)."""
     if name != "all" and name not in EXPERIMENTS:
         raise RecipeError("", f"unknown experiment '{name}' (experiments: {', '.join(EXPERIMENTS)}, all)")
     chosen = list(EXPERIMENTS.values()) if name == "all" else [EXPERIMENTS[name]]
-    return [run_experiment(e, seed=seed, root=root, overrides=overrides, figures=figures) for e in chosen]
+    if gpu:
+        if name != "all" and not chosen[0].gpu_recipe:
+            with_gpu = ", ".join(e.name for e in EXPERIMENTS.values() if e.gpu_recipe)
+            raise RecipeError("", f"experiment '{name}' has no GPU recipe yet (--gpu: {with_gpu})")
+        chosen = [e for e in chosen if e.gpu_recipe]
+    for experiment in chosen:  # every run's recipe checked before the first run starts
+        for run in experiment.runs:
+            run_recipe(experiment, run, seed, root, overrides, gpu)
+    return [run_experiment(e, seed=seed, root=root, overrides=overrides, figures=figures, gpu=gpu) for e in chosen]

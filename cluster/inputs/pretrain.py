@@ -104,14 +104,20 @@ def pretrain_settings(recipe, init_dir: str | os.PathLike, exclude: frozenset[st
     synthetic = recipe.data.synthetic
     init_spec = json.loads((Path(init_dir) / SPEC_MARKER).read_text())
     task = {"name": synthetic.task, **task_options(synthetic)}
+    pretrain = dict(vars(recipe.model.pretrain))
+    del pretrain["template"]  # as "template" below: the one the corpus is written under, however it was set
     return {
         "init": init_spec,
-        "pretrain": dict(vars(recipe.model.pretrain)),
+        "pretrain": pretrain,
         "task": task,
-        "template": recipe.data.template,
+        "template": corpus_template(recipe),
         "system_prompt": recipe.data.system_prompt,
         "excluded_prompts_sha256": hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest(),
     }
+
+
+def corpus_template(recipe) -> str:
+    return recipe.model.pretrain.template or recipe.data.template
 
 
 def ensure_pretrained(recipe, init_dir: str | os.PathLike, exclude: frozenset[str]) -> Path:
@@ -141,7 +147,7 @@ def pretrain(recipe, init_dir: str | os.PathLike, exclude: frozenset[str], setti
     optimizer = torch.optim.AdamW(model.parameters(), lr=pretrain_cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
 
     def template_of(prompt: str) -> str:
-        return render_prompt(prompt, data.template, tokenizer=tokenizer, system_prompt=data.system_prompt)
+        return render_prompt(prompt, corpus_template(recipe), tokenizer=tokenizer, system_prompt=data.system_prompt)
 
     print(f"[aha] pre-training the base model: {pretrain_cfg.steps} steps x {pretrain_cfg.batch_size} texts, "
           f"{_corpus_mix(recipe)}", flush=True)

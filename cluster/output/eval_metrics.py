@@ -10,7 +10,8 @@ Inference-time scaling metrics (for a prompt with n samples, c of them correct):
   correct, the unbiased estimator 1 - C(n-c, k) / C(n, k) (Chen et al. 2021, "Codex").
 - maj@k: whether the most common answer among the first k samples is correct (the samples are
   i.i.d., so the first k are as good a draw as any k).
-- acc@budget=B: greedy accuracy when generation is capped at B new tokens.
+- acc@budget=B: greedy accuracy when generation is capped at B new tokens; with budget forcing
+  (eval.force_answer), when the thinking is capped at B tokens and the model is then made to answer.
 """
 
 from __future__ import annotations

@@ -147,6 +147,10 @@ def _check_model_and_data(recipe) -> None:
         _require(0 <= pretrain.checked_fraction < 1, "model.pretrain.checked_fraction", "must be in [0, 1)")
         _require(0 <= pretrain.exercise_fraction < 1, "model.pretrain.exercise_fraction", "must be in [0, 1)")
         _require(pretrain.steps >= 1, "model.pretrain.steps", "must be >= 1")
+        try:
+            pretrain.template and check_template(pretrain.template)
+        except ValueError as err:
+            raise RecipeError("model.pretrain.template", str(err)) from None
         _require(pretrain.batch_size >= 1, "model.pretrain.batch_size", "must be >= 1")
         _require(math.isfinite(pretrain.lr) and pretrain.lr > 0, "model.pretrain.lr", "must be > 0")
         _require(0 <= pretrain.warmup_steps, "model.pretrain.warmup_steps", "must be >= 0")
@@ -294,7 +298,10 @@ def _check_eval(recipe) -> None:
     _require(evaluation.temperature > 0 or not evaluation.k, "eval.temperature", "must be > 0 to draw k samples")
     _require(evaluation.temperature <= VLLM_MAX_TEMPERATURE, "eval.temperature",
              f"must be <= {VLLM_MAX_TEMPERATURE:g} (vLLM refuses higher temperatures)")
-    _require(all(b >= 1 for b in evaluation.budgets), "eval.budgets", "every budget must be >= 1")
+    smallest = 0 if evaluation.force_answer else 1  # forcing: 0 is "the answer at once"
+    _require(all(b >= smallest for b in evaluation.budgets), "eval.budgets", f"every budget must be >= {smallest}")
+    _require(not evaluation.force_answer or evaluation.think_end, "eval.think_end",
+             "must not be empty with eval.force_answer")
     _require(not evaluation.correctness or evaluation.correctness in recipe.reward.weights, "eval.correctness",
              f"{evaluation.correctness!r} is not one of reward.weights")
 

@@ -57,9 +57,11 @@ def evaluate(pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow]) ->
     if settings.k:
         kinds.append(_Kind(SAMPLED, replace(sampling_spec(recipe, seed=1), group_size=max(settings.k),
                                             temperature=settings.temperature)))
+    cut_budgets = () if settings.force_answer else settings.budgets  # forced ones need the greedy answers first
     kinds += [_Kind(BUDGET, replace(greedy_sampling, max_new_tokens=budget),
-                    cut_from=0 if budget <= greedy_sampling.max_new_tokens else None) for budget in settings.budgets]
-    graded = _graded(pool, scorers, tokenizer, recipe, rows, prompts, kinds)
+                    cut_from=0 if budget <= greedy_sampling.max_new_tokens else None) for budget in cut_budgets]
+    greedy_samples: dict[int, Sample] = {}
+    graded = _graded(pool, scorers, tokenizer, recipe, rows, prompts, kinds, keep=greedy_samples)
     greedy = graded[0]
     records = [r for group in greedy for r in group]
     per_prompt = [{"greedy_correct": group[0]["correct"]} for group in greedy]
@@ -75,6 +77,11 @@ def evaluate(pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow]) ->
         if kind.kind == BUDGET:
             by_budget[kind.sampling.max_new_tokens] = [group[0]["correct"] for group in budgeted]
             records += [r for group in budgeted for r in group]
+    if settings.force_answer and settings.budgets:
+        forced = _forced_budgets(pool, scorers, tokenizer, recipe, rows, prompts, greedy, greedy_samples)
+        for budget, budgeted in forced.items():
+            by_budget[budget] = [r["correct"] for r in budgeted]
+            records += budgeted
     metrics.update(budget_curve(by_budget))
     metrics.update(greedy_text_stats(recipe, [group[0] for group in greedy]))
     detect = check_detector(recipe)
@@ -152,13 +159,55 @@ def cut_to_budget(sample: Sample, budget: int, tokenizer) -> Sample:
                   finish_reason="length", weight_version=sample.weight_version)
 
 
-def _graded(pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow], prompts,
-            kinds: list[_Kind]) -> list[list[list[dict]]]:
+def forced_prompt(prompt_ids: list[int], greedy: Sample, budget: int, tokenizer, force_ids: list[int],
+                  think_end: str) -> tuple[list[int], str] | None:
+    """Budget forcing (s1): None where the greedy completion needs no forcing at `budget` (it
+    ended within the budget, or wrote `think_end` in its first `budget` tokens: its own answer
+    stands); else the prompt that makes the model answer now (the prompt, the completion's first
+    `budget` tokens, `force_ids`) and the text those completion tokens and `force_ids` read as."""
+    cut = greedy.completion_ids[:budget]
+    thought = tokenizer.decode(cut, skip_special_tokens=True)
+    if len(greedy.completion_ids) <= budget or think_end in thought:
+        return None
+    return prompt_ids + cut + force_ids, thought + tokenizer.decode(force_ids, skip_special_tokens=True)
+
+
+def _forced_budgets(pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow], prompts,
+                    greedy: list[list[dict]], samples: dict[int, Sample]) -> dict[int, list[dict]]:
+    """Per thinking budget, one graded record per prompt: the greedy one where it needs no
+    forcing, else the model's greedy answer after `forced_prompt` (one more batch of requests,
+    all budgets at once)."""
+    settings, force_ids = recipe.eval, tokenizer(recipe.eval.force_answer, add_special_tokens=False)["input_ids"]
+    out = {budget: [{**greedy[p][0], "kind": BUDGET, "max_new_tokens": budget}
+                    for p in range(len(rows))] for budget in settings.budgets}
+    jobs = [(budget, p, made) for budget in settings.budgets for p in range(len(rows))
+            if (made := forced_prompt(prompts[p], samples[p], budget, tokenizer, force_ids, settings.think_end))]
+    if not jobs:
+        return out
+    room = min(recipe.rollout.max_new_tokens, recipe.rollout.max_model_len - max(len(ids) for _, _, (ids, _) in jobs))
+    if room < 1:
+        raise RuntimeError(f"eval.force_answer: a forced prompt of {recipe.rollout.max_model_len - room} tokens leaves "
+                           f"no room for the answer within rollout.max_model_len={recipe.rollout.max_model_len}: "
+                           "lower the largest eval.budgets")
+    answering = replace(sampling_spec(recipe, seed=0), group_size=1, temperature=0.0, max_new_tokens=room)
+    graded = _graded(pool, scorers, tokenizer, recipe, [rows[p] for _, p, _ in jobs], [ids for _, _, (ids, _) in jobs],
+                     [_Kind(BUDGET, answering)], prefixes=[text for _, _, (_, text) in jobs])[0]
+    for (budget, position, (ids, _)), group in zip(jobs, graded, strict=True):
+        written = len(ids) - len(prompts[position])  # the thinking kept and the forcing text
+        out[budget][position] = {**group[0], "max_new_tokens": budget,
+                                 "num_tokens": written + group[0]["num_tokens"]}
+    return out
+
+
+def _graded(pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow], prompts, kinds: list[_Kind], *,
+            keep: dict[int, Sample] | None = None, prefixes: list[str] | None = None) -> list[list[list[dict]]]:
     """Per kind, per prompt (in row order), one graded record per completion in sampling order.
 
     Every sampled kind's prompts go into one stream at once; each group, and the groups cut
     from it (which share its prompt's fields), go to the scorers in one call as it arrives,
-    while the rest are still sampling (cluster/roles/scoring.py)."""
+    while the rest are still sampling (cluster/roles/scoring.py). `keep` gets the first kind's
+    first completion per row position; `prefixes[position]` is text the model did not write
+    this time but that belongs to the completion (graded and recorded with it)."""
     name = correctness_reward(recipe)
     stream = GroupStream(pool)
     origin: dict[int, tuple[int, int]] = {}  # stream index -> (kind, row position)
@@ -170,6 +219,10 @@ def _graded(pool, scorers, tokenizer, recipe: Recipe, rows: list[PromptRow], pro
 
     def submit(index: int, samples: list[Sample]) -> None:
         number, position = origin[index]
+        if prefixes is not None:
+            samples = [replace(s, text=prefixes[position] + s.text) for s in samples]
+        if keep is not None and number == 0:
+            keep[position] = samples[0]
         parts = [(number, samples)] + [
             (other, [cut_to_budget(s, kind.sampling.max_new_tokens, tokenizer) for s in samples])
             for other, kind in enumerate(kinds) if kind.cut_from == number]

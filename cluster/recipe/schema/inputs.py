@@ -49,6 +49,9 @@ class PretrainConfig:
                                             "puzzles marked ' check', solved by checking every guess. They teach how "
                                             "to check; the task's own prompts never carry the mark.")
     seed: int = setting(0, "Seed of the corpus draw.")
+    template: str = setting("", "The prompt template the corpus is written under; empty: data.template. Another "
+                                "one lets RL and evaluation use a different template from the same base model "
+                                "(e.g. one that forces the answer at once).")
 
 
 @dataclass(frozen=True)

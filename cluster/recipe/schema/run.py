@@ -50,6 +50,13 @@ class EvalConfig:
     temperature: float = setting(1.0, "Temperature of the k samples.", resumable=True)
     budgets: tuple[int, ...] = setting((), "Max-new-token budgets: accuracy at each, the inference-time scaling "
                                            "curve.", resumable=True)
+    force_answer: str = setting(
+        "", "Budget forcing (s1) at eval.budgets: a greedy completion still thinking after B tokens is cut there, "
+            "this text is appended (e.g. \"</think><answer>\") and the model writes its answer; a budget of 0 "
+            "forces the answer at once. The budget is then on the thinking. Empty: a completion is cut at B "
+            "tokens and graded as it stands.", resumable=True)
+    think_end: str = setting("</think>", "With eval.force_answer: the text that ends the thinking; a completion "
+                                         "that wrote it within B tokens keeps its own answer.", resumable=True)
     correctness: str = setting("", "The reward whose value 1.0 means \"correct\" (also for aha generate); empty: "
                                    "the first in reward.weights.", resumable=True)
 
