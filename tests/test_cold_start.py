@@ -36,6 +36,16 @@ def test_cold_start_traces_are_worked_solutions_of_training_prompts(tmp_path):
     assert (tmp_path / "cold.parquet").stat().st_mtime_ns == written
 
 
+def test_direct_traces_are_the_right_answers_alone_and_replace_worked_ones(tmp_path):
+    prepare_data(_recipe(tmp_path))
+    direct = _recipe(tmp_path, "--data.synthetic.cold_start_style", "direct")
+    prepare_data(direct)  # another style: the file aha wrote is rewritten
+    traces = load_traces(tmp_path / "cold.parquet", direct.sft, direct.data.template)
+    assert len(traces) == 20
+    for trace in traces:
+        assert trace.completion == f"</think><answer>{sum(parse_terms(trace.prompt))}</answer>"
+
+
 def test_a_users_file_at_the_cold_start_path_is_never_replaced(tmp_path):
     (tmp_path / "cold.parquet").write_text("mine")
     with pytest.raises(RecipeError, match="data.synthetic.cold_start_path: .* was not written by aha"):

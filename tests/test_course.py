@@ -58,7 +58,7 @@ def test_each_run_gets_its_seed_folders_and_its_own_corpus(tmp_path):
 
 
 def test_unknown_experiment_or_bad_override_is_one_error_before_anything_runs(tmp_path):
-    with pytest.raises(RecipeError, match="unknown experiment 'nope' \\(experiments: verify, cot, group-size, "
+    with pytest.raises(RecipeError, match="unknown experiment 'nope' \\(experiments: verify, reasoning, cot, group-size, "
                                           "estimators, kl, all\\)"):
         course("nope", seed=0, root=tmp_path, overrides=[])
     with pytest.raises(RecipeError, match="run.stepz"):
@@ -218,3 +218,37 @@ def test_cot_report_shows_accuracy_by_thinking_budget(tmp_path):
     assert "| 0 | answer-at-once | 5.0% → 10.0% | – | – |" in table
     assert "| all (1) | think, after RL | 90.0% | 10.0% | |" in table
     assert (tmp_path / "cot.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+# ---------------------------------------------------------------- reasoning vs direct answers
+
+def test_the_direct_answer_model_is_sft_on_answers_alone_from_the_reasoning_models_base(tmp_path):
+    experiment = EXPERIMENTS["reasoning"]
+    runs = {run.name: (run, run_recipe(experiment, run, 1, tmp_path, [])) for run in experiment.runs}
+    (rl, reasoning), (sft, direct) = runs["reasoning"], runs["direct"]
+    assert (rl.command, sft.command) == ("train", "sft")
+    assert reasoning.model.path == direct.model.path == str(tmp_path / "reasoning" / "seed-1" / "base")
+    traces = str(tmp_path / "reasoning" / "data" / "direct-traces.parquet")
+    assert direct.sft.train_path == direct.data.synthetic.cold_start_path == traces
+    assert direct.data.synthetic.cold_start_style == "direct"
+    assert direct.data.synthetic.cold_start_traces == direct.data.synthetic.train_rows
+    for recipe in (reasoning, direct):  # measured alike: samples for pass@k / maj@k, forced budgets
+        assert recipe.eval.k == (1, 4, 16) and recipe.eval.budgets[0] == 0 and recipe.eval.force_answer
+
+
+def test_reasoning_report_puts_the_three_models_side_by_side(tmp_path):
+    def evaluation(step: int, accuracy: float, tokens: float, forced: float) -> dict:
+        return {"step": step, "eval/accuracy": accuracy, "eval/pass@16": min(1.0, 2 * accuracy),
+                "eval/maj@16": accuracy, "eval/response_length_mean": tokens, "eval/acc@budget=0": forced,
+                "eval/acc@budget=24": accuracy, "eval/pass@1": accuracy / 2, "eval/pass@4": accuracy}
+
+    for seed, shift in ((0, 0.0), (1, 0.1)):
+        home = tmp_path / "reasoning" / f"seed-{seed}"
+        _write(home / "reasoning", [evaluation(0, 0.1, 6.0, 0.0), {"step": 1}, evaluation(40, 0.8 + shift, 24.0, 0.0)])
+        _write(home / "direct", [evaluation(0, 0.1, 6.0, 0.0), evaluation(250, 0.3, 5.0, 0.3 + shift)])
+    table = write_report(EXPERIMENTS["reasoning"], tmp_path).read_text()
+    assert "| 0 | base | 10.0% | 20.0% | 10.0% | 6 | 0.0% |" in table
+    assert "| 1 | direct | 30.0% | 60.0% | 30.0% | 5 | 40.0% |" in table
+    assert "| 0 | reasoning | 80.0% | 100.0% | 80.0% | 24 | 0.0% |" in table
+    assert "| all (2) | reasoning | 80.0–90.0% | 100.0% | 80.0–90.0% | 24 | 0.0% |" in table
+    assert (tmp_path / "reasoning.png").read_bytes().startswith(PNG_SIGNATURE)

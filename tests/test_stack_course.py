@@ -1,6 +1,8 @@
 """`aha course verify` on the real stack, a few steps of each run: both corpora are pre-trained
 and trained, every step and evaluation logs the detector's rates, and the report's table and
 figure cover the seed; a second call reuses the finished runs and only redraws the report.
+`aha course cot`: two runs from one pre-trained base under two templates, the evaluations of the
+one that thinks under forced thinking budgets.
 
 What the experiment shows at its full length is in docs/course.md; here the runs are far too
 short to learn, so this checks the plumbing, not the result."""
@@ -10,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 pytestmark = pytest.mark.stack
@@ -20,8 +23,8 @@ SHORT = ["--model.pretrain.steps", "8", "--run.steps", "2", "--data.synthetic.tr
          "--rollout.group_size", "4"]
 
 
-def _course(home: Path):
-    command = [AHA, "course", "verify", "--root", "course", "--figures", "figures", *SHORT]
+def _course(home: Path, experiment: str = "verify"):
+    command = [AHA, "course", experiment, "--root", "course", "--figures", "figures", *SHORT]
     return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=home)
 
 
@@ -54,9 +57,26 @@ def test_course_verify_runs_both_corpora_and_reports(tmp_path):
     assert (tmp_path / "course" / "verify.md").read_text() == table
 
 
+def test_course_cot_trains_both_runs_from_one_base_and_forces_thinking_budgets(tmp_path):
+    done = _course(tmp_path, "cot")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert done.stdout.count("pre-training the base model") == 1  # one base for both runs
+    assert "reusing the pre-trained base model at course/cot/seed-0/base" in done.stdout
+    seed = tmp_path / "course" / "cot" / "seed-0"
+    think = [json.loads(line) for line in (seed / "think" / "metrics.jsonl").read_text().splitlines()]
+    for step in (0, 2):  # every thinking budget, forced, at the evaluations before and after RL
+        assert {f"eval/acc@budget={b}" for b in (0, 4, 8, 12, 16, 20, 24, 32, 48)} <= set(think[step])
+    at_once = json.loads((seed / "answer-at-once" / "recipe.json").read_text())
+    assert at_once["data"]["template"] == "{prompt}=? <think></think><answer>"
+    assert pq.read_table(seed / "answer-at-once" / "rollouts").num_rows == 2 * 2 * 4  # 2 steps x 2 prompts x G=4
+    table = (tmp_path / "course" / "cot.md").read_text()
+    assert "| 0 | think |" in table and "| 0 | answer-at-once |" in table
+    assert (tmp_path / "figures" / "cot.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
 def test_course_refuses_an_unknown_experiment(tmp_path):
     done = subprocess.run([AHA, "course", "nope"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == ("aha: error: unknown experiment 'nope' (experiments: verify, cot, "
-                                                    "group-size, estimators, kl, all)")
+    assert done.stderr.strip().splitlines()[-1] == ("aha: error: unknown experiment 'nope' (experiments: verify, reasoning, "
+                                                    "cot, group-size, estimators, kl, all)")
     assert not any(tmp_path.iterdir())

@@ -46,6 +46,7 @@ class CourseRun:
     recipe: str
     settings: RunSettings = field(default_factory=dict)
     base: str = ""  # its base model's folder beside it; "": <name>-base (runs with one corpus share one)
+    command: str = "train"  # train (GRPO) or sft (on traces the run's [data.synthetic] writes)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,15 @@ COT = {"eval.every": 5, "eval.k": "[]", "algorithm.kl_coef": 0.0,
        "model.pretrain.template": "{prompt}=? <think>"}  # one base: both corpora written as the demo's
 
 
+# Reasoning model vs standard model: one base made a reasoning model (the demo's R1-Zero run) and
+# a direct-answer model (SFT on the right answers alone, no working), each measured before (the
+# base) and after on the same problems: accuracy, pass@k, maj@k, tokens, forced thinking budgets.
+MEASURE = {"eval.every": 0, "eval.k": "[1, 4, 16]", "eval.budgets": THINKING_BUDGETS, "eval.force_answer": FORCE_ANSWER,
+           "algorithm.kl_coef": 0.0}
+DIRECT = {**MEASURE, "data.synthetic.cold_start_traces": 4000, "data.synthetic.cold_start_style": "direct",
+          "sft.epochs": 2, "sft.batch_size": 32, "learner.lr": 3e-4}
+
+
 EXPERIMENTS = {
     "verify": Experiment(
         name="verify",
@@ -121,6 +131,14 @@ EXPERIMENTS = {
                         {"model.pretrain.checked_fraction": 0, "model.pretrain.exercise_fraction": 0})),
         table=course_report.verify_table,
         plot=course_report.plot_verify,
+    ),
+    "reasoning": Experiment(
+        name="reasoning",
+        title="A reasoning model against a direct-answer model made from the same base",
+        runs=(CourseRun("reasoning", DEMO, MEASURE, base="base"),
+              CourseRun("direct", DEMO, DIRECT, base="base", command="sft")),
+        table=course_report.reasoning_table,
+        plot=course_report.plot_reasoning,
     ),
     "cot": Experiment(
         name="cot",
@@ -162,6 +180,9 @@ def run_recipe(experiment: Experiment, run: CourseRun, seed: int, root: Path, ov
     if users.data.synthetic is not None:  # one data set per folder: every run measured on the same problems
         settings.update({"data.train_path": str(home / "data" / Path(users.data.train_path).name),
                          "data.eval_path": str(home / "data" / Path(users.data.eval_path).name)})
+    if run.command == "sft":  # it trains on the traces its [data.synthetic] writes, beside the data
+        traces = str(home / "data" / f"{run.name}-traces.parquet")
+        settings.update({"data.synthetic.cold_start_path": traces, "sft.train_path": traces})
     pairs = [item for key, value in settings.items() for item in (f"--{key}", str(value))]
     return load_recipe(recipe_file, list(overrides) + pairs)
 
@@ -170,17 +191,18 @@ def run_experiment(experiment: Experiment, *, seed: int, root: Path, overrides: 
                    figures: Path | None = None, gpu: bool = False) -> Path:
     """Every run of `experiment` for `seed` (finished ones reused), then its report; returns the
     report's table. All recipes are loaded and checked before the first run starts."""
+    from cluster.commands.sft import sft
     from cluster.commands.train import train
 
     recipes = [run_recipe(experiment, run, seed, root, overrides, gpu) for run in experiment.runs]
     for number, (run, recipe) in enumerate(zip(experiment.runs, recipes), 1):
         where = Path(recipe.run.output_dir)
         label = f"[aha] course {experiment.name}, seed {seed}, run {number}/{len(recipes)} ({run.name})"
-        if _finished(recipe):
+        if _finished(recipe, run.command):
             print(f"{label}: finished before, reused ({where})", flush=True)
             continue
         print(f"{label}: {where}", flush=True)
-        train(recipe, overwrite=where.exists())
+        (sft if run.command == "sft" else train)(recipe, overwrite=where.exists())
     return write_report(experiment, root, figures, gpu)
 
 
@@ -201,11 +223,13 @@ def write_report(experiment: Experiment, root: Path, figures: Path | None = None
     return table
 
 
-def _finished(recipe: Recipe) -> bool:
-    """The run reached run.steps, left final/, and was made by this very recipe."""
+def _finished(recipe: Recipe, command: str = "train") -> bool:
+    """The run left final/ (GRPO: after run.steps) and was made by this very recipe."""
     out = Path(recipe.run.output_dir)
     records = read_metrics(out)
-    if not (out / "final").is_dir() or not records or records[-1].get("step") != recipe.run.steps:
+    if not (out / "final").is_dir() or not records:
+        return False
+    if command == "train" and records[-1].get("step") != recipe.run.steps:
         return False
     try:
         saved = json.loads((out / RECIPE_FILE).read_text(encoding="utf-8"))

@@ -89,19 +89,22 @@ def prepare_data(recipe) -> list[Path]:
 
 
 def _write_cold_start(recipe, train_path: Path) -> Path:
-    """Worked solutions of the first `cold_start_traces` training prompts, as SFT traces (held-out
-    problems are never among them: the training file excludes them)."""
-    from cluster.inputs.pretrain import parse_terms, worked_solution
+    """Solutions of the first `cold_start_traces` training prompts, worked or the answer alone
+    (cold_start_style), as SFT traces (held-out problems are never among them: the training file
+    excludes them)."""
+    from cluster.inputs.pretrain import direct_solution, parse_terms, worked_solution
     from cluster.inputs.prompts import load_rows
     from cluster.inputs.tasks import write_rows
 
     synthetic = recipe.data.synthetic
     path, key = Path(synthetic.cold_start_path), "data.synthetic.cold_start_path"
     settings = {"cold_start_traces": synthetic.cold_start_traces, "train_sha256": file_sha256(train_path)}
+    if synthetic.cold_start_style != "worked":  # as before for worked ones: their files stay valid
+        settings["style"] = synthetic.cold_start_style
+    solve = worked_solution if synthetic.cold_start_style == "worked" else direct_solution
     if _synthetic_record(path, key).get("settings") != settings:
         rows = load_rows(recipe, str(train_path))[: synthetic.cold_start_traces]
-        traces = [{"prompt": row.prompt, "completion": worked_solution(parse_terms(row.prompt)), **row.fields}
-                  for row in rows]
+        traces = [{"prompt": row.prompt, "completion": solve(parse_terms(row.prompt)), **row.fields} for row in rows]
         write_rows(traces, path)
         record = {"settings": settings, "sha256": file_sha256(path)}
         Path(f"{path}{SIDECAR_SUFFIX}").write_text(json.dumps(record, indent=2) + "\n")

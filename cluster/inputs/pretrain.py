@@ -62,6 +62,11 @@ def worked_solution(terms: list[int]) -> str:
     return " ".join(steps) + f"{THINK_CLOSE}{ANSWER_OPEN}{total}{ANSWER_CLOSE}"
 
 
+def direct_solution(terms: list[int]) -> str:
+    """The right answer at once, no working: what a direct-answer model is fine-tuned to write."""
+    return f"{THINK_CLOSE}{ANSWER_OPEN}{sum(terms)}{ANSWER_CLOSE}"
+
+
 def hasty_solution(terms: list[int]) -> str:
     """No working, and the typical hasty mistake: only the first two terms added."""
     return f"{THINK_CLOSE}{ANSWER_OPEN}{terms[0] + terms[1]}{ANSWER_CLOSE}"

@@ -97,6 +97,9 @@ class SyntheticDataConfig:
         0, "chain_sum only: also write a cold-start SFT set, worked solutions (prompt + completion traces, the "
            "shape aha sft reads) of the first N training prompts, to cold_start_path; 0: none.")
     cold_start_path: str = setting("", "Where the cold-start traces go (required with cold_start_traces > 0).")
+    cold_start_style: Literal["worked", "direct"] = setting(
+        "worked", "The cold-start traces' completions: worked (step by step, then the answer) or direct (the right "
+                  "answer alone, no working: SFT on them makes a direct-answer model).")
 
 
 @dataclass(frozen=True)
