@@ -139,6 +139,14 @@ def _check_model_and_data(recipe) -> None:
                  "is required when data.synthetic.cold_start_traces > 0")
         _require(synthetic.cold_start_traces <= synthetic.train_rows, "data.synthetic.cold_start_traces",
                  f"must be <= data.synthetic.train_rows ({synthetic.train_rows}): they are the first training prompts")
+        if synthetic.task in ("countdown", "pair_sum"):  # what the generators accept, refused before a run starts
+            low = 2 if synthetic.task == "countdown" else 3
+            _require(low <= synthetic.num_numbers <= 6, "data.synthetic.num_numbers",
+                     f"must be in {low}..6 for the {synthetic.task} task")
+            smallest = 1 if synthetic.task == "countdown" else synthetic.num_numbers + 2
+            _require(synthetic.max_number >= smallest, "data.synthetic.max_number",
+                     f"must be >= {smallest} for the {synthetic.task} task"
+                     + (" (num_numbers + 2)" if synthetic.task == "pair_sum" else ""))
     pretrain = model.pretrain
     if pretrain is not None:
         _require(model.tiny is not None, "model.pretrain", "needs [model.tiny] (it pre-trains the tiny model)")
