@@ -11,16 +11,9 @@ from pathlib import Path
 import pytest
 
 from cluster.commands.course import EXPERIMENTS, course, run_recipe, write_report
-from cluster.output.course_report import (
-    GROUP_SIZE,
-    KL,
-    ablation_table,
-    first_and_last,
-    number_range,
-    read_seeds,
-    value_range,
-    verify_table,
-)
+from cluster.output.course.ablations import GROUP_SIZE, KL, ablation_table
+from cluster.output.course.common import first_and_last, number_range, read_seeds, value_range
+from cluster.output.course.verify import verify_table
 from cluster.recipe import RecipeError, recipe_to_dict
 from cluster.recipe.placement import cluster_spec_from_toml, plan_placement
 

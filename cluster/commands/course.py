@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from cluster.output import course_report
+from cluster.output.course import ablations, common, cot, reasoning, verify
 from cluster.output.run_dir import RECIPE_FILE
 from cluster.output.run_log import atomic_write, read_metrics
 from cluster.recipe import Recipe, RecipeError, load_recipe, recipe_to_dict
@@ -98,10 +98,10 @@ def _ablation(name: str, **settings: object) -> CourseRun:
     return CourseRun(name, DEMO, with_baseline_groups, base="base")
 
 
-def _ablation_experiment(name: str, title: str, view: course_report.Ablation, runs: tuple) -> Experiment:
+def _ablation_experiment(name: str, title: str, view: ablations.Ablation, runs: tuple) -> Experiment:
     """A GRPO ablation: runs in the shared folder, the ablation's table and figure, its GPU recipe."""
-    return Experiment(name=name, title=title, runs=runs, table=partial(course_report.ablation_table, view),
-                      plot=partial(course_report.plot_ablation, view), folder=ABLATIONS, gpu_recipe=ABLATION_GPU)
+    return Experiment(name=name, title=title, runs=runs, table=partial(ablations.ablation_table, view),
+                      plot=partial(ablations.plot_ablation, view), folder=ABLATIONS, gpu_recipe=ABLATION_GPU)
 
 
 # Chain of thought: the demo's RL with room to think, and with the answer forced at once (the
@@ -129,16 +129,16 @@ EXPERIMENTS = {
         runs=(CourseRun("checks", "course/self-verification-cpu.toml"),
               CourseRun("control", "course/self-verification-cpu.toml",
                         {"model.pretrain.checked_fraction": 0, "model.pretrain.exercise_fraction": 0})),
-        table=course_report.verify_table,
-        plot=course_report.plot_verify,
+        table=verify.verify_table,
+        plot=verify.plot_verify,
     ),
     "reasoning": Experiment(
         name="reasoning",
         title="A reasoning model against a direct-answer model made from the same base",
         runs=(CourseRun("reasoning", DEMO, MEASURE, base="base"),
               CourseRun("direct", DEMO, DIRECT, base="base", command="sft")),
-        table=course_report.reasoning_table,
-        plot=course_report.plot_reasoning,
+        table=reasoning.reasoning_table,
+        plot=reasoning.plot_reasoning,
     ),
     "cot": Experiment(
         name="cot",
@@ -147,18 +147,18 @@ EXPERIMENTS = {
                         base="base"),
               CourseRun("answer-at-once", DEMO, {**COT, "eval.budgets": "[]", "data.max_prompt_tokens": 48,
                                                  "data.template": "{prompt}=? <think>" + FORCE_ANSWER}, base="base")),
-        table=course_report.cot_table,
-        plot=course_report.plot_cot,
+        table=cot.cot_table,
+        plot=cot.plot_cot,
     ),
     "group-size": _ablation_experiment(
-        "group-size", "GRPO's group size at equal samples per step", course_report.GROUP_SIZE,
+        "group-size", "GRPO's group size at equal samples per step", ablations.GROUP_SIZE,
         tuple(CourseRun(f"g{g}", DEMO, equal_samples(g), base="base") if g != 8 else BASELINE for g in (2, 4, 8, 16))),
     "estimators": _ablation_experiment(
-        "estimators", "Group-relative advantage estimators: GRPO, Dr. GRPO, RLOO", course_report.ESTIMATORS,
+        "estimators", "Group-relative advantage estimators: GRPO, Dr. GRPO, RLOO", ablations.ESTIMATORS,
         (BASELINE, _ablation("dr_grpo", **{"algorithm.estimator": "dr_grpo"}),
          _ablation("rloo", **{"algorithm.estimator": "rloo"}))),
     "kl": _ablation_experiment(
-        "kl", "A KL penalty to the frozen base model, against none", course_report.KL,
+        "kl", "A KL penalty to the frozen base model, against none", ablations.KL,
         (BASELINE, *(_ablation(f"kl-{coef:g}", **{"algorithm.kl_coef": coef}) for coef in KL_COEFS))),
 }
 
@@ -208,7 +208,7 @@ def run_experiment(experiment: Experiment, *, seed: int, root: Path, overrides: 
 
 def write_report(experiment: Experiment, root: Path, figures: Path | None = None, gpu: bool = False) -> Path:
     """The experiment's table and figure over every seed run so far; returns the table's path."""
-    seeds = course_report.read_seeds(experiment.home(root, gpu), [run.name for run in experiment.runs])
+    seeds = common.read_seeds(experiment.home(root, gpu), [run.name for run in experiment.runs])
     root.mkdir(parents=True, exist_ok=True)
     name = f"{experiment.name}{'-gpu' if gpu else ''}"
     table = root / f"{name}.md"
