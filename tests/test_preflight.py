@@ -174,6 +174,9 @@ CASES = [
     ("memory-fraction-over-memory", {}, ["--rollout.kv_cache_gb", "0", "--rollout.num_workers", "4",
                                          "--rollout.gpu_memory_utilization", "1.0"], {},
      "rollout.gpu_memory_utilization: 4 rollout worker(s) x 1 of"),
+    ("forced-answer-without-room", {}, ["--eval.force_answer", "</think><answer>", "--eval.budgets", "0,32",
+                                        "--rollout.max_model_len", "432"], {},  # prompt + new tokens, exactly
+     "eval.force_answer: a forced request can be"),
     ("tiny-model-eval-too-long", {"model.tiny.seed": 0}, ["--data.eval_path", f"{H}/long.parquet"], {},
      "long.parquet': row 3 is"),
 ]

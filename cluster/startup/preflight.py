@@ -89,11 +89,26 @@ def check_prepared(recipe: Recipe, model_path: str, tokenizer) -> list[str]:
         check_reward_fields(recipe, rewards, rows, path)
         for start in range(0, len(rows), ENCODE_CHUNK):
             encode_prompts(recipe, tokenizer, rows[start:start + ENCODE_CHUNK])  # DataError names file and row
+    _check_forcing_fits(recipe, tokenizer)
     directory = _local_model_dir(model_path)
     if directory is not None:
         check_model_dir(recipe, directory, "model.path", weights=_weights_expected(model_path))
     warning = tag_warning(recipe, tokenizer)
     return [warning] if warning else []
+
+
+def _check_forcing_fits(recipe: Recipe, tokenizer) -> None:
+    """Budget forcing asks the model to answer after the prompt, B thinking tokens and the
+    forcing text: the longest such request must leave room for an answer in max_model_len."""
+    evaluation, rollout = recipe.eval, recipe.rollout
+    if not (evaluation.force_answer and evaluation.budgets):
+        return
+    forcing = len(tokenizer(evaluation.force_answer, add_special_tokens=False)["input_ids"])
+    longest = recipe.data.max_prompt_tokens + min(max(evaluation.budgets), rollout.max_new_tokens) + forcing
+    if longest >= rollout.max_model_len:
+        raise RecipeError("eval.force_answer", f"a forced request can be {longest} tokens (data.max_prompt_tokens + "
+                          f"the largest eval.budgets + {forcing} of forcing text), leaving no room for the answer in "
+                          f"rollout.max_model_len={rollout.max_model_len}: raise it or lower the budgets")
 
 
 def check_existing(recipe: Recipe) -> list[str]:
