@@ -187,14 +187,13 @@ def run_recipe(experiment: Experiment, run: CourseRun, seed: int, root: Path, ov
     return load_recipe(recipe_file, list(overrides) + pairs)
 
 
-def run_experiment(experiment: Experiment, *, seed: int, root: Path, overrides: list[str],
+def run_experiment(experiment: Experiment, recipes: list[Recipe], *, seed: int, root: Path,
                    figures: Path | None = None, gpu: bool = False) -> Path:
-    """Every run of `experiment` for `seed` (finished ones reused), then its report; returns the
-    report's table. All recipes are loaded and checked before the first run starts."""
+    """Every run of `experiment` for `seed`, from its checked `recipes` (`run_recipe`, one per run;
+    finished ones reused), then its report; returns the report's table."""
     from cluster.commands.sft import sft
     from cluster.commands.train import train
 
-    recipes = [run_recipe(experiment, run, seed, root, overrides, gpu) for run in experiment.runs]
     for number, (run, recipe) in enumerate(zip(experiment.runs, recipes), 1):
         where = Path(recipe.run.output_dir)
         label = f"[aha] course {experiment.name}, seed {seed}, run {number}/{len(recipes)} ({run.name})"
@@ -250,7 +249,6 @@ def course(name: str, *, seed: int, root: Path, overrides: list[str], figures: P
             with_gpu = ", ".join(e.name for e in EXPERIMENTS.values() if e.gpu_recipe)
             raise RecipeError("", f"experiment '{name}' has no GPU recipe yet (--gpu: {with_gpu})")
         chosen = [e for e in chosen if e.gpu_recipe]
-    for experiment in chosen:  # every run's recipe checked before the first run starts
-        for run in experiment.runs:
-            run_recipe(experiment, run, seed, root, overrides, gpu)
-    return [run_experiment(e, seed=seed, root=root, overrides=overrides, figures=figures, gpu=gpu) for e in chosen]
+    # every run's recipe loaded and checked before the first run starts
+    planned = [(e, [run_recipe(e, run, seed, root, overrides, gpu) for run in e.runs]) for e in chosen]
+    return [run_experiment(e, recipes, seed=seed, root=root, figures=figures, gpu=gpu) for e, recipes in planned]
